@@ -1,0 +1,1 @@
+"""lopt_graphs: learned-optimizer experiments in PyTorch."""

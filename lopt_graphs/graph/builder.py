@@ -1,0 +1,198 @@
+"""Index arithmetic that turns layer records into a :class:`GraphSpec`.
+
+Both front ends (a bare parameter list, an ``nn.Module``) describe a network as *neuron sets* (the outputs of
+a layer, the network's input) and *layers* connecting two sets. Residual additions merge two sets into one
+(their neurons must be permuted together), so sets live in a union-find structure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .spec import ACTIVATIONS, NODE_SLOTS, ROLE_HIDDEN, ROLE_INPUT, ROLE_OUTPUT, GraphSpec, ParamSlot
+
+
+class GraphBuildError(ValueError):
+    """A parameter or module cannot be placed on a neural graph."""
+
+
+@dataclass
+class _Weight:
+    param: int
+    shape: tuple[int, ...]
+    src: int
+    dst: int
+    cols: int
+    entries: int
+
+
+class GraphBuilder:
+    """Collects neuron sets, layers and per-neuron parameters, then lays out nodes and edges."""
+
+    def __init__(self, num_params: int):
+        self.num_params = num_params
+        self._parent: list[int] = []
+        self._size: list[int | None] = []
+        self._act: list[int] = []
+        self.weights: list[_Weight] = []
+        self.node_params: dict[int, tuple[int, int, tuple[int, ...]]] = {}  # param -> (set, slot, shape)
+        self.free: dict[int, tuple[tuple[int, ...], str]] = {}
+        self.inputs: list[int] = []
+        self.outputs: list[int] = []
+
+    # -------------------------------------------------------------- neuron sets
+    def new_set(self, size: int | None = None) -> int:
+        self._parent.append(len(self._parent))
+        self._size.append(size)
+        self._act.append(0)
+        return len(self._parent) - 1
+
+    def find(self, s: int) -> int:
+        while self._parent[s] != s:
+            self._parent[s] = self._parent[self._parent[s]]
+            s = self._parent[s]
+        return s
+
+    def size(self, s: int) -> int | None:
+        return self._size[self.find(s)]
+
+    def set_size(self, s: int, n: int, what: str) -> None:
+        r = self.find(s)
+        if self._size[r] is None:
+            self._size[r] = n
+        elif self._size[r] != n:
+            raise GraphBuildError(f"{what}: expected {self._size[r]} neurons, got {n}")
+
+    def union(self, a: int, b: int, what: str) -> int:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return ra
+        sa, sb = self._size[ra], self._size[rb]
+        if sa is not None and sb is not None and sa != sb:
+            raise GraphBuildError(f"{what}: cannot merge neuron sets of sizes {sa} and {sb}")
+        lo, hi = min(ra, rb), max(ra, rb)
+        self._parent[hi] = lo
+        self._size[lo] = sa if sa is not None else sb
+        self._act[lo] = max(self._act[ra], self._act[rb])
+        return lo
+
+    def set_activation(self, s: int, name: str) -> None:
+        self._act[self.find(s)] = ACTIVATIONS.index(name) if name in ACTIVATIONS else ACTIVATIONS.index("other")
+
+    # -------------------------------------------------------------- records
+    def add_weight(self, param: int, shape: tuple[int, ...], src: int, dst: int, what: str,
+                   flatten_ok: bool = False) -> None:
+        """A weight ``[O, I, *kernel]`` (conv) or ``[O, I]`` (linear) from set ``src`` to set ``dst``.
+
+        For a linear layer reading a flattened conv output, ``I = C * S`` with ``C`` the size of ``src``:
+        one edge per channel carries the ``S`` entries; ``flatten_ok`` says the source is a (pooled or
+        flattened) conv output, where that grouping is legal.
+        """
+        out_f, in_f = shape[0], shape[1]
+        kernel = 1
+        for k in shape[2:]:
+            kernel *= k
+        self.set_size(dst, out_f, what)
+        c = self.size(src)
+        if c is None or (len(shape) > 2 and c == in_f):
+            self.set_size(src, in_f, what)
+            cols, entries = in_f, kernel
+        elif len(shape) == 2 and (in_f == c or (flatten_ok and in_f % c == 0)):
+            cols, entries = c, in_f // c  # identity (S=1), global pooling (S=1), or flatten (S>1)
+        else:
+            raise GraphBuildError(f"{what}: weight of shape {shape} takes {in_f} inputs, which does not fit "
+                                  f"the {c} neurons/channels it is connected to")
+        self.weights.append(_Weight(param, tuple(shape), src, dst, cols, entries))
+
+    def add_node_param(self, param: int, shape: tuple[int, ...], s: int, slot: str, what: str) -> None:
+        numel = 1
+        for d in shape:
+            numel *= d
+        self.set_size(s, numel, what)
+        self.node_params[param] = (s, NODE_SLOTS.index(slot), tuple(shape))
+
+    def add_free(self, param: int, shape: tuple[int, ...], reason: str) -> None:
+        self.free[param] = (tuple(shape), reason)
+
+    # -------------------------------------------------------------- layout
+    def build(self, hidden_positions: bool = False) -> GraphSpec:
+        """Lay out nodes (input set first, then sets in order of creation) and edges (weights in order).
+
+        Args:
+            hidden_positions: debugging switch that gives hidden neurons positional ids too, which breaks
+                permutation equivariance on purpose (the tests use it to show they can fail).
+        """
+        missing = [i for i in range(self.num_params)
+                   if i not in self.node_params and i not in self.free and all(w.param != i for w in self.weights)]
+        if missing:
+            raise GraphBuildError(f"Parameters {missing} were not placed on the graph (internal error)")
+        if not self.weights:
+            raise GraphBuildError("The network has no weight that fits a neural graph (Linear/Conv1d/Conv2d); "
+                                  "nothing to build a graph from")
+        roots: list[int] = []
+        for s in range(len(self._parent)):
+            r = self.find(s)
+            if r not in roots and self._size[r] is not None:
+                roots.append(r)
+        in_roots = {self.find(s) for s in self.inputs}
+        out_roots = {self.find(s) for s in self.outputs}
+        if in_roots & out_roots:
+            raise GraphBuildError("The network's input and output neurons coincide; nothing to optimize as a graph")
+        order = [r for r in roots if r in in_roots] + [r for r in roots if r not in in_roots]
+        start: dict[int, int] = {}
+        roles, pos, acts, layers = [], [], [], []
+        n = 0
+        for layer_id, r in enumerate(order):
+            size = self._size[r]
+            start[r] = n
+            role = ROLE_INPUT if r in in_roots else ROLE_OUTPUT if r in out_roots else ROLE_HIDDEN
+            roles.append(torch.full((size,), role, dtype=torch.long))
+            if role == ROLE_HIDDEN and not hidden_positions:
+                pos.append(torch.full((size,), -1, dtype=torch.long))
+            else:
+                pos.append(torch.arange(size))
+            acts.append(torch.full((size,), self._act[r], dtype=torch.long))
+            layers.append(torch.full((size,), layer_id, dtype=torch.long))
+            n += size
+
+        slots: list[ParamSlot | None] = [None] * self.num_params
+        src_l, dst_l, size_l = [], [], []
+        e = 0
+        kmax = 1
+        for w in self.weights:
+            s0, d0 = start[self.find(w.src)], start[self.find(w.dst)]
+            rows = w.shape[0]
+            slots[w.param] = ParamSlot("edge", w.shape, edge_start=e, rows=rows, cols=w.cols, entries=w.entries,
+                                       dst_start=d0, src_start=s0)
+            dst_l.append(d0 + torch.arange(rows).repeat_interleave(w.cols))
+            src_l.append(s0 + torch.arange(w.cols).repeat(rows))
+            size_l.append(torch.full((rows * w.cols,), w.entries, dtype=torch.long))
+            e += rows * w.cols
+            kmax = max(kmax, w.entries)
+        used: dict[int, int] = {}  # neuron set -> slots taken
+        placed = []
+        for i in sorted(self.node_params):
+            s, slot, shape = self.node_params[i]
+            r = self.find(s)
+            placed.append((i, r, slot, shape, used.get(r, 0)))
+            used[r] = used.get(r, 0) + 1
+        nslots = max(used.values(), default=1)
+        slot_type = torch.zeros(n, nslots, dtype=torch.long)
+        slot_index = []
+        for i, r, slot, shape, pos_ in placed:
+            n0 = start[r]
+            slots[i] = ParamSlot("node", shape, dst_start=n0, slot=slot, slot_pos=pos_)
+            numel = slots[i].numel
+            slot_type[n0: n0 + numel, pos_] = 1 + slot
+            slot_index.append((n0 + torch.arange(numel)) * nslots + pos_)
+        for i, (shape, reason) in self.free.items():
+            slots[i] = ParamSlot("free", shape, reason=reason)
+        return GraphSpec(
+            num_nodes=n, kmax=kmax, params=tuple(slots),
+            edge_index=torch.stack([torch.cat(src_l), torch.cat(dst_l)]),
+            edge_size=torch.cat(size_l), node_role=torch.cat(roles), node_pos=torch.cat(pos),
+            node_act=torch.cat(acts), node_layer=torch.cat(layers), num_slots=nslots, node_slot_type=slot_type,
+            node_slot_index=torch.cat(slot_index) if slot_index else torch.zeros(0, dtype=torch.long),
+        )
