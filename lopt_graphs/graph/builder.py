@@ -128,6 +128,9 @@ class GraphBuilder:
                    if i not in self.node_params and i not in self.free and all(w.param != i for w in self.weights)]
         if missing:
             raise GraphBuildError(f"Parameters {missing} were not placed on the graph (internal error)")
+        if not self.weights and len(self.free) == self.num_params:
+            return free_spec([shape for shape, _ in (self.free[i] for i in range(self.num_params))],
+                             [reason for _, reason in (self.free[i] for i in range(self.num_params))])
         if not self.weights:
             raise GraphBuildError("The network has no weight that fits a neural graph (Linear/Conv1d/Conv2d); "
                                   "nothing to build a graph from")
@@ -196,3 +199,12 @@ class GraphBuilder:
             node_act=torch.cat(acts), node_layer=torch.cat(layers), num_slots=nslots, node_slot_type=slot_type,
             node_slot_index=torch.cat(slot_index) if slot_index else torch.zeros(0, dtype=torch.long),
         )
+
+
+def free_spec(shapes: list[tuple[int, ...]], reasons: list[str]) -> GraphSpec:
+    """A spec with no graph: every parameter takes the graph-free path."""
+    z = torch.zeros(0, dtype=torch.long)
+    return GraphSpec(num_nodes=0, kmax=1, params=tuple(ParamSlot("free", s, reason=r) for s, r in zip(shapes, reasons)),
+                     edge_index=torch.zeros(2, 0, dtype=torch.long), edge_size=z, node_role=z, node_pos=z,
+                     node_act=z, node_layer=z, num_slots=1, node_slot_type=torch.zeros(0, 1, dtype=torch.long),
+                     node_slot_index=z)

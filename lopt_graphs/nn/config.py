@@ -23,6 +23,9 @@ class EncoderConfig:
         node_out: outputs per node slot from the equivariant node head (0: no head).
         graph_out: outputs of the invariant pooled readout (0: no readout).
         max_positions: size of the positional tables of input and output neurons.
+        position_overflow: what a positional id ``>= max_positions`` does: ``"error"`` raises, ``"wrap"``
+            uses ``id % max_positions`` (input/output neurons are never permuted, so wrapping only shares
+            embeddings between far-apart inputs; the learned optimizer uses it to accept any width).
         max_kernel: kernel entries with a learned position embedding (later entries get none).
     """
 
@@ -37,6 +40,7 @@ class EncoderConfig:
     node_out: int = 0
     graph_out: int = 0
     max_positions: int = 4096
+    position_overflow: Literal["error", "wrap"] = "error"
     max_kernel: int = 64
 
     def __post_init__(self) -> None:
@@ -48,6 +52,8 @@ class EncoderConfig:
         for f in ("layers", "edge_out", "node_out", "graph_out"):
             if not isinstance(getattr(self, f), int) or getattr(self, f) < 0:
                 raise ValueError(f"Invalid {f}: {getattr(self, f)!r} (expected a non-negative int)")
+        if self.position_overflow not in ("error", "wrap"):
+            raise ValueError(f"Invalid position_overflow: {self.position_overflow!r} (expected 'error' or 'wrap')")
         if self.variant == "transformer" and self.hidden % self.heads:
             raise ValueError(f"hidden={self.hidden} must be divisible by heads={self.heads}")
 

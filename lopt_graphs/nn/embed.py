@@ -52,9 +52,12 @@ class GraphEmbedding(nn.Module):
     def forward(self, x: Tensor, slot_type: Tensor, edge_attr: Tensor, edge_mask: Tensor, node_role: Tensor,
                 node_pos: Tensor, node_act: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Returns ``(h [N, d], e [E, de], slot_emb [N, P, d], entry_emb [E, K, de])``."""
-        if node_pos.numel() and int(node_pos.max()) >= self.cfg.max_positions:
+        if self.cfg.position_overflow == "wrap":
+            node_pos = torch.where(node_pos >= 0, node_pos % self.cfg.max_positions, node_pos)
+        elif node_pos.numel() and int(node_pos.max()) >= self.cfg.max_positions:
             raise ValueError(f"A neuron has positional id {int(node_pos.max())}, beyond max_positions="
-                             f"{self.cfg.max_positions}; build the encoder with a larger max_positions")
+                             f"{self.cfg.max_positions}; build the encoder with a larger max_positions or "
+                             f"position_overflow='wrap'")
         slot_emb = self.slots(x, slot_type)
         filled = (slot_type > 0).unsqueeze(-1).to(slot_emb.dtype)
         h = (slot_emb * filled).sum(1) + self.role(node_role) + self.act(node_act)

@@ -1,0 +1,15 @@
+"""The learned optimizer: :class:`NeuralGraphOptimizer`, its pure update and its checkpoints."""
+
+from .checkpoint import (CheckpointError, checkpoint_dict, load_learned_update, save_checkpoint,
+                         shipped_checkpoints)
+from .functional import init_state, ngo_update
+from .learned import FEATURES, LearnedUpdate, LearnedUpdateConfig
+from .optimizer import NeuralGraphOptimizer
+from . import higher_hook  # noqa: F401,E402  (registers NeuralGraphOptimizer with higher)
+from .higher_hook import DifferentiableNeuralGraphOptimizer
+
+__all__ = [
+    "FEATURES", "CheckpointError", "DifferentiableNeuralGraphOptimizer", "LearnedUpdate", "LearnedUpdateConfig", "NeuralGraphOptimizer",
+    "checkpoint_dict", "init_state", "load_learned_update", "ngo_update", "save_checkpoint",
+    "shipped_checkpoints",
+]

@@ -1,0 +1,116 @@
+"""Checkpoints of the learned update: weights + config + format version.
+
+A checkpoint is a plain dict of tensors, strings and numbers, so ``torch.load(weights_only=True)`` reads
+it without unpickling code::
+
+    {"format": "lopt_graphs.learned_update", "format_version": 1,
+     "config": LearnedUpdateConfig.to_dict(), "state_dict": {...}, "meta": {...}}
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from .learned import LearnedUpdate, LearnedUpdateConfig
+
+FORMAT = "lopt_graphs.learned_update"
+FORMAT_VERSION = 1
+CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+DEFAULT_CHECKPOINT = "default"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, of another format or version, or does not match its config."""
+
+
+def shipped_checkpoints() -> list[str]:
+    """Names of the checkpoints shipped in ``lopt_graphs/checkpoints/``."""
+    return sorted(p.stem for p in CHECKPOINT_DIR.glob("*.pt"))
+
+
+def checkpoint_dict(learned: LearnedUpdate, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The checkpoint dict of ``learned`` (tensors cloned to CPU)."""
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "config": learned.cfg.to_dict(),
+            "state_dict": {k: v.detach().cpu().clone() for k, v in learned.state_dict().items()},
+            "meta": dict(meta or {})}
+
+
+def save_checkpoint(learned: LearnedUpdate, path: str | os.PathLike, meta: Mapping[str, Any] | None = None) -> None:
+    """Write ``learned`` atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(checkpoint_dict(learned, meta), tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _read(source: str | os.PathLike) -> dict[str, Any]:
+    path = Path(source)
+    if not path.exists():
+        name = str(source)
+        if os.sep not in name and not name.endswith(".pt") and (CHECKPOINT_DIR / f"{name}.pt").exists():
+            path = CHECKPOINT_DIR / f"{name}.pt"
+        else:
+            raise CheckpointError(f"Checkpoint {str(source)!r} not found: not a file, and not one of the shipped "
+                                  f"checkpoints {shipped_checkpoints()}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated/garbled files
+        raise CheckpointError(f"Checkpoint {str(path)!r} is corrupt or not a torch file: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"Checkpoint {str(path)!r} holds a {type(obj).__name__}, expected a dict")
+    return obj
+
+
+def load_learned_update(ckpt: str | os.PathLike | Mapping[str, Any] | None = None,
+                        map_location: str | torch.device = "cpu") -> LearnedUpdate:
+    """Build a :class:`LearnedUpdate` from a checkpoint.
+
+    Args:
+        ckpt: a path, a checkpoint dict, the name of a shipped checkpoint, or ``None`` for the default.
+        map_location: device of the returned module.
+
+    Raises:
+        CheckpointError: missing, corrupt, wrong format or version, or weights not matching the config.
+    """
+    obj = _read(DEFAULT_CHECKPOINT if ckpt is None else ckpt) if not isinstance(ckpt, Mapping) else dict(ckpt)
+    if obj.get("format") != FORMAT:
+        raise CheckpointError(f"Not a learned-update checkpoint: format is {obj.get('format')!r}, expected "
+                              f"{FORMAT!r}")
+    version = obj.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"Checkpoint format_version {version!r} is not supported (this lopt_graphs reads "
+                              f"version {FORMAT_VERSION}); re-save it with a matching lopt_graphs release")
+    try:
+        cfg = LearnedUpdateConfig.from_dict(obj["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"Checkpoint config is invalid: {exc}") from exc
+    learned = LearnedUpdate(cfg)
+    try:
+        learned.load_state_dict(obj["state_dict"], strict=True)
+    except (KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"Checkpoint weights do not match its config: {exc}") from exc
+    return learned.to(map_location)
+
+
+def _write_default() -> None:
+    """Regenerate the untrained default checkpoint (seed 0)."""
+    torch.manual_seed(0)
+    save_checkpoint(LearnedUpdate(), CHECKPOINT_DIR / f"{DEFAULT_CHECKPOINT}.pt",
+                    meta={"trained": False, "seed": 0,
+                          "note": "untrained initialization: exactly Adam at lr 1e-3 until meta-trained"})
+
+
+if __name__ == "__main__":
+    _write_default()

@@ -1,0 +1,163 @@
+"""``NeuralGraphOptimizer``: a ``torch.optim.Optimizer`` driven by the neural-graph encoder."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Callable, Iterable, Literal, Mapping
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from ..graph import GraphSpec, graph_from_module, graph_from_parameters
+from .checkpoint import load_learned_update
+from .functional import count_nonfinite, ngo_update
+from .learned import LearnedUpdate
+
+CkptLike = str | os.PathLike | Mapping[str, Any] | LearnedUpdate | None
+
+
+class NeuralGraphOptimizer(Optimizer):
+    r"""A learned optimizer that reads the model as a neural graph.
+
+    Each :meth:`step` computes per-entry features of every parameter (gradient, momenta at three
+    timescales, a second-moment estimate, the parameter value, the step count), places them on the cached
+    neural graph of the parameter group (weights on edges, biases and norm parameters on nodes), runs the
+    permutation-equivariant encoder (every ``encoder_every`` steps) and reads a per-entry update back. The
+    update is an Adam-like direction scaled and corrected by the learned head; ``lr`` multiplies the
+    learned step size, so LR schedulers work as with Adam. The maths is in
+    :mod:`lopt_graphs.optim.functional`.
+
+    Args:
+        params: iterable of parameters or of dicts defining parameter groups. For the graph, each group's
+            parameters must be a feed-forward chain in registration order (``model.parameters()`` of a
+            Sequential-like model); use :meth:`for_module` for exact wiring of residual nets and norms.
+        ckpt: learned weights: a checkpoint path, a checkpoint dict, the name of a shipped checkpoint, a
+            :class:`LearnedUpdate`, or ``None`` for the default shipped checkpoint.
+        lr: multiplier of the learned step size (default 1.0; ``lr=1`` is the meta-trained setting).
+        betas: timescales of the Adam-like momentum and the second moment.
+        eps: numerical floor of the second moment.
+        weight_decay: decoupled weight decay.
+        encoder_every: run the encoder every this many steps (default: the checkpoint's setting).
+        on_unsupported: ``"free"`` optimizes parameters that fit no graph (embeddings, odd shapes) with the
+            graph-free per-entry head; ``"error"`` raises :class:`~lopt_graphs.graph.GraphBuildError`.
+
+    Example::
+
+        opt = NeuralGraphOptimizer(model.parameters())
+        for x, y in loader:
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+
+    Attributes:
+        learned: the :class:`LearnedUpdate` (meta-parameters; not optimizer state, not in ``state_dict``).
+        nonfinite_steps: number of steps skipped because a gradient held NaN or Inf.
+    """
+
+    def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], ckpt: CkptLike = None, *,
+                 lr: float | Tensor = 1.0, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, encoder_every: int | None = None,
+                 on_unsupported: Literal["free", "error"] = "free", _specs: list[GraphSpec] | None = None):
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if not 0.0 <= float(lr):
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not 0.0 <= betas[0] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
+        if not 0.0 <= betas[1] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if encoder_every is not None and (not isinstance(encoder_every, int) or encoder_every < 1):
+            raise ValueError(f"Invalid encoder_every: {encoder_every!r} (expected a positive int)")
+        if on_unsupported not in ("free", "error"):
+            raise ValueError(f"Invalid on_unsupported: {on_unsupported!r} (expected 'free' or 'error')")
+        self.learned = ckpt if isinstance(ckpt, LearnedUpdate) else load_learned_update(ckpt)
+        self.learned.requires_grad_(False)
+        self.on_unsupported = on_unsupported
+        self.nonfinite_steps = 0
+        self._specs: list[GraphSpec] = []
+        self._given_specs = list(_specs or [])
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, encoder_every=encoder_every)
+        super().__init__(params, defaults)
+
+    @classmethod
+    def for_module(cls, module: nn.Module, ckpt: CkptLike = None, **kwargs) -> "NeuralGraphOptimizer":
+        """Optimizer over ``module.parameters()`` with the module's exact wiring (residuals, norms).
+
+        The graph is traced with :func:`~lopt_graphs.graph.graph_from_module`.
+        """
+        spec = graph_from_module(module, on_unsupported=kwargs.get("on_unsupported", "free"))
+        return cls(module.parameters(), ckpt, _specs=[spec], **kwargs)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group (as :meth:`torch.optim.Optimizer.add_param_group`) and build its graph."""
+        super().add_param_group(param_group)
+        params = self.param_groups[-1]["params"]
+        idx = len(self.param_groups) - 1
+        spec = self._given_specs[idx] if idx < len(self._given_specs) else graph_from_parameters(
+            params, on_unsupported=self.on_unsupported)
+        if len(spec.params) != len(params):
+            raise ValueError(f"Graph spec describes {len(spec.params)} parameters, the group has {len(params)}")
+        self._specs.append(spec)
+
+    def graph_spec(self, group: int = 0) -> GraphSpec:
+        """The cached graph spec of parameter group ``group``."""
+        return self._specs[group]
+
+    @staticmethod
+    def _process_value_according_to_param_policy(param: Tensor, value: Tensor, param_id: int,
+                                                 param_groups: list[dict[Any, Any]], key: Any = None) -> Tensor:
+        # State is float32 whatever the parameter's dtype (features are computed in float32): only move it.
+        return value.to(device=param.device)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """Perform a single optimization step.
+
+        Args:
+            closure: a closure that reevaluates the model and returns the loss.
+
+        Returns:
+            The loss returned by ``closure``, or ``None``.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for gi, group in enumerate(self.param_groups):
+            params: list[Tensor] = group["params"]
+            grads = [p.grad for p in params]
+            for p, g in zip(params, grads):
+                if g is not None and g.is_sparse:
+                    raise RuntimeError("NeuralGraphOptimizer does not support sparse gradients; use "
+                                       "torch.optim.SparseAdam for sparse parameters in a separate optimizer")
+            if all(g is None for g in grads):
+                continue
+            bad = int(count_nonfinite(grads))
+            if bad:
+                self.nonfinite_steps += 1
+                warnings.warn(f"NeuralGraphOptimizer: {bad} gradient(s) of parameter group {gi} hold NaN or "
+                              f"Inf; the step was skipped and no parameter changed (skipped so far: "
+                              f"{self.nonfinite_steps})", RuntimeWarning, stacklevel=2)
+                continue
+            device = next(p.device for p, g in zip(params, grads) if g is not None)
+            if next(self.learned.parameters()).device != device:
+                self.learned.to(device)
+            states = [dict(self.state[p]) if p in self.state else {} for p in params]
+            new_params, new_states = ngo_update(
+                self.learned, self._specs[gi].to(device), [p.detach() for p in params], grads, states,
+                lr=group["lr"], betas=group["betas"], eps=group["eps"], weight_decay=group["weight_decay"],
+                encoder_every=group["encoder_every"])
+            for p, g, n, s in zip(params, grads, new_params, new_states):
+                if g is not None:
+                    p.copy_(n)
+                    self.state[p] = s
+        return loss
