@@ -36,6 +36,7 @@ class GraphBuilder:
         self._parent: list[int] = []
         self._size: list[int | None] = []
         self._act: list[int] = []
+        self._pinned: set[int] = set()
         self.weights: list[_Weight] = []
         self.node_params: dict[int, tuple[int, int, tuple[int, ...]]] = {}  # param -> (set, slot, shape)
         self.free: dict[int, tuple[tuple[int, ...], str]] = {}
@@ -77,6 +78,11 @@ class GraphBuilder:
         self._size[lo] = sa if sa is not None else sb
         self._act[lo] = max(self._act[ra], self._act[rb])
         return lo
+
+    def pin(self, s: int) -> None:
+        """Mark set ``s`` as not freely permutable: something outside the graph (a free parameter, an
+        unknown operation) reads its neurons by position, so they get positional ids like input neurons."""
+        self._pinned.add(s)
 
     def set_activation(self, s: int, name: str) -> None:
         self._act[self.find(s)] = ACTIVATIONS.index(name) if name in ACTIVATIONS else ACTIVATIONS.index("other")
@@ -140,6 +146,7 @@ class GraphBuilder:
             if r not in roots and self._size[r] is not None:
                 roots.append(r)
         in_roots = {self.find(s) for s in self.inputs}
+        pinned = {self.find(s) for s in self._pinned}
         out_roots = {self.find(s) for s in self.outputs}
         if in_roots & out_roots:
             raise GraphBuildError("The network's input and output neurons coincide; nothing to optimize as a graph")
@@ -152,7 +159,7 @@ class GraphBuilder:
             start[r] = n
             role = ROLE_INPUT if r in in_roots else ROLE_OUTPUT if r in out_roots else ROLE_HIDDEN
             roles.append(torch.full((size,), role, dtype=torch.long))
-            if role == ROLE_HIDDEN and not hidden_positions:
+            if role == ROLE_HIDDEN and not hidden_positions and r not in pinned:
                 pos.append(torch.full((size,), -1, dtype=torch.long))
             else:
                 pos.append(torch.arange(size))
@@ -164,7 +171,8 @@ class GraphBuilder:
         src_l, dst_l, size_l = [], [], []
         e = 0
         kmax = 1
-        for w in self.weights:
+        # Edges in parameter order, so that filling them is a concatenation in parameter order.
+        for w in sorted(self.weights, key=lambda w: w.param):
             s0, d0 = start[self.find(w.src)], start[self.find(w.dst)]
             rows = w.shape[0]
             slots[w.param] = ParamSlot("edge", w.shape, edge_start=e, rows=rows, cols=w.cols, entries=w.entries,

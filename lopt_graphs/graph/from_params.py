@@ -88,6 +88,7 @@ def graph_from_parameters(params: Iterable[torch.Tensor | Shape],
             raise GraphBuildError(f"{reason}. Pass on_unsupported='free' to optimize it without a graph, or "
                                   f"build the graph from the module (graph_from_module) for exact wiring")
         b.add_free(i, shape, reason)
+        b.pin(cur)  # the free parameter may act on these neurons by position: they are not permutable
         if len(shape) != 1:  # a stray vector cannot mis-wire later layers; a stray matrix can
             broken = reason
     b.outputs.append(cur)

@@ -21,7 +21,14 @@ class NeuralGraph(Data):
         edge_attr: ``[E, K, F]`` edge features (weights; conv kernels as vectors), zero padded.
         edge_mask: ``[E, K]`` bool, valid edge entries.
         node_role, node_pos, node_act: ``[N]`` long, see :class:`GraphSpec`.
+        edge_blocks: ``[W, 5]`` long, one row ``(edge_start, rows, cols, dst_start, src_start)`` per weight:
+            the dense blocks the edges form (batching shifts edge and node offsets).
     """
+
+    def __inc__(self, key: str, value, *args, **kwargs):
+        if key == "edge_blocks":
+            return torch.tensor([self.num_edges, 0, 0, self.num_nodes, self.num_nodes])
+        return super().__inc__(key, value, *args, **kwargs)
 
 
 def neural_graph(spec: GraphSpec, tensors: Sequence[Tensor | None], kmax: int | None = None) -> NeuralGraph:
@@ -49,6 +56,7 @@ def neural_graph(spec: GraphSpec, tensors: Sequence[Tensor | None], kmax: int | 
         edge_index=s.edge_index, edge_attr=s.to_edge_attr(feats, kmax=kmax),
         edge_mask=torch.arange(kmax, device=device) < s.edge_size[:, None],
         node_role=s.node_role, node_pos=s.node_pos, node_act=s.node_act, num_nodes=spec.num_nodes,
+        edge_blocks=s.edge_blocks(),
     )
 
 

@@ -88,7 +88,8 @@ class GraphSpec:
         edge_index: ``[2, E]`` long, rows ``(source, destination)``.
         edge_size: ``[E]`` long, valid entries of each edge vector.
         node_role: ``[N]`` long, ``ROLE_*``.
-        node_pos: ``[N]`` long, positional id for input/output neurons, ``-1`` for hidden ones.
+        node_pos: ``[N]`` long, positional id for input/output neurons (and for hidden neurons read by
+            something outside the graph), ``-1`` for freely permutable hidden ones.
         node_act: ``[N]`` long, index into ``ACTIVATIONS``.
         node_layer: ``[N]`` long, index of the neuron set (layer) a neuron belongs to.
         num_slots: ``P``, node slots per node.
@@ -127,6 +128,13 @@ class GraphSpec:
     @property
     def free_params(self) -> list[int]:
         return [i for i, p in enumerate(self.params) if p.kind == "free"]
+
+    def edge_blocks(self) -> Tensor:
+        """``[W, 5]`` long rows ``(edge_start, rows, cols, dst_start, src_start)``, one per weight (cached)."""
+        if "blocks" not in self._cache:
+            rows = [[p.edge_start, p.rows, p.cols, p.dst_start, p.src_start] for p in self.params if p.kind == "edge"]
+            self._cache["blocks"] = torch.tensor(rows, dtype=torch.long, device=self.edge_index.device).view(-1, 5)
+        return self._cache["blocks"]
 
     def edge_mask(self, device: torch.device | None = None) -> Tensor:
         """``[E, kmax]`` bool mask of valid edge entries."""
@@ -253,7 +261,8 @@ class GraphSpec:
         """Node ids of every hidden neuron set (neurons that may be permuted among themselves)."""
         sets = []
         for layer in torch.unique(self.node_layer).tolist():
-            ids = torch.nonzero((self.node_layer == layer) & (self.node_role == ROLE_HIDDEN)).flatten()
+            ids = torch.nonzero((self.node_layer == layer) & (self.node_role == ROLE_HIDDEN)
+                                & (self.node_pos < 0)).flatten()
             if ids.numel() > 0:
                 sets.append(ids)
         return sets

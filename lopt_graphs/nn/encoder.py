@@ -47,6 +47,9 @@ class NeuralGraphEncoder(nn.Module):
     ``edge``, ``edge_out`` and ``node_out`` the same way and leaves ``graph_out`` unchanged.
     """
 
+    #: Largest number of weight blocks for which the dense-block aggregation is used.
+    max_blocks = 16
+
     def __init__(self, cfg: EncoderConfig | None = None, **kwargs):
         super().__init__()
         if cfg is None:
@@ -80,8 +83,11 @@ class NeuralGraphEncoder(nn.Module):
         h, e, slot_emb, entry_emb = self.embed(data.x, data.node_slot_type, data.edge_attr, data.edge_mask,
                                                data.node_role, data.node_pos, data.node_act)
         ei = data.edge_index
+        blocks = getattr(data, "edge_blocks", None)
+        # Dense-block aggregation pays off for a few large weights; many small graphs use scatters.
+        blocks = blocks.tolist() if blocks is not None and 0 < blocks.shape[0] <= self.max_blocks else None
         for layer in self.layers:
-            h, e = layer(h, e, ei)
+            h, e = layer(h, e, ei, blocks)
         out = EncoderOutput(node=h, edge=e)
         if self.cfg.edge_out:
             a, b = self.edge_head_nodes(h).chunk(2, dim=-1)

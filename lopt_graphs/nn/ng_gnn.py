@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .aggr import pna_aggregate
+from .aggr import pna_aggregate, pna_aggregate_blocks
 
 
 class NGGNNLayer(nn.Module):
@@ -38,8 +38,11 @@ class NGGNNLayer(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.update = nn.Sequential(nn.Linear(d + 12 * de, d), nn.ReLU(), nn.Linear(d, d))
 
-    def forward(self, h: Tensor, e: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
-        """Args: ``h [N, d]``, ``e [E, de]``, ``edge_index [2, E]``. Returns updated ``(h, e)``."""
+    def forward(self, h: Tensor, e: Tensor, edge_index: Tensor,
+                blocks: list[list[int]] | None = None) -> tuple[Tensor, Tensor]:
+        """Args: ``h [N, d]``, ``e [E, de]``, ``edge_index [2, E]``; ``blocks`` (optional) lists the dense
+        weight blocks ``(edge_start, rows, cols, dst_start, src_start)`` covering all edges, which switches
+        aggregation to dense reductions. Returns updated ``(h, e)``."""
         src, dst = edge_index[0], edge_index[1]
         n = h.shape[0]
         a, b, c, d = self.node_terms(h).chunk(4, dim=-1)
@@ -47,6 +50,9 @@ class NGGNNLayer(nn.Module):
         gf, bf, gb, bb = self.film(e).chunk(4, dim=-1)
         m_fwd = ((1 + gf) * c.index_select(0, src) + bf).relu()
         m_bwd = ((1 + gb) * d.index_select(0, dst) + bb).relu()
-        agg = [pna_aggregate(m_fwd, dst, n), pna_aggregate(m_bwd, src, n)]
+        if blocks is not None:
+            agg = [pna_aggregate_blocks(m_fwd, blocks, n, "dst"), pna_aggregate_blocks(m_bwd, blocks, n, "src")]
+        else:
+            agg = [pna_aggregate(m_fwd, dst, n), pna_aggregate(m_bwd, src, n)]
         h = h + self.update(torch.cat([self.norm(h), *agg], dim=-1))
         return h, e

@@ -47,8 +47,10 @@ class NGTransformerLayer(nn.Module):
         alpha = segment_softmax(score, target, n)
         return scatter_sum((alpha.unsqueeze(-1) * v.view(e, self.heads, hd)).reshape(e, d), target, n)
 
-    def forward(self, h: Tensor, e: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
-        """Args: ``h [N, d]``, ``e [E, de]``, ``edge_index [2, E]``. Returns updated ``(h, e)``."""
+    def forward(self, h: Tensor, e: Tensor, edge_index: Tensor,
+                blocks: list[list[int]] | None = None) -> tuple[Tensor, Tensor]:
+        """Args: ``h [N, d]``, ``e [E, de]``, ``edge_index [2, E]`` (``blocks`` is accepted for interface
+        parity with :class:`NGGNNLayer` and unused). Returns updated ``(h, e)``."""
         src, dst = edge_index[0], edge_index[1]
         n = h.shape[0]
         x = self.norm1(h)

@@ -56,12 +56,13 @@ def save_checkpoint(learned: LearnedUpdate, path: str | os.PathLike, meta: Mappi
 
 
 def _read(source: str | os.PathLike) -> dict[str, Any]:
-    path = Path(source)
-    if not path.exists():
-        name = str(source)
-        if os.sep not in name and not name.endswith(".pt") and (CHECKPOINT_DIR / f"{name}.pt").exists():
-            path = CHECKPOINT_DIR / f"{name}.pt"
-        else:
+    name = str(source)
+    shipped = CHECKPOINT_DIR / f"{name}.pt"
+    if isinstance(source, str) and os.sep not in name and not name.endswith(".pt") and shipped.exists():
+        path = shipped  # a shipped name wins over a same-named file in the working directory
+    else:
+        path = Path(source)
+        if not path.is_file():
             raise CheckpointError(f"Checkpoint {str(source)!r} not found: not a file, and not one of the shipped "
                                   f"checkpoints {shipped_checkpoints()}")
     try:
@@ -78,7 +79,8 @@ def load_learned_update(ckpt: str | os.PathLike | Mapping[str, Any] | None = Non
     """Build a :class:`LearnedUpdate` from a checkpoint.
 
     Args:
-        ckpt: a path, a checkpoint dict, the name of a shipped checkpoint, or ``None`` for the default.
+        ckpt: a path, a checkpoint dict, the name of a shipped checkpoint (a bare name such as ``"default"``
+            always means the shipped one; write ``"./default"`` for a file), or ``None`` for the default.
         map_location: device of the returned module.
 
     Raises:

@@ -18,8 +18,10 @@ Per entry of a parameter, at step :math:`t` (all features in float32):
     p &\leftarrow p (1 - \eta\,\lambda) - \eta \left(\hat m_\text{adam} r\, e^{\,\kappa_m o_m}
                                                    + \kappa_d o_d\right), \qquad \eta = \text{lr}\cdot\text{base\_lr}
 
-with :math:`\hat m = m / (1 - \beta^t)`. The encoder runs every ``encoder_every`` steps; in between, the
-cached node terms :math:`c` are reused (they are part of the optimizer state).
+with :math:`\hat m = m / (1 - \beta^t)`. The encoder runs at steps 1, 2, 4, 8, ... and then every
+``encoder_every`` steps (:func:`encoder_due`); in between, the cached node terms :math:`c` are reused (they
+are part of the optimizer state). The head is written as sums of elementwise products over its ``H`` hidden
+units: no ``[entries, H]`` temporary is formed, which is faster on CPU than a thin matmul.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import torch
 from torch import Tensor
 
 from ..graph import GraphSpec, neural_graph
-from .learned import LearnedUpdate
+from .learned import FEATURES, LearnedUpdate
 
 FEATURE_CLIP = 10.0
 MAG_CLIP = 10.0
@@ -58,11 +60,12 @@ def _rms(x: Tensor) -> Tensor:
 
 
 def entry_features(p: Tensor, g: Tensor, st: dict[str, Tensor], betas: tuple[float, float], eps: float,
-                   momenta: tuple[float, float]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+                   momenta: tuple[float, float]) -> tuple[list[Tensor], Tensor, dict[str, Tensor]]:
     """Advance one parameter's moments and compute its entry features.
 
     Returns:
-        ``(x [*shape, F], adam_dir [*shape], new_state)``.
+        ``(xs, adam_dir, new_state)``: ``len(FEATURES)`` tensors shaped like ``p``, the Adam-like direction,
+        and the state with advanced moments (cached node terms carried along).
     """
     b_fast, b_slow = momenta
     b1, b2 = betas
@@ -75,11 +78,19 @@ def entry_features(p: Tensor, g: Tensor, st: dict[str, Tensor], betas: tuple[flo
     r = torch.rsqrt(new["v"] / (1 - b2 ** t) + eps * eps)
     hats = [new[k] / (1 - b ** t) * r for k, b in (("m_fast", b_fast), ("m_adam", b1), ("m_slow", b_slow))]
     p32 = p.to(g.dtype)
-    x = torch.stack([g * r, *hats, p32 / _rms(p32), g / _rms(g)], dim=-1).clamp(-FEATURE_CLIP, FEATURE_CLIP)
+    xs = [x.clamp(-FEATURE_CLIP, FEATURE_CLIP) for x in (g * r, *hats, p32 / _rms(p32), g / _rms(g))]
     for k, v in st.items():  # carry cached node terms along
         if k.startswith("ctx"):
             new[k] = v
-    return x, hats[1], new
+    return xs, hats[1], new
+
+
+def encoder_due(t: int, every: int) -> bool:
+    """Whether the encoder runs at step ``t`` (1-based): steps 1, 2, 4, 8, ... below ``every``, then every
+    ``every`` steps, so the node terms follow the fast early changes of training and stay cheap later."""
+    if t < every:
+        return t & (t - 1) == 0
+    return (t - 1) % every == 0
 
 
 def node_contexts(learned: LearnedUpdate, spec: GraphSpec, feats: Sequence[Tensor]) -> list[dict[str, Tensor]]:
@@ -112,7 +123,8 @@ def node_contexts(learned: LearnedUpdate, spec: GraphSpec, feats: Sequence[Tenso
 def ngo_update(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[Tensor], grads: Sequence[Tensor | None],
                states: Sequence[dict[str, Tensor]], *, lr: float | Tensor = 1.0,
                betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
-               encoder_every: int | None = None) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
+               encoder_every: int | None = None, _features=None, _apply=None,
+               ) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
     """One step of the learned optimizer on one parameter group, without side effects.
 
     Args:
@@ -126,19 +138,23 @@ def ngo_update(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[Tensor]
         eps: numerical floor of the second moment.
         weight_decay: decoupled weight decay (AdamW style), scaled by the step size.
         encoder_every: override of ``learned.cfg.encoder_every``.
+        _features, _apply: drop-in (for example ``torch.compile``d) versions of :func:`entry_features` and
+            :func:`apply_update`; internal, used by the optimizer's ``compile=True``.
 
     Returns:
         ``(new_params, new_states)``, lists aligned with ``params``.
     """
     cfg = learned.cfg
     every = cfg.encoder_every if encoder_every is None else encoder_every
+    _features = _features or entry_features
+    _apply = _apply or apply_update
     states = [s if s else init_state(p) for s, p in zip(states, params)]
-    feats: list[Tensor | None] = [None] * len(params)
+    feats: list[list[Tensor] | None] = [None] * len(params)
     dirs: list[Tensor | None] = [None] * len(params)
     new_states: list[dict[str, Tensor]] = list(states)
     for i, (p, g) in enumerate(zip(params, grads)):
         if g is not None:
-            feats[i], dirs[i], new_states[i] = entry_features(p, g, states[i], betas, eps, cfg.momenta)
+            feats[i], dirs[i], new_states[i] = _features(p, g, states[i], betas, eps, cfg.momenta)
 
     active = [i for i, g in enumerate(grads) if g is not None]
     if not active:
@@ -147,8 +163,9 @@ def ngo_update(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[Tensor]
     need = any(spec.params[i].kind != "free" and not any(k.startswith("ctx") for k in new_states[i])
                for i in active)
     has_graph = any(spec.params[i].kind != "free" for i in active)
-    if has_graph and (need or (t_first - 1) % every == 0):
-        full = [f if f is not None else p.new_zeros(*p.shape, cfg.encoder.edge_in, dtype=compute_dtype(p))
+    if has_graph and (need or encoder_due(t_first, every)):
+        nf = len(FEATURES)
+        full = [torch.stack(f, dim=-1) if f is not None else p.new_zeros(*p.shape, nf, dtype=compute_dtype(p))
                 for f, p in zip(feats, params)]
         ctxs = node_contexts(learned, spec, full)
         for i in range(len(params)):
@@ -158,26 +175,42 @@ def ngo_update(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[Tensor]
     eta = lr * cfg.base_lr
     out = list(params)
     for i in active:
-        p, x, st, slot = params[i], feats[i].to(learned.w1.dtype), new_states[i], spec.params[i]
-        sb = learned.step_proj(step_features(st["step"]).to(learned.w1.dtype))
-        w1 = learned.w1_free if slot.kind == "free" else learned.w1
-        if slot.kind == "edge":
-            xv = x.reshape(slot.rows, slot.cols, slot.entries, x.shape[-1])
-            ctx = st["ctx_dst"][:, None, None, :] + st["ctx_src"][None, :, None, :]  # [O, C, 1, H]
-            o_dir, o_mag = learned.head(xv, ctx, w1, sb)
-            o_dir, o_mag = o_dir.reshape(p.shape), o_mag.reshape(p.shape)
-        elif slot.kind == "node":
-            xv = x.reshape(slot.numel, x.shape[-1])
-            o_dir, o_mag = learned.head(xv, st["ctx"], w1, sb)
-            o_dir, o_mag = o_dir.reshape(p.shape), o_mag.reshape(p.shape)
-        else:
-            o_dir, o_mag = learned.head(x, torch.zeros((), device=x.device), w1, sb)
-        delta = dirs[i] * torch.exp((cfg.mag_scale * o_mag).clamp(-MAG_CLIP, MAG_CLIP)) + cfg.dir_scale * o_dir
-        p32 = p.to(compute_dtype(p))
-        if weight_decay:
-            p32 = p32 * (1 - eta * weight_decay)
-        out[i] = (p32 - eta * delta).to(p.dtype)
+        slot = spec.params[i]
+        view = ((slot.rows, slot.cols, slot.entries) if slot.kind == "edge" else (slot.numel,)
+                if slot.kind == "node" else tuple(params[i].shape))
+        out[i] = _apply(learned, params[i], feats[i], dirs[i], new_states[i], slot.kind, view, eta, weight_decay)
     return out, new_states
+
+
+def apply_update(learned: LearnedUpdate, p: Tensor, xs: list[Tensor], adam_dir: Tensor, st: dict[str, Tensor],
+                 kind: str, view: tuple[int, ...], eta: float | Tensor, weight_decay: float) -> Tensor:
+    """The new value of one parameter from its entry features, Adam direction and (advanced) state.
+
+    Args:
+        kind: the parameter's ``ParamSlot.kind``; ``view`` the shape its entries take for the head
+            (``(O, C, S)`` for a weight, ``(numel,)`` for a node parameter, the shape itself when free).
+    """
+    cfg = learned.cfg
+    wdtype = learned.w1.dtype
+    sb = learned.step_proj(step_features(st["step"]).to(wdtype))
+    if kind == "edge":
+        cd, cs = st["ctx_dst"], st["ctx_src"]
+        ctx = lambda h: cd[:, h, None, None] + cs[None, :, h, None]  # noqa: E731  [O, C, 1]
+        w1 = learned.w1
+    elif kind == "node":
+        c = st["ctx"]
+        ctx = lambda h: c[:, h]  # noqa: E731
+        w1 = learned.w1
+    else:
+        ctx = lambda h: 0.0  # noqa: E731
+        w1 = learned.w1_free
+    o_dir, o_mag = learned.head([x.to(wdtype).reshape(view) for x in xs], ctx, w1, sb)
+    o_dir, o_mag = o_dir.reshape(p.shape), o_mag.reshape(p.shape)
+    delta = adam_dir * torch.exp((cfg.mag_scale * o_mag).clamp(-MAG_CLIP, MAG_CLIP)) + cfg.dir_scale * o_dir
+    p32 = p.to(compute_dtype(p))
+    if weight_decay:
+        p32 = p32 * (1 - eta * weight_decay)
+    return (p32 - eta * delta).to(p.dtype)
 
 
 def count_nonfinite(grads: Sequence[Tensor | None]) -> Tensor:

@@ -6,7 +6,7 @@ These weights are meta-parameters (trained by ``meta_train``), not optimizer sta
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -85,7 +85,7 @@ class LearnedUpdate(nn.Module):
     destination and source neuron of a weight, or the neuron of a bias) and the step features ``s`` to two
     numbers ``(o_dir, o_mag)``::
 
-        z = W1 x + c + S s + b1,   (o_dir, o_mag) = W2 relu(z) + b2
+        z = W1 x + c + S s,   (o_dir, o_mag) = W2 relu(z) + b2
 
     ``W2``/``b2`` start at zero, so a fresh ``LearnedUpdate`` makes the optimizer exactly Adam with step
     ``base_lr``; meta-training learns corrections around it.
@@ -108,21 +108,28 @@ class LearnedUpdate(nn.Module):
         self.w2 = nn.Parameter(torch.zeros(2, h))
         self.b2 = nn.Parameter(torch.zeros(2))
 
-    def head(self, x: Tensor, ctx: Tensor, w1: Tensor, step_bias: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-entry head.
+    def head(self, xs: list[Tensor], ctx: Callable[[int], Tensor | float], w1: Tensor,
+             step_bias: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-entry head, as elementwise sums over hidden units (no ``[entries, H]`` temporary).
 
         Args:
-            x: ``[*, F]`` entry features.
-            ctx: ``[*, H]`` context (broadcastable to ``x[..., :1]`` shape + ``H``).
+            xs: ``len(FEATURES)`` tensors of one common shape (the entries).
+            ctx: ``ctx(h)`` gives hidden unit ``h``'s context, broadcastable to the entries' shape.
             w1: ``[H, F]``.
             step_bias: ``[H]``.
 
         Returns:
-            ``(o_dir, o_mag)``, each ``[*]``.
+            ``(o_dir, o_mag)``, each shaped like the entries.
         """
-        z = (x @ w1.t() + ctx + step_bias).relu()
-        o = z @ self.w2.t() + self.b2
-        return o[..., 0], o[..., 1]
+        o_dir, o_mag = self.b2[0], self.b2[1]
+        for h in range(w1.shape[0]):
+            z = ctx(h) + step_bias[h]
+            for f, x in enumerate(xs):
+                z = z + x * w1[h, f]
+            z = z.relu()
+            o_dir = o_dir + self.w2[0, h] * z
+            o_mag = o_mag + self.w2[1, h] * z
+        return o_dir, o_mag
 
     def extra_repr(self) -> str:
         return f"head_hidden={self.cfg.head_hidden}, encoder_every={self.cfg.encoder_every}"

@@ -12,7 +12,7 @@ from torch.optim import Optimizer
 
 from ..graph import GraphSpec, graph_from_module, graph_from_parameters
 from .checkpoint import load_learned_update
-from .functional import count_nonfinite, ngo_update
+from .functional import apply_update, count_nonfinite, entry_features, ngo_update
 from .learned import LearnedUpdate
 
 CkptLike = str | os.PathLike | Mapping[str, Any] | LearnedUpdate | None
@@ -42,6 +42,9 @@ class NeuralGraphOptimizer(Optimizer):
         encoder_every: run the encoder every this many steps (default: the checkpoint's setting).
         on_unsupported: ``"free"`` optimizes parameters that fit no graph (embeddings, odd shapes) with the
             graph-free per-entry head; ``"error"`` raises :class:`~lopt_graphs.graph.GraphBuildError`.
+        compile: fuse the per-entry work (features, head, update) with ``torch.compile`` (one compilation
+            per parameter shape, paid during the first steps; raises dynamo's recompile limit to 64).
+            Same maths as eager; several times faster per step on large models on CPU.
 
     Example::
 
@@ -59,7 +62,8 @@ class NeuralGraphOptimizer(Optimizer):
     def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], ckpt: CkptLike = None, *,
                  lr: float | Tensor = 1.0, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, encoder_every: int | None = None,
-                 on_unsupported: Literal["free", "error"] = "free", _specs: list[GraphSpec] | None = None):
+                 on_unsupported: Literal["free", "error"] = "free", compile: bool = False,
+                 _specs: list[GraphSpec] | None = None):
         if isinstance(lr, Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
         if not 0.0 <= float(lr):
@@ -72,7 +76,8 @@ class NeuralGraphOptimizer(Optimizer):
             raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
         if not 0.0 <= weight_decay:
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        if encoder_every is not None and (not isinstance(encoder_every, int) or encoder_every < 1):
+        if encoder_every is not None and (not isinstance(encoder_every, int) or isinstance(encoder_every, bool)
+                                          or encoder_every < 1):
             raise ValueError(f"Invalid encoder_every: {encoder_every!r} (expected a positive int)")
         if on_unsupported not in ("free", "error"):
             raise ValueError(f"Invalid on_unsupported: {on_unsupported!r} (expected 'free' or 'error')")
@@ -81,6 +86,8 @@ class NeuralGraphOptimizer(Optimizer):
         self.on_unsupported = on_unsupported
         self.nonfinite_steps = 0
         self._specs: list[GraphSpec] = []
+        self.compile = bool(compile)
+        self._fns: dict[str, Callable] = {}
         self._given_specs = list(_specs or [])
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, encoder_every=encoder_every)
         super().__init__(params, defaults)
@@ -95,28 +102,63 @@ class NeuralGraphOptimizer(Optimizer):
         return cls(module.parameters(), ckpt, _specs=[spec], **kwargs)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group (as :meth:`torch.optim.Optimizer.add_param_group`) and build its graph."""
-        super().add_param_group(param_group)
-        params = self.param_groups[-1]["params"]
-        idx = len(self.param_groups) - 1
+        """Add a group (as :meth:`torch.optim.Optimizer.add_param_group`) and build its graph.
+
+        The graph is built first, so a group that fits no graph (with ``on_unsupported="error"``) raises
+        and leaves the optimizer unchanged.
+        """
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, but got {type(param_group).__name__}")
+        params = param_group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)
+        for p in params:
+            if not isinstance(p, Tensor):
+                raise TypeError(f"optimizer can only optimize Tensors, but one of the params is {torch.typename(p)}")
+        param_group = {**param_group, "params": params}
+        idx = len(self.param_groups)
         spec = self._given_specs[idx] if idx < len(self._given_specs) else graph_from_parameters(
             params, on_unsupported=self.on_unsupported)
         if len(spec.params) != len(params):
             raise ValueError(f"Graph spec describes {len(spec.params)} parameters, the group has {len(params)}")
+        super().add_param_group(param_group)
         self._specs.append(spec)
 
     def graph_spec(self, group: int = 0) -> GraphSpec:
         """The cached graph spec of parameter group ``group``."""
         return self._specs[group]
 
-    @staticmethod
-    def _process_value_according_to_param_policy(param: Tensor, value: Tensor, param_id: int,
-                                                 param_groups: list[dict[Any, Any]], key: Any = None) -> Tensor:
-        # State is float32 whatever the parameter's dtype (features are computed in float32): only move it.
-        return value.to(device=param.device)
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load optimizer state (as :meth:`torch.optim.Optimizer.load_state_dict`).
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
+        ``torch.optim`` casts loaded state to each parameter's dtype; this optimizer keeps its state in
+        float32 (or float64) whatever the parameter's dtype, so the saved dtypes are restored afterwards.
+        """
+        saved = state_dict["state"]
+        ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        super().load_state_dict(state_dict)
+        params = [p for g in self.param_groups for p in g["params"]]
+        for pid, p in zip(ids, params):
+            for k, v in saved.get(pid, {}).items():
+                if isinstance(v, Tensor) and k in self.state[p]:
+                    self.state[p][k] = v.to(device=p.device, copy=True)
+
+    def _compiled(self) -> dict[str, Callable]:
+        if not self.compile:
+            return {}
+        if not self._fns:
+            import torch._dynamo
+
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+            self._fns = {"_features": torch.compile(entry_features, dynamic=False),
+                         "_apply": torch.compile(apply_update, dynamic=False)}
+        return self._fns
+
+    def __getstate__(self) -> dict[str, Any]:
+        # torch.optim keeps only defaults/state/param_groups; the learned weights and graph specs must come
+        # along for deepcopy and pickle. Compiled functions are rebuilt on demand.
+        state = dict(self.__dict__)
+        state["_fns"] = {}
+        return state
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -132,21 +174,21 @@ class NeuralGraphOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for gi, group in enumerate(self.param_groups):
+        all_grads = [[p.grad for p in group["params"]] for group in self.param_groups]
+        for grads in all_grads:
+            if any(g is not None and g.is_sparse for g in grads):
+                raise RuntimeError("NeuralGraphOptimizer does not support sparse gradients; use "
+                                   "torch.optim.SparseAdam for sparse parameters in a separate optimizer")
+        bad = int(count_nonfinite([g for grads in all_grads for g in grads]))
+        if bad:
+            self.nonfinite_steps += 1
+            warnings.warn(f"NeuralGraphOptimizer: {bad} gradient(s) hold NaN or Inf; the step was skipped and "
+                          f"no parameter changed (steps skipped so far: {self.nonfinite_steps})",
+                          RuntimeWarning, stacklevel=2)
+            return loss
+        for gi, (group, grads) in enumerate(zip(self.param_groups, all_grads)):
             params: list[Tensor] = group["params"]
-            grads = [p.grad for p in params]
-            for p, g in zip(params, grads):
-                if g is not None and g.is_sparse:
-                    raise RuntimeError("NeuralGraphOptimizer does not support sparse gradients; use "
-                                       "torch.optim.SparseAdam for sparse parameters in a separate optimizer")
             if all(g is None for g in grads):
-                continue
-            bad = int(count_nonfinite(grads))
-            if bad:
-                self.nonfinite_steps += 1
-                warnings.warn(f"NeuralGraphOptimizer: {bad} gradient(s) of parameter group {gi} hold NaN or "
-                              f"Inf; the step was skipped and no parameter changed (skipped so far: "
-                              f"{self.nonfinite_steps})", RuntimeWarning, stacklevel=2)
                 continue
             device = next(p.device for p, g in zip(params, grads) if g is not None)
             if next(self.learned.parameters()).device != device:
@@ -155,7 +197,7 @@ class NeuralGraphOptimizer(Optimizer):
             new_params, new_states = ngo_update(
                 self.learned, self._specs[gi].to(device), [p.detach() for p in params], grads, states,
                 lr=group["lr"], betas=group["betas"], eps=group["eps"], weight_decay=group["weight_decay"],
-                encoder_every=group["encoder_every"])
+                encoder_every=group["encoder_every"], **self._compiled())
             for p, g, n, s in zip(params, grads, new_params, new_states):
                 if g is not None:
                     p.copy_(n)

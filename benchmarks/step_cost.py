@@ -1,0 +1,161 @@
+"""Wall time of ``NeuralGraphOptimizer.step()`` and of a full training step against ``torch.optim.Adam``.
+
+Command::
+
+    python benchmarks/step_cost.py [--quick] [--steps N] [--encoder-every K] [--no-compile]
+                                   [--out benchmarks/results/step_cost.json]
+
+For each model (an MLP on 8x8 digits, a 784-256-256-10 MLP and a small CNN on 28x28 MNIST-5k images; batch
+128) both optimizers run in this process on identical copies of the model and data. Reported, as medians
+over ``--steps`` timed steps after warm-up: ``opt.step()`` alone, the full training step (forward + backward
++ step), their ratios to Adam (``foreach=True``), the mean full step (the encoder runs only every
+``encoder_every`` steps, so the mean includes its amortized cost), the first two steps apart (where
+``torch.compile`` compiles) and peak RSS growth. NGO runs eager and with ``compile=True``. Prints a markdown
+table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as _dt
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from lopt_graphs import NeuralGraphOptimizer  # noqa: E402
+from lopt_graphs.data import load_embedded  # noqa: E402
+
+
+def _models() -> dict[str, tuple[nn.Module, str]]:
+    torch.manual_seed(0)
+    return {
+        "mlp_digits_64-64-10": (nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)),
+                                "digits"),
+        "mlp_784-256-256-10": (nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256),
+                                             nn.ReLU(), nn.Linear(256, 10)), "mnist5k"),
+        "cnn_mnist_16-32": (nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                          nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                          nn.Flatten(), nn.Linear(32 * 7 * 7, 10)), "mnist5k"),
+    }
+
+
+def _time_run(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, warmup: int,
+              steps: int) -> dict[str, float]:
+    loss_fn = nn.CrossEntropyLoss()
+    full, step = [], []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x[i % len(x)]), y[i % len(y)]).backward()
+        t1 = time.perf_counter()
+        opt.step()
+        t2 = time.perf_counter()
+        if i >= warmup:
+            full.append(t2 - t0)
+            step.append(t2 - t1)
+    if not steps:
+        return {}
+    return {"step_ms": statistics.median(step) * 1e3, "full_ms": statistics.median(full) * 1e3,
+            "full_mean_ms": statistics.fmean(full) * 1e3, "step_mean_ms": statistics.fmean(step) * 1e3}
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run(quick: bool = False, steps: int = 100, encoder_every: int | None = None, compile: bool = True,
+        out: str | os.PathLike = "benchmarks/results/step_cost.json") -> dict:
+    """Run the benchmark; returns (and writes) the result dict."""
+    batch = 128
+    warmup = 5 if quick else 20
+    steps = 10 if quick else steps
+    rows = []
+    models = _models()
+    if quick:
+        models = {k: v for k, v in models.items() if k.startswith("mlp_digits")}
+    for name, (model, data_name) in models.items():
+        data = load_embedded(data_name)
+        g = torch.Generator().manual_seed(0)
+        batches = 8
+        idx = torch.randint(0, data.num_train, (batches, batch), generator=g)
+        x = data.x_train[idx]
+        y = data.y_train[idx]
+        n_params = sum(p.numel() for p in model.parameters())
+        res = {"model": name, "data": data_name, "params": n_params, "batch": batch}
+        makers = [("adam", lambda m: torch.optim.Adam(m.parameters(), lr=1e-3, foreach=True)),
+                  ("ngo", lambda m: NeuralGraphOptimizer(m.parameters(), encoder_every=encoder_every))]
+        if compile:
+            makers.append(("ngo_compiled", lambda m: NeuralGraphOptimizer(m.parameters(), encoder_every=encoder_every,
+                                                                          compile=True)))
+        for label, make in makers:
+            m = copy.deepcopy(model)
+            rss0 = _peak_rss_mb()
+            opt = make(m)
+            t0 = time.perf_counter()
+            _time_run(m, opt, x, y, 2, 0)  # first steps: torch.compile compiles here (reported apart)
+            first = (time.perf_counter() - t0) * 1e3
+            res[label] = _time_run(m, opt, x, y, warmup, steps)
+            res[label]["first_2_steps_ms"] = first
+            res[label]["peak_rss_growth_mb"] = _peak_rss_mb() - rss0
+            if label == "ngo":
+                res["encoder_every"] = opt.param_groups[0]["encoder_every"] or opt.learned.cfg.encoder_every
+        for label, _ in makers[1:]:
+            r = res[label]
+            r["step_ratio"] = r["step_ms"] / res["adam"]["step_ms"]
+            r["full_ratio"] = r["full_ms"] / res["adam"]["full_ms"]
+            r["full_mean_ratio"] = r["full_mean_ms"] / res["adam"]["full_mean_ms"]
+        rows.append(res)
+    result = {
+        "benchmark": "step_cost", "date": _dt.date.today().isoformat(), "torch": torch.__version__,
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads()},
+        "steps": steps, "warmup": warmup, "rows": rows,
+    }
+    print(table(result))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {out}")
+    return result
+
+
+def table(result: dict) -> str:
+    """Markdown table of a result dict."""
+    lines = ["| model | params | optimizer | step ms | step / Adam | full step ms (median) | full / Adam (median) | "
+             "full / Adam (mean, incl. encoder runs) | first 2 steps ms | peak RSS growth MB |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        for label in ("adam", "ngo", "ngo_compiled"):
+            if label not in r:
+                continue
+            x = r[label]
+            ratio = lambda k: "1.00x" if label == "adam" else f"{x[k]:.2f}x"  # noqa: E731
+            lines.append(f"| {r['model']} | {r['params']:,} | {label} | {x['step_ms']:.2f} | {ratio('step_ratio')} | "
+                         f"{x['full_ms']:.2f} | {ratio('full_ratio')} | {ratio('full_mean_ratio')} | "
+                         f"{x['first_2_steps_ms']:.0f} | {x['peak_rss_growth_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smallest model, few steps (smoke test)")
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--encoder-every", type=int, default=None)
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    ap.add_argument("--out", default="benchmarks/results/step_cost.json")
+    a = ap.parse_args(argv)
+    return run(quick=a.quick, steps=a.steps, encoder_every=a.encoder_every, compile=not a.no_compile, out=a.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""Checkpoints of the learned update: round trip, the accepted ``ckpt`` forms, and every failure mode."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+import torch
+
+from lopt_graphs.optim import (
+    CheckpointError,
+    LearnedUpdate,
+    LearnedUpdateConfig,
+    NeuralGraphOptimizer,
+    checkpoint_dict,
+    load_learned_update,
+    save_checkpoint,
+    shipped_checkpoints,
+)
+
+from .optim_infos import assert_tree_equal, random_head_learned, tiny_mlp
+
+
+def _same_weights(a: LearnedUpdate, b: LearnedUpdate) -> None:
+    assert a.cfg == b.cfg
+    assert_tree_equal(a.state_dict(), b.state_dict())
+
+
+# --------------------------------------------------------------------------- round trip
+@pytest.mark.parametrize("cfg", [None, LearnedUpdateConfig(head_hidden=4, encoder_every=3, momenta=(0.3, 0.95))],
+                         ids=["default_cfg", "custom_cfg"])
+def test_save_load_round_trip(tmp_path, cfg):
+    learned = random_head_learned(seed=7, cfg=cfg)
+    path = tmp_path / "sub" / "lu.pt"  # the folder is created
+    save_checkpoint(learned, path, meta={"steps": 12, "note": "test"})
+    loaded = load_learned_update(path)
+    _same_weights(learned, loaded)
+    assert isinstance(loaded.cfg.momenta, tuple)
+    raw = torch.load(path, weights_only=True)  # plain data: no code is unpickled
+    assert raw["format"] == "lopt_graphs.learned_update" and raw["format_version"] == 1
+    assert raw["meta"] == {"steps": 12, "note": "test"}
+    assert raw["config"] == learned.cfg.to_dict()
+    assert set(raw["state_dict"]) == set(learned.state_dict())
+    assert oct(os.stat(path).st_mode & 0o777) == oct(0o644)
+
+
+def test_save_is_atomic_and_leaves_no_temp_files(tmp_path):
+    learned = random_head_learned()
+    path = tmp_path / "lu.pt"
+    save_checkpoint(learned, path)
+    save_checkpoint(random_head_learned(seed=1), path)  # overwrite
+    assert sorted(os.listdir(tmp_path)) == ["lu.pt"]
+    _same_weights(load_learned_update(path), random_head_learned(seed=1))
+    # a failing save leaves the old file intact and no temp file behind
+    with pytest.raises(Exception):
+        save_checkpoint(learned, path, meta={"bad": lambda: None})  # lambdas do not pickle
+    assert sorted(os.listdir(tmp_path)) == ["lu.pt"]
+    _same_weights(load_learned_update(path), random_head_learned(seed=1))
+
+
+# --------------------------------------------------------------------------- the ckpt argument
+def _default_weights() -> LearnedUpdate:
+    return load_learned_update(None)
+
+
+@pytest.mark.parametrize("form", ["path", "str_path", "dict", "learned_update"])
+def test_ckpt_forms(tmp_path, form):
+    learned = random_head_learned(seed=3)
+    path = tmp_path / "lu.pt"
+    save_checkpoint(learned, path)
+    ckpt = {"path": path, "str_path": str(path), "dict": checkpoint_dict(learned),
+            "learned_update": learned}[form]
+    opt = NeuralGraphOptimizer(tiny_mlp().parameters(), ckpt)
+    _same_weights(opt.learned, learned)
+    assert (opt.learned is learned) == (form == "learned_update")
+
+
+@pytest.mark.parametrize("ckpt", [None, "default"])
+def test_default_checkpoint(ckpt):
+    assert "default" in shipped_checkpoints()
+    opt = NeuralGraphOptimizer(tiny_mlp().parameters(), ckpt)
+    _same_weights(opt.learned, _default_weights())
+    # the untrained default: zero output layer (exactly Adam)
+    assert torch.count_nonzero(opt.learned.w2) == 0 and torch.count_nonzero(opt.learned.b2) == 0
+    assert opt.learned.cfg == LearnedUpdateConfig()
+
+
+def test_shipped_file_loads_with_weights_only():
+    import lopt_graphs.optim.checkpoint as ck
+    raw = torch.load(ck.CHECKPOINT_DIR / "default.pt", weights_only=True)
+    assert raw["format_version"] == 1 and raw["meta"]["trained"] is False
+
+
+def test_default_checkpoint_not_shadowed_by_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "default").mkdir()  # e.g. a run folder called "default"
+    NeuralGraphOptimizer(tiny_mlp().parameters())
+
+
+# --------------------------------------------------------------------------- failures
+def test_missing_file_names_the_path(tmp_path):
+    path = tmp_path / "nope" / "missing.pt"
+    with pytest.raises(CheckpointError, match=re.escape(str(path))):
+        load_learned_update(path)
+    with pytest.raises(CheckpointError, match="not found"):
+        NeuralGraphOptimizer(tiny_mlp().parameters(), str(path))
+    with pytest.raises(CheckpointError, match=r"shipped checkpoints \[.*'default'"):
+        load_learned_update("no_such_shipped_name")
+
+
+@pytest.mark.parametrize("content", [b"\x00\x01garbage\xff" * 10, b"", b"PK\x03\x04truncated-zip"],
+                         ids=["garbage", "empty", "truncated_zip"])
+def test_corrupt_file(tmp_path, content):
+    path = tmp_path / "bad.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="corrupt") as info:
+        load_learned_update(path)
+    assert str(path) in str(info.value)
+
+
+def test_not_a_dict(tmp_path):
+    path = tmp_path / "list.pt"
+    torch.save([1, 2, 3], path)
+    with pytest.raises(CheckpointError, match="expected a dict"):
+        load_learned_update(path)
+
+
+def _ckpt(**changes):
+    d = checkpoint_dict(LearnedUpdate())
+    d.update(changes)
+    return d
+
+
+INVALID = [
+    ("wrong_version", dict(format_version=2), r"format_version 2 is not supported"),
+    ("no_version", dict(format_version=None), r"format_version None"),
+    ("wrong_format", dict(format="something.else"), r"Not a learned-update checkpoint"),
+    ("config_mismatch", dict(state_dict=LearnedUpdate(LearnedUpdateConfig(head_hidden=4)).state_dict()),
+     r"do not match"),
+    ("missing_weight", dict(state_dict={k: v for k, v in LearnedUpdate().state_dict().items() if k != "w2"}),
+     r"(?s)do not match.*Missing key.*w2"),
+    ("unknown_config_key", dict(config={**LearnedUpdateConfig().to_dict(), "bogus_key": 1}),
+     r"config is invalid.*bogus_key"),
+    ("unknown_encoder_key", dict(config={**LearnedUpdateConfig().to_dict(),
+                                         "encoder": {**LearnedUpdateConfig().encoder.to_dict(), "bogus": 1}}),
+     r"config is invalid.*bogus"),
+    ("invalid_config_value", dict(config={**LearnedUpdateConfig().to_dict(), "head_hidden": 0}),
+     r"config is invalid.*head_hidden"),
+    ("no_config", dict(config=None), r"config is invalid"),
+]
+
+
+@pytest.mark.parametrize("via", ["dict", "file"])
+@pytest.mark.parametrize("case, changes, regex", [pytest.param(*c, id=c[0]) for c in INVALID])
+def test_invalid_checkpoint(tmp_path, via, case, changes, regex):
+    d = _ckpt(**changes)
+    if via == "file":
+        path = tmp_path / f"{case}.pt"
+        torch.save(d, path)
+        d = path
+    with pytest.raises(CheckpointError, match=regex):
+        load_learned_update(d)
+    with pytest.raises(CheckpointError, match=regex):
+        NeuralGraphOptimizer(tiny_mlp().parameters(), d)
