@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from ..graph import GraphSpec, neural_graph
-from .learned import FEATURES, LearnedUpdate
+from .learned import FEATURES, HeadWeights, LearnedUpdate, head
 
 FEATURE_CLIP = 10.0
 MAG_CLIP = 10.0
@@ -100,7 +100,7 @@ def node_contexts(learned: LearnedUpdate, spec: GraphSpec, feats: Sequence[Tenso
         feats: one ``[*shape, F]`` tensor per parameter (zeros for parameters without a gradient).
 
     Returns:
-        Per parameter: ``{"ctx_dst": [O, H], "ctx_src": [C, H]}`` (weights), ``{"ctx": [numel, H]}``
+        Per parameter: ``{"ctx_dst": [O, H], "ctx_src": [H, C]}`` (weights), ``{"ctx": [H, numel]}``
         (biases, norm parameters) or ``{}`` (graph-free parameters).
     """
     dtype = learned.w1.dtype
@@ -110,11 +110,12 @@ def node_contexts(learned: LearnedUpdate, spec: GraphSpec, feats: Sequence[Tenso
     out: list[dict[str, Tensor]] = []
     for p in spec.params:
         if p.kind == "edge":
+            # source and node terms stored [H, n]: the head reads them contiguously along a weight's rows
             out.append({"ctx_dst": dst[p.dst_start: p.dst_start + p.rows],
-                        "ctx_src": src[p.src_start: p.src_start + p.cols]})
+                        "ctx_src": src[p.src_start: p.src_start + p.cols].t().contiguous()})
         elif p.kind == "node":
             slot = learned.slot_type.weight[1 + p.slot]
-            out.append({"ctx": node[p.dst_start: p.dst_start + p.numel] + slot})
+            out.append({"ctx": (node[p.dst_start: p.dst_start + p.numel] + slot).t().contiguous()})
         else:
             out.append({})
     return out
@@ -123,7 +124,7 @@ def node_contexts(learned: LearnedUpdate, spec: GraphSpec, feats: Sequence[Tenso
 def ngo_update(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[Tensor], grads: Sequence[Tensor | None],
                states: Sequence[dict[str, Tensor]], *, lr: float | Tensor = 1.0,
                betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
-               encoder_every: int | None = None, _features=None, _apply=None,
+               encoder_every: int | None = None, step: int | None = None, _fns: dict | None = None,
                ) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
     """One step of the learned optimizer on one parameter group, without side effects.
 
@@ -138,85 +139,113 @@ def ngo_update(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[Tensor]
         eps: numerical floor of the second moment.
         weight_decay: decoupled weight decay (AdamW style), scaled by the step size.
         encoder_every: override of ``learned.cfg.encoder_every``.
-        _features, _apply: drop-in (for example ``torch.compile``d) versions of :func:`entry_features` and
-            :func:`apply_update`; internal, used by the optimizer's ``compile=True``.
+        step: the 1-based number of this step, if the caller tracks it (needed under ``torch.func.vmap``
+            when the states are batched: the encoder schedule is a Python decision); default: read from
+            the states.
+        _fns: internal: drop-in (for example ``torch.compile``d) versions of ``"features"``
+            (:func:`entry_features`), ``"apply"`` (:func:`apply_update`), ``"step"`` (:func:`param_step`)
+            and ``"contexts"`` (:func:`node_contexts`), used by the optimizer's ``compile=True``.
 
     Returns:
         ``(new_params, new_states)``, lists aligned with ``params``.
     """
     cfg = learned.cfg
     every = cfg.encoder_every if encoder_every is None else encoder_every
-    _features = _features or entry_features
-    _apply = _apply or apply_update
+    fns = {"features": entry_features, "apply": apply_update, "step": param_step, "contexts": node_contexts,
+           **(_fns or {})}
     states = [s if s else init_state(p) for s, p in zip(states, params)]
-    feats: list[list[Tensor] | None] = [None] * len(params)
-    dirs: list[Tensor | None] = [None] * len(params)
-    new_states: list[dict[str, Tensor]] = list(states)
-    for i, (p, g) in enumerate(zip(params, grads)):
-        if g is not None:
-            feats[i], dirs[i], new_states[i] = _features(p, g, states[i], betas, eps, cfg.momenta)
-
     active = [i for i, g in enumerate(grads) if g is not None]
     if not active:
-        return list(params), new_states
-    t_first = int(new_states[active[0]]["step"])
-    need = any(spec.params[i].kind != "free" and not any(k.startswith("ctx") for k in new_states[i])
-               for i in active)
+        return list(params), list(states)
+    t = int(states[active[0]]["step"]) + 1 if step is None else int(step)
+    need = any(spec.params[i].kind != "free" and not any(k.startswith("ctx") for k in states[i]) for i in active)
     has_graph = any(spec.params[i].kind != "free" for i in active)
-    if has_graph and (need or encoder_due(t_first, every)):
-        nf = len(FEATURES)
-        full = [torch.stack(f, dim=-1) if f is not None else p.new_zeros(*p.shape, nf, dtype=compute_dtype(p))
-                for f, p in zip(feats, params)]
-        ctxs = node_contexts(learned, spec, full)
-        for i in range(len(params)):
-            if ctxs[i]:
-                new_states[i] = {**new_states[i], **ctxs[i]}
-
     eta = lr * cfg.base_lr
-    out = list(params)
-    for i in active:
+    if _fns:  # a compiled step specializes on Python floats: pass the (scheduled) step size as a tensor
+        eta = torch.as_tensor(eta, dtype=torch.float32, device=params[active[0]].device)
+    out, new_states = list(params), list(states)
+    hws = (learned.head_weights(free=False), learned.head_weights(free=True))
+
+    def view(i: int) -> tuple[int, ...]:
         slot = spec.params[i]
-        view = ((slot.rows, slot.cols, slot.entries) if slot.kind == "edge" else (slot.numel,)
-                if slot.kind == "node" else tuple(params[i].shape))
-        out[i] = _apply(learned, params[i], feats[i], dirs[i], new_states[i], slot.kind, view, eta, weight_decay)
+        if slot.kind == "edge":
+            return (slot.rows, slot.cols) if slot.entries == 1 else (slot.rows, slot.cols, slot.entries)
+        return (slot.numel,) if slot.kind == "node" else tuple(params[i].shape)
+
+    if not (has_graph and (need or encoder_due(t, every))):
+        # Usual step: features and update fused per parameter, cached node terms reused.
+        for i in active:
+            out[i], new_states[i] = fns["step"](hws[spec.params[i].kind == "free"], params[i], grads[i], states[i],
+                                                spec.params[i].kind, view(i), betas, eps, cfg.momenta, eta,
+                                                weight_decay)
+        return out, new_states
+
+    feats: list[list[Tensor] | None] = [None] * len(params)
+    dirs: list[Tensor | None] = [None] * len(params)
+    for i in active:
+        feats[i], dirs[i], new_states[i] = fns["features"](params[i], grads[i], states[i], betas, eps, cfg.momenta)
+    nf = len(FEATURES)
+    full = [torch.stack(f, dim=-1) if f is not None else p.new_zeros(*p.shape, nf, dtype=compute_dtype(p))
+            for f, p in zip(feats, params)]
+    ctxs = fns["contexts"](learned, spec, full)
+    for i in range(len(params)):
+        if ctxs[i]:
+            new_states[i] = {**new_states[i], **ctxs[i]}
+    for i in active:
+        out[i] = fns["apply"](hws[spec.params[i].kind == "free"], params[i], feats[i], dirs[i], new_states[i],
+                              spec.params[i].kind, view(i), eta, weight_decay)
     return out, new_states
 
 
-def apply_update(learned: LearnedUpdate, p: Tensor, xs: list[Tensor], adam_dir: Tensor, st: dict[str, Tensor],
+def param_step(hw: HeadWeights, p: Tensor, g: Tensor, st: dict[str, Tensor], kind: str,
+               view: tuple[int, ...], betas: tuple[float, float], eps: float, momenta: tuple[float, float],
+               eta: float | Tensor, weight_decay: float) -> tuple[Tensor, dict[str, Tensor]]:
+    """:func:`entry_features` then :func:`apply_update` for one parameter (one fused kernel when compiled)."""
+    xs, adam_dir, new = entry_features(p, g, st, betas, eps, momenta)
+    return apply_update(hw, p, xs, adam_dir, new, kind, view, eta, weight_decay), new
+
+
+def apply_update(hw: HeadWeights, p: Tensor, xs: list[Tensor], adam_dir: Tensor, st: dict[str, Tensor],
                  kind: str, view: tuple[int, ...], eta: float | Tensor, weight_decay: float) -> Tensor:
     """The new value of one parameter from its entry features, Adam direction and (advanced) state.
 
     Args:
+        hw: the head's weights (:meth:`LearnedUpdate.head_weights`; the graph-free ones for free parameters).
         kind: the parameter's ``ParamSlot.kind``; ``view`` the shape its entries take for the head
             (``(O, C, S)`` for a weight, ``(numel,)`` for a node parameter, the shape itself when free).
     """
-    cfg = learned.cfg
-    wdtype = learned.w1.dtype
-    sb = learned.step_proj(step_features(st["step"]).to(wdtype))
-    if kind == "edge":
+    wdtype = hw.w1.dtype
+    sb = torch.nn.functional.linear(step_features(st["step"]).to(wdtype), hw.step_w, hw.step_b)
+    if kind == "edge" and len(view) == 2:  # linear weight: [O, C] (a trailing 1 would hinder vectorizing)
         cd, cs = st["ctx_dst"], st["ctx_src"]
-        ctx = lambda h: cd[:, h, None, None] + cs[None, :, h, None]  # noqa: E731  [O, C, 1]
-        w1 = learned.w1
+        ctx = lambda h: cd[:, h, None] + cs[h][None, :]  # noqa: E731  [O, C]
+    elif kind == "edge":
+        cd, cs = st["ctx_dst"], st["ctx_src"]
+        ctx = lambda h: cd[:, h, None, None] + cs[h][None, :, None]  # noqa: E731  [O, C, 1]
     elif kind == "node":
         c = st["ctx"]
-        ctx = lambda h: c[:, h]  # noqa: E731
-        w1 = learned.w1
+        ctx = lambda h: c[h]  # noqa: E731
     else:
         ctx = lambda h: 0.0  # noqa: E731
-        w1 = learned.w1_free
-    o_dir, o_mag = learned.head([x.to(wdtype).reshape(view) for x in xs], ctx, w1, sb)
+    o_dir, o_mag = head([x.to(wdtype).reshape(view) for x in xs], ctx, hw, sb)
     o_dir, o_mag = o_dir.reshape(p.shape), o_mag.reshape(p.shape)
-    delta = adam_dir * torch.exp((cfg.mag_scale * o_mag).clamp(-MAG_CLIP, MAG_CLIP)) + cfg.dir_scale * o_dir
+    delta = adam_dir * torch.exp((hw.mag_scale * o_mag).clamp(-MAG_CLIP, MAG_CLIP)) + hw.dir_scale * o_dir
     p32 = p.to(compute_dtype(p))
     if weight_decay:
         p32 = p32 * (1 - eta * weight_decay)
     return (p32 - eta * delta).to(p.dtype)
 
 
-def count_nonfinite(grads: Sequence[Tensor | None]) -> Tensor:
-    """Number of gradients holding a NaN or Inf, as a 0-d tensor (one sync when read)."""
-    flags = [~torch.isfinite(g).all() for g in grads if g is not None]
-    if not flags:
-        return torch.zeros((), dtype=torch.long)
-    return torch.stack(flags).sum()
+def count_nonfinite(grads: Sequence[Tensor | None]) -> int:
+    """Number of gradients holding a NaN or Inf.
+
+    One pass per gradient: a sum is finite unless an entry is NaN/Inf (or the sum overflows, which the exact
+    check below then rules out), so the common all-finite case costs one reduction and one sync.
+    """
+    gs = [g for g in grads if g is not None]
+    if not gs:
+        return 0
+    if bool(torch.isfinite(torch.stack([g.sum(dtype=torch.float32) for g in gs])).all()):
+        return 0
+    return int(torch.stack([~torch.isfinite(g).all() for g in gs]).sum())
 

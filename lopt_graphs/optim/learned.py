@@ -6,7 +6,7 @@ These weights are meta-parameters (trained by ``meta_train``), not optimizer sta
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -37,11 +37,11 @@ class LearnedUpdateConfig:
     encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(
         node_in=len(FEATURES), edge_in=len(FEATURES), hidden=32, edge_hidden=8, layers=2, max_positions=64,
         position_overflow="wrap", max_kernel=16))
-    head_hidden: int = 8
+    head_hidden: int = 4
     base_lr: float = 1e-3
-    mag_scale: float = 0.1
+    mag_scale: float = 1.0
     dir_scale: float = 0.1
-    encoder_every: int = 10
+    encoder_every: int = 100
     momenta: tuple[float, float] = (0.5, 0.99)
 
     def __post_init__(self) -> None:
@@ -108,28 +108,47 @@ class LearnedUpdate(nn.Module):
         self.w2 = nn.Parameter(torch.zeros(2, h))
         self.b2 = nn.Parameter(torch.zeros(2))
 
-    def head(self, xs: list[Tensor], ctx: Callable[[int], Tensor | float], w1: Tensor,
-             step_bias: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-entry head, as elementwise sums over hidden units (no ``[entries, H]`` temporary).
-
-        Args:
-            xs: ``len(FEATURES)`` tensors of one common shape (the entries).
-            ctx: ``ctx(h)`` gives hidden unit ``h``'s context, broadcastable to the entries' shape.
-            w1: ``[H, F]``.
-            step_bias: ``[H]``.
-
-        Returns:
-            ``(o_dir, o_mag)``, each shaped like the entries.
-        """
-        o_dir, o_mag = self.b2[0], self.b2[1]
-        for h in range(w1.shape[0]):
-            z = ctx(h) + step_bias[h]
-            for f, x in enumerate(xs):
-                z = z + x * w1[h, f]
-            z = z.relu()
-            o_dir = o_dir + self.w2[0, h] * z
-            o_mag = o_mag + self.w2[1, h] * z
-        return o_dir, o_mag
+    def head_weights(self, free: bool = False) -> "HeadWeights":
+        """The tensors the per-entry head reads (graph or graph-free input layer)."""
+        return HeadWeights(self.w1_free if free else self.w1, self.w2, self.b2, self.step_proj.weight,
+                           self.step_proj.bias, self.cfg.mag_scale, self.cfg.dir_scale)
 
     def extra_repr(self) -> str:
         return f"head_hidden={self.cfg.head_hidden}, encoder_every={self.cfg.encoder_every}"
+
+
+class HeadWeights(NamedTuple):
+    """The per-entry head's tensors and scales, passed as plain tensors so a compiled step guards on
+    a handful of inputs instead of the whole module."""
+
+    w1: Tensor
+    w2: Tensor
+    b2: Tensor
+    step_w: Tensor
+    step_b: Tensor
+    mag_scale: float
+    dir_scale: float
+
+
+def head(xs: list[Tensor], ctx: Callable[[int], Tensor | float], hw: HeadWeights,
+         step_bias: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-entry head, as elementwise sums over hidden units (no ``[entries, H]`` temporary).
+
+    Args:
+        xs: ``len(FEATURES)`` tensors of one common shape (the entries).
+        ctx: ``ctx(h)`` gives hidden unit ``h``'s context, broadcastable to the entries' shape.
+        hw: the head's weights (``w1 [H, F]``, ``w2 [2, H]``, ``b2 [2]``).
+        step_bias: ``[H]``.
+
+    Returns:
+        ``(o_dir, o_mag)``, each shaped like the entries.
+    """
+    o_dir, o_mag = hw.b2[0], hw.b2[1]
+    for h in range(hw.w1.shape[0]):
+        z = ctx(h) + step_bias[h]
+        for f, x in enumerate(xs):
+            z = z + x * hw.w1[h, f]
+        z = z.relu()
+        o_dir = o_dir + hw.w2[0, h] * z
+        o_mag = o_mag + hw.w2[1, h] * z
+    return o_dir, o_mag

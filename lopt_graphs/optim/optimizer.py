@@ -12,7 +12,7 @@ from torch.optim import Optimizer
 
 from ..graph import GraphSpec, graph_from_module, graph_from_parameters
 from .checkpoint import load_learned_update
-from .functional import apply_update, count_nonfinite, entry_features, ngo_update
+from .functional import apply_update, count_nonfinite, entry_features, ngo_update, node_contexts, param_step
 from .learned import LearnedUpdate
 
 CkptLike = str | os.PathLike | Mapping[str, Any] | LearnedUpdate | None
@@ -149,8 +149,9 @@ class NeuralGraphOptimizer(Optimizer):
             import torch._dynamo
 
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-            self._fns = {"_features": torch.compile(entry_features, dynamic=False),
-                         "_apply": torch.compile(apply_update, dynamic=False)}
+            self._fns = {name: torch.compile(fn, dynamic=False) for name, fn in (
+                ("features", entry_features), ("apply", apply_update), ("step", param_step),
+                ("contexts", node_contexts))}
         return self._fns
 
     def __getstate__(self) -> dict[str, Any]:
@@ -197,7 +198,7 @@ class NeuralGraphOptimizer(Optimizer):
             new_params, new_states = ngo_update(
                 self.learned, self._specs[gi].to(device), [p.detach() for p in params], grads, states,
                 lr=group["lr"], betas=group["betas"], eps=group["eps"], weight_decay=group["weight_decay"],
-                encoder_every=group["encoder_every"], **self._compiled())
+                encoder_every=group["encoder_every"], _fns=self._compiled())
             for p, g, n, s in zip(params, grads, new_params, new_states):
                 if g is not None:
                     p.copy_(n)

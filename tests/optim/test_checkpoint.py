@@ -28,7 +28,7 @@ def _same_weights(a: LearnedUpdate, b: LearnedUpdate) -> None:
 
 
 # --------------------------------------------------------------------------- round trip
-@pytest.mark.parametrize("cfg", [None, LearnedUpdateConfig(head_hidden=4, encoder_every=3, momenta=(0.3, 0.95))],
+@pytest.mark.parametrize("cfg", [None, LearnedUpdateConfig(head_hidden=6, encoder_every=3, momenta=(0.3, 0.95))],
                          ids=["default_cfg", "custom_cfg"])
 def test_save_load_round_trip(tmp_path, cfg):
     learned = random_head_learned(seed=7, cfg=cfg)
@@ -136,7 +136,7 @@ INVALID = [
     ("wrong_version", dict(format_version=2), r"format_version 2 is not supported"),
     ("no_version", dict(format_version=None), r"format_version None"),
     ("wrong_format", dict(format="something.else"), r"Not a learned-update checkpoint"),
-    ("config_mismatch", dict(state_dict=LearnedUpdate(LearnedUpdateConfig(head_hidden=4)).state_dict()),
+    ("config_mismatch", dict(state_dict=LearnedUpdate(LearnedUpdateConfig(head_hidden=6)).state_dict()),
      r"do not match"),
     ("missing_weight", dict(state_dict={k: v for k, v in LearnedUpdate().state_dict().items() if k != "w2"}),
      r"(?s)do not match.*Missing key.*w2"),

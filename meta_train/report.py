@@ -1,0 +1,249 @@
+"""End-of-run markdown report: meta-loss curve, resolved config and evaluation table.
+
+:func:`write_report` reads the run's ``metrics.jsonl`` (one JSON object per line, see
+:class:`meta_train.logging_utils.MetricsLogger`), plots ``meta_loss`` against ``step`` with an
+exponentially smoothed curve to ``meta_loss.png`` and writes ``report.md`` next to it.
+
+The plot uses matplotlib's Agg canvas directly (no ``pyplot``), so it never changes the global
+backend or figure state of the calling process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["EVAL_KEYS", "ema_smooth", "read_metrics", "write_report"]
+
+#: Keys of one task's entry in ``eval_results``.
+EVAL_KEYS: tuple[str, ...] = ("ngo_final_loss", "adam_final_loss", "adam_lr", "ngo_steps_to_adam_final", "steps")
+
+
+def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Read a metrics JSONL file; one record per step, the last one logged for a step winning.
+
+    Blank or malformed lines (e.g. a partial last line after a crash) and records without an integer
+    ``step`` are skipped. A missing file gives ``[]``. Records are returned sorted by step.
+    """
+    p = Path(path)
+    if not p.is_file():
+        return []
+    by_step: dict[int, dict[str, Any]] = {}
+    with open(p, encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(rec, dict):
+                continue
+            step = rec.get("step")
+            if not isinstance(step, int) or isinstance(step, bool):
+                continue
+            # Several records may share a step (e.g. train and eval metrics): merge, later keys win.
+            by_step.setdefault(step, {}).update(rec)
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def ema_smooth(values: Sequence[float], weight: float) -> list[float]:
+    """Debiased exponential moving average of ``values`` (``weight`` in ``[0, 1)``; 0 = no smoothing)."""
+    if not 0.0 <= weight < 1.0:
+        raise ValueError(f"weight must be in [0, 1), got {weight}")
+    out: list[float] = []
+    acc = 0.0
+    norm = 0.0
+    for v in values:
+        acc = weight * acc + (1.0 - weight) * v
+        norm = weight * norm + (1.0 - weight)
+        out.append(acc / norm)
+    return out
+
+
+def _default_smoothing(n: int) -> float:
+    """Smoothing weight for ``n`` points: none for <= 10 points, growing to 0.95 for long runs."""
+    return min(0.95, max(0.0, 1.0 - 10.0 / n)) if n > 0 else 0.0
+
+
+def _plot_meta_loss(steps: list[int], losses: list[float], path: Path) -> None:
+    """Plot raw and smoothed meta-loss against step to ``path`` (PNG)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.0, 4.0), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(steps, losses, color="tab:blue", alpha=0.35, linewidth=1.0, label="meta_loss")
+    weight = _default_smoothing(len(losses))
+    if weight > 0:
+        ax.plot(steps, ema_smooth(losses, weight), color="tab:blue", linewidth=2.0, label=f"EMA ({weight:.2f})")
+    if losses and min(losses) > 0 and max(losses) / min(losses) > 20:
+        ax.set_yscale("log")
+    ax.set_xlabel("outer step")
+    ax.set_ylabel("meta loss")
+    ax.set_title("Meta-training loss")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+
+
+def _fmt(value: Any, spec: str = ".4g") -> str:
+    """Format a table cell: numbers with ``spec``, ``None``/missing as an em dash."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return format(value, spec) if math.isfinite(value) else str(value)
+    return str(value).replace("|", "\\|")
+
+
+def _ratio(num: Any, den: Any) -> float | None:
+    """``num / den`` for finite numbers with ``den != 0``, else ``None``."""
+    numeric = (int, float)
+    if isinstance(num, bool) or isinstance(den, bool) or not isinstance(num, numeric) or not isinstance(den, numeric):
+        return None
+    if not (math.isfinite(num) and math.isfinite(den)) or den == 0:
+        return None
+    return float(num) / float(den)
+
+
+def _eval_table(eval_results: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Markdown lines of the per-task evaluation table and its summary."""
+    lines = [
+        "| task | steps | NGO final loss | Adam final loss | Adam lr | NGO / Adam final loss "
+        "| NGO steps to Adam final | NGO steps / steps |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    log_ratios: list[float] = []
+    reached = 0
+    for task in sorted(eval_results):
+        r = eval_results[task]
+        steps = r.get("steps")
+        loss_ratio = _ratio(r.get("ngo_final_loss"), r.get("adam_final_loss"))
+        to_adam = r.get("ngo_steps_to_adam_final")
+        step_ratio = _ratio(to_adam, steps)
+        if loss_ratio is not None and loss_ratio > 0:
+            log_ratios.append(math.log(loss_ratio))
+        if to_adam is not None:
+            reached += 1
+        cells = [
+            _fmt(str(task)),
+            _fmt(steps),
+            _fmt(r.get("ngo_final_loss")),
+            _fmt(r.get("adam_final_loss")),
+            _fmt(r.get("adam_lr"), ".3g"),
+            _fmt(loss_ratio, ".3f"),
+            _fmt(to_adam) if to_adam is not None else "never",
+            _fmt(step_ratio, ".3f"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(
+        "NGO / Adam final loss < 1 means the learned optimizer ends lower than tuned Adam; "
+        "NGO steps / steps < 1 means it reaches Adam's final loss early."
+    )
+    if log_ratios:
+        geo = math.exp(sum(log_ratios) / len(log_ratios))
+        lines.append("")
+        lines.append(
+            f"Geometric mean of NGO / Adam final loss over {len(log_ratios)} task(s): **{geo:.3f}**; "
+            f"NGO reached Adam's final loss on **{reached}/{len(eval_results)}** task(s)."
+        )
+    return lines
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and :func:`os.replace`."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_report(
+    out_dir: str | os.PathLike[str],
+    metrics_jsonl_path: str | os.PathLike[str],
+    eval_results: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Path:
+    """Write ``out_dir/report.md`` (and ``out_dir/meta_loss.png`` if there is meta-loss data).
+
+    Args:
+        out_dir: Run output directory; ``config.yaml`` in it, if present, is embedded in the report.
+        metrics_jsonl_path: The run's metrics file; records with a numeric ``meta_loss`` are plotted.
+        eval_results: Optional ``{task_name: {"ngo_final_loss": float, "adam_final_loss": float,
+            "adam_lr": float, "ngo_steps_to_adam_final": int | None, "steps": int}}``; rendered as a
+            table with the NGO/Adam final-loss ratio and the fraction of steps NGO needs to reach
+            Adam's final loss (``None`` = never). Missing entries show as ``—``.
+
+    Returns:
+        The path of ``report.md``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    records = read_metrics(metrics_jsonl_path)
+    points = [
+        (r["step"], float(r["meta_loss"]))
+        for r in records
+        if isinstance(r.get("meta_loss"), (int, float))
+        and not isinstance(r.get("meta_loss"), bool)
+        and math.isfinite(r["meta_loss"])
+    ]
+    lines = [
+        "# Meta-training report",
+        "",
+        f"Run directory: `{out}`  ",
+        f"Generated: {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        "",
+        "## Meta-loss",
+        "",
+    ]
+    png = out / "meta_loss.png"
+    if points:
+        steps = [s for s, _ in points]
+        losses = [v for _, v in points]
+        _plot_meta_loss(steps, losses, png)
+        smooth = ema_smooth(losses, _default_smoothing(len(losses)))
+        best = min(range(len(losses)), key=losses.__getitem__)
+        lines += [
+            f"![meta loss]({png.name})",
+            "",
+            f"- logged steps: {len(points)} (step {steps[0]} to {steps[-1]})",
+            f"- first meta_loss: {losses[0]:.5g}; last: {losses[-1]:.5g}; last smoothed: {smooth[-1]:.5g}",
+            f"- best meta_loss: {losses[best]:.5g} at step {steps[best]}",
+        ]
+    else:
+        lines.append(f"No finite `meta_loss` records in `{metrics_jsonl_path}`; no plot written.")
+    lines += ["", "## Config", ""]
+    cfg_path = out / "config.yaml"
+    if cfg_path.is_file():
+        lines += ["```yaml", cfg_path.read_text(encoding="utf-8").rstrip("\n"), "```"]
+    else:
+        lines.append("No `config.yaml` found in the run directory.")
+    if eval_results is not None:
+        lines += ["", "## Evaluation", ""]
+        if eval_results:
+            lines += _eval_table(eval_results)
+        else:
+            lines.append("No evaluation results.")
+    report = out / "report.md"
+    _write_text_atomic(report, "\n".join(lines) + "\n")
+    return report

@@ -1,0 +1,191 @@
+"""Task families for meta-training: optimizees (MLPs, small CNNs) on the embedded datasets.
+
+A :class:`TaskConfig` fixes an architecture, a dataset, a batch size and an init scale; a :class:`Task` turns
+it into a functional problem: ``init_params(gen)``, ``loss(params, x, y)``, ``batches(gen, k)``. Families
+sample configs from ranges; :data:`HELD_OUT` lists configurations that no family samples (widths,
+activations and batch sizes outside the sampled sets), kept for evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from lopt_graphs.data import DatasetSplits, load_embedded
+from lopt_graphs.graph import GraphSpec, graph_from_module
+
+_ACTS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU, "elu": nn.ELU,
+}
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """One optimizee.
+
+    Attributes:
+        dataset: ``"digits"``, ``"mnist5k"`` or ``"mnist1d"``.
+        arch: ``"mlp"`` or ``"cnn"`` (Conv2d for images, Conv1d for mnist1d; stride 2, then global pooling).
+        widths: hidden widths (MLP) or channels (CNN).
+        activation: one of ``relu, tanh, gelu, silu, elu``.
+        batch_size: minibatch size.
+        init_scale: multiplier of PyTorch's default initialization.
+        kernel: conv kernel size.
+    """
+
+    dataset: str
+    arch: str
+    widths: tuple[int, ...]
+    activation: str = "relu"
+    batch_size: int = 64
+    init_scale: float = 1.0
+    kernel: int = 3
+
+    @property
+    def name(self) -> str:
+        w = "-".join(map(str, self.widths))
+        return f"{self.dataset}_{self.arch}_{w}_{self.activation}_b{self.batch_size}_s{self.init_scale:.2f}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@lru_cache(maxsize=None)
+def _data(name: str) -> DatasetSplits:
+    return load_embedded(name, seed=0)
+
+
+def build_module(cfg: TaskConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """The optimizee as an ``nn.Module`` (also traced for its neural graph)."""
+    if cfg.activation not in _ACTS:
+        raise ValueError(f"Unknown activation {cfg.activation!r}; expected one of {sorted(_ACTS)}")
+    act = _ACTS[cfg.activation]
+    layers: list[nn.Module] = []
+    if cfg.arch == "mlp":
+        prev = math.prod(input_shape)
+        layers.append(nn.Flatten())
+        for w in cfg.widths:
+            layers += [nn.Linear(prev, w), act()]
+            prev = w
+        layers.append(nn.Linear(prev, num_classes))
+    elif cfg.arch == "cnn":
+        conv, pool = (nn.Conv2d, nn.AdaptiveAvgPool2d) if len(input_shape) == 3 else (nn.Conv1d, nn.AdaptiveAvgPool1d)
+        prev = input_shape[0]
+        for w in cfg.widths:
+            layers += [conv(prev, w, cfg.kernel, stride=2, padding=cfg.kernel // 2), act()]
+            prev = w
+        layers += [pool(1), nn.Flatten(), nn.Linear(prev, num_classes)]
+    else:
+        raise ValueError(f"Unknown arch {cfg.arch!r}; expected 'mlp' or 'cnn'")
+    return nn.Sequential(*layers)
+
+
+class Task:
+    """A functional training problem built from a :class:`TaskConfig`."""
+
+    def __init__(self, cfg: TaskConfig):
+        self.cfg = cfg
+        self.data = _data(cfg.dataset)
+        self.module = build_module(cfg, self.data.input_shape, self.data.num_classes)
+        self.names = [n for n, _ in self.module.named_parameters()]
+        self.spec: GraphSpec = graph_from_module(self.module)
+        self.loss_scale = math.log(self.data.num_classes)  # loss of a uniform prediction
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    def init_params(self, gen: torch.Generator) -> list[Tensor]:
+        """Fresh parameters (PyTorch's default init, scaled by ``init_scale``), drawn from ``gen``."""
+        seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for m in self.module.modules():
+                if hasattr(m, "reset_parameters") and m is not self.module:
+                    m.reset_parameters()
+        return [p.detach().clone() * self.cfg.init_scale for p in self.module.parameters()]
+
+    def logits(self, params: list[Tensor], x: Tensor) -> Tensor:
+        return functional_call(self.module, dict(zip(self.names, params)), (x,))
+
+    def loss(self, params: list[Tensor], x: Tensor, y: Tensor) -> Tensor:
+        """Mean cross-entropy of a minibatch (pure function of ``params``)."""
+        return nn.functional.cross_entropy(self.logits(params, x), y)
+
+    def batches(self, gen: torch.Generator, k: int) -> tuple[Tensor, Tensor]:
+        """``k`` minibatches ``(x [k, B, ...], y [k, B])`` sampled with replacement from the training split."""
+        idx = torch.randint(0, self.data.num_train, (k, self.cfg.batch_size), generator=gen)
+        return self.data.x_train[idx], self.data.y_train[idx]
+
+    @torch.no_grad()
+    def evaluate(self, params: list[Tensor]) -> dict[str, float]:
+        """Full training loss and test accuracy."""
+        train = self.loss(params, self.data.x_train, self.data.y_train).item()
+        acc = (self.logits(params, self.data.x_test).argmax(-1) == self.data.y_test).float().mean().item()
+        return {"train_loss": train, "test_accuracy": acc}
+
+
+def _choice(gen: torch.Generator, xs: list):
+    return xs[int(torch.randint(0, len(xs), (1,), generator=gen))]
+
+
+def _log_uniform(gen: torch.Generator, lo: float, hi: float) -> float:
+    u = float(torch.rand((), generator=gen))
+    return round(math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo))), 2)
+
+
+_SAMPLED_WIDTHS = [16, 32, 64]
+_SAMPLED_ACTS = ["relu", "tanh", "gelu", "silu"]
+_SAMPLED_BATCH = [32, 64, 128]
+
+
+def _sampler(dataset: str, arch: str) -> Callable[[torch.Generator], TaskConfig]:
+    def sample(gen: torch.Generator) -> TaskConfig:
+        depth = int(torch.randint(1, 3, (1,), generator=gen))
+        widths = tuple(_choice(gen, _SAMPLED_WIDTHS) for _ in range(depth))
+        return TaskConfig(dataset, arch, widths, _choice(gen, _SAMPLED_ACTS), _choice(gen, _SAMPLED_BATCH),
+                          _log_uniform(gen, 0.5, 2.0), kernel=3 if dataset != "mnist1d" else 5)
+    return sample
+
+
+#: Families: name -> sampler of task configs.
+FAMILIES: dict[str, Callable[[torch.Generator], TaskConfig]] = {
+    f"{d}_{a}": _sampler(d, a) for d in ("digits", "mnist5k", "mnist1d") for a in ("mlp", "cnn")
+}
+
+
+def _mixture(gen: torch.Generator) -> TaskConfig:
+    return FAMILIES[_choice(gen, sorted(FAMILIES))](gen)
+
+
+FAMILIES["mixture"] = _mixture
+FAMILIES["digits"] = lambda gen: FAMILIES[_choice(gen, ["digits_mlp", "digits_cnn"])](gen)
+
+#: Configurations no family samples (width 48/96/24/12, ELU, batch 256/16): evaluation only.
+HELD_OUT: tuple[TaskConfig, ...] = (
+    TaskConfig("digits", "mlp", (96, 96), "elu", 16, 1.0),
+    TaskConfig("mnist5k", "mlp", (48,), "tanh", 256, 1.0),
+    TaskConfig("mnist1d", "cnn", (24, 24), "elu", 64, 1.0, kernel=5),
+    TaskConfig("digits", "cnn", (12, 12), "relu", 256, 1.0),
+)
+
+#: A few in-distribution configurations for quick evaluation.
+IN_DISTRIBUTION: tuple[TaskConfig, ...] = (
+    TaskConfig("digits", "mlp", (32,), "relu", 64, 1.0),
+    TaskConfig("digits", "cnn", (16, 32), "relu", 64, 1.0),
+    TaskConfig("mnist5k", "mlp", (32,), "tanh", 128, 1.0),
+    TaskConfig("mnist1d", "mlp", (64, 32), "gelu", 64, 1.0, kernel=5),
+)
+
+
+def sample_task(family: str, gen: torch.Generator) -> Task:
+    """A task of ``family`` (see :data:`FAMILIES`) drawn with ``gen``."""
+    if family not in FAMILIES:
+        raise ValueError(f"Unknown task family {family!r}; expected one of {sorted(FAMILIES)}")
+    return Task(FAMILIES[family](gen))

@@ -1,0 +1,116 @@
+"""The meta-training engine: tasks, unrolls and gradient estimators."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lopt_graphs.optim import LearnedUpdate
+from meta_train.estimators import PES, AntitheticES, TruncatedBackprop, make_estimator
+from meta_train.tasks import FAMILIES, HELD_OUT, Task, TaskConfig, sample_task
+from meta_train.unroll import InnerState, Stepper, ThetaSpace, unroll
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _setup(seed: int = 0):
+    torch.manual_seed(seed)
+    learned = LearnedUpdate()
+    with torch.no_grad():
+        learned.w2.normal_(0, 0.3)
+    space = ThetaSpace(learned)
+    return learned, space, Stepper(learned), space.flatten(learned)
+
+
+def _slot(task: Task, gen: torch.Generator) -> InnerState:
+    p = task.init_params(gen)
+    return InnerState(task=task, params=p, states=[{} for _ in p], step=0, length=100)
+
+
+TINY = TaskConfig("digits", "mlp", (8,), "tanh", 16, 1.0)
+
+
+def test_families_sample_every_kind_and_never_held_out():
+    gen = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(60):
+        t = FAMILIES["mixture"](gen)
+        seen.add((t.dataset, t.arch))
+        assert t not in HELD_OUT
+        assert t.activation != "elu" and not set(t.widths) & {12, 24, 48, 96}
+    assert len(seen) == 6
+    with pytest.raises(ValueError, match="Unknown task family 'nope'"):
+        sample_task("nope", gen)
+
+
+def test_task_is_deterministic_for_a_seed():
+    a, b = Task(TINY), Task(TINY)
+    pa, pb = a.init_params(torch.Generator().manual_seed(3)), b.init_params(torch.Generator().manual_seed(3))
+    assert all(torch.equal(x, y) for x, y in zip(pa, pb))
+    xa, _ = a.batches(torch.Generator().manual_seed(3), 2)
+    xb, _ = b.batches(torch.Generator().manual_seed(3), 2)
+    assert torch.equal(xa, xb) and xa.shape == (2, 16, 1, 8, 8)
+
+
+def test_theta_space_round_trip():
+    learned, space, _, theta = _setup()
+    assert theta.shape == (space.dim,) and space.dim == sum(p.numel() for p in learned.parameters())
+    space.load_into(learned, theta * 2)
+    assert torch.equal(space.flatten(learned), theta * 2)
+
+
+def test_unroll_under_vmap_matches_a_loop_and_meta_loss_is_capped():
+    _, space, stepper, theta = _setup()
+    task, gen = Task(TINY), torch.Generator().manual_seed(0)
+    slot = _slot(task, gen)
+    xs, ys = task.batches(gen, 3)
+    thetas = theta + 0.01 * torch.randn(3, space.dim, generator=gen)
+    f = lambda th: unroll(stepper, space, th, task, slot.params, slot.states, 0, xs, ys, 10.0)[0]  # noqa: E731
+    torch.testing.assert_close(torch.func.vmap(f)(thetas), torch.stack([f(t) for t in thetas]), rtol=1e-5, atol=1e-6)
+    capped = unroll(stepper, space, theta, task, slot.params, slot.states, 0, xs, ys, 0.5)[0]
+    assert capped.item() == pytest.approx(0.5)
+
+
+def test_es_pair_difference_matches_the_backprop_directional_derivative():
+    """(L(theta + s e) - L(theta - s e)) / 2s ~ grad . e: ES and TBPTT see the same meta-loss."""
+    _, space, stepper, theta = _setup()
+    task, gen = Task(TINY), torch.Generator().manual_seed(1)
+    xs, ys = task.batches(gen, 3)
+    slot = _slot(task, gen)
+    tb = TruncatedBackprop(stepper, space, 1e-2, 100.0)
+    g, _ = tb.grad(theta, InnerState(task, slot.params, slot.states, 0, 100), xs, ys)
+    e = torch.zeros(1, space.dim)
+    e[0, g.abs().argmax()] = 1.0  # the most sensitive coordinate
+    es = AntitheticES(stepper, space, 1e-2, 100.0)
+    diffs, _, _ = es.pair_diffs(theta, InnerState(task, slot.params, slot.states, 0, 100), xs, ys, e, [0])
+    assert diffs[0].item() / 2e-2 == pytest.approx(g[g.abs().argmax()].item(), rel=0.1)
+
+
+def test_pes_accumulates_perturbations_and_keeps_member_states():
+    _, space, stepper, theta = _setup()
+    task, gen = Task(TINY), torch.Generator().manual_seed(2)
+    slot = _slot(task, gen)
+    pes = PES(stepper, space, 1e-2, 100.0)
+    e1, e2 = torch.randn(2, space.dim, generator=gen), torch.randn(2, space.dim, generator=gen)
+    pes.pair_diffs(theta, slot, *task.batches(gen, 2), e1, [0, 1])
+    slot.step += 2
+    mp = [p.clone() for p in slot.extra["member_params"]]
+    pes.pair_diffs(theta, slot, *task.batches(gen, 2), e2, [0, 1])
+    torch.testing.assert_close(slot.extra["xi"], e1 + e2)
+    assert mp[0].shape[0] == 4  # 2 pairs -> 4 members, each with its own trajectory
+    assert not torch.equal(slot.extra["member_params"][0], mp[0])
+    g = pes.gradient(torch.ones(2), e2, slot)
+    torch.testing.assert_close(g, (e1 + e2).sum(0) / (2 * 1e-2 * 2))
+
+
+def test_make_estimator_rejects_unknown_names():
+    _, space, stepper, _ = _setup()
+    assert isinstance(make_estimator("es", stepper, space, 0.1, 3.0), AntitheticES)
+    with pytest.raises(ValueError, match="Unknown estimator 'sgd'"):
+        make_estimator("sgd", stepper, space, 0.1, 3.0)

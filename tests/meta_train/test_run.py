@@ -1,0 +1,106 @@
+"""End-to-end runs of ``meta_train/run.py``: exact resume (also after SIGKILL), torchrun, CLI errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from meta_train.run import main  # noqa: E402
+
+SMOKE = str(ROOT / "configs" / "meta_train" / "smoke.yaml")
+ENV = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def _theta(out: Path) -> torch.Tensor:
+    sd = torch.load(out / "learned.pt", weights_only=True)["state_dict"]
+    return torch.cat([v.reshape(-1) for v in sd.values()])
+
+
+@pytest.mark.parametrize("estimator", ["es", "pes", "tbptt"])
+def test_resume_continues_exactly(tmp_path: Path, estimator: str):
+    common = ["--config", SMOKE, f"estimator={estimator}", "wandb=false", "report=false"]
+    a = main(common + ["outer_steps=4", f"out={tmp_path / 'a'}"])
+    main(common + ["outer_steps=2", f"out={tmp_path / 'b'}"])
+    b = main(common + ["outer_steps=4", f"out={tmp_path / 'b'}", f"resume={tmp_path / 'b' / 'ckpt.pt'}"])
+    assert a.step == b.step == 4
+    assert torch.equal(a.theta.detach(), b.theta.detach())
+    assert torch.equal(_theta(tmp_path / "a"), _theta(tmp_path / "b"))
+    steps = [int(line.split('"step": ')[1].split(",")[0]) for line in
+             (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    assert (tmp_path / "a" / "config.yaml").exists()
+
+
+def _run(args: list[str], **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "meta_train" / "run.py"), *args], env=ENV, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
+
+
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path):
+    common = ["--config", SMOKE, "estimator=pes", "outer_steps=10", "checkpoint_every=1", "report=false"]
+    ref = _run(common + [f"out={tmp_path / 'ref'}"])
+    killed = _run(common + [f"out={tmp_path / 'k'}"])
+    metrics = tmp_path / "k" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 4:
+            break
+        time.sleep(0.05)
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL
+    assert not (tmp_path / "k" / "learned.pt").exists(), "the run finished before it was killed"
+    resumed = _run(common + [f"out={tmp_path / 'k'}", f"resume={tmp_path / 'k' / 'ckpt.pt'}"])
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()[-2000:]
+    assert ref.wait(timeout=300) == 0, ref.stderr.read().decode()[-2000:]
+    assert torch.equal(_theta(tmp_path / "ref"), _theta(tmp_path / "k"))
+
+
+@pytest.mark.parametrize("estimator", ["es", "pes"])
+def test_torchrun_two_processes_match_one(tmp_path: Path, estimator: str):
+    common = ["--config", SMOKE, f"estimator={estimator}", "outer_steps=3", "report=false", "population=8"]
+    one = _run(common + [f"out={tmp_path / 'one'}"])
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(ROOT / "meta_train" / "run.py"), *common, f"out={tmp_path / 'two'}"],
+                         env=ENV, cwd=ROOT, capture_output=True, timeout=300)
+    assert two.returncode == 0, two.stderr.decode()[-3000:]
+    assert one.wait(timeout=300) == 0, one.stderr.read().decode()[-2000:]
+    torch.testing.assert_close(_theta(tmp_path / "one"), _theta(tmp_path / "two"), rtol=0, atol=1e-6)
+    if estimator == "pes":  # member states live on their rank: one shard per rank
+        assert (tmp_path / "two" / "ckpt.rank1.pt").exists()
+
+
+def test_cli_rejects_unknown_keys_and_bad_types(tmp_path: Path):
+    bad = subprocess.run([sys.executable, str(ROOT / "meta_train" / "run.py"), "outer_stepz=3"], env=ENV, cwd=ROOT,
+                         capture_output=True, timeout=120)
+    assert bad.returncode != 0 and b"outer_stepz" in bad.stderr
+    with pytest.raises(TypeError, match="outer_steps"):
+        main(["outer_steps=many", f"out={tmp_path}"])
+
+
+def test_corrupt_checkpoint_is_refused(tmp_path: Path):
+    ck = tmp_path / "ckpt.pt"
+    ck.write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="ckpt.pt"):
+        main(["--config", SMOKE, f"out={tmp_path}", f"resume={ck}", "wandb=false"])
+
+
+def test_wandb_offline_run_writes_files(tmp_path: Path):
+    env = {**ENV, "WANDB_MODE": "offline", "WANDB_DISABLE_GIT": "true", "WANDB_CONFIG_DIR": str(tmp_path / "cfg"),
+           "WANDB_CACHE_DIR": str(tmp_path / "cache"), "WANDB_DATA_DIR": str(tmp_path / "data")}
+    r = subprocess.run([sys.executable, str(ROOT / "meta_train" / "run.py"), "--config", SMOKE, "wandb=true",
+                        "outer_steps=2", f"out={tmp_path / 'o'}"], env=env, cwd=ROOT, capture_output=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    runs = list((tmp_path / "o" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
