@@ -14,17 +14,15 @@ Python's :func:`float` parses.
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from lopt_graphs import config as _cfg
+from lopt_graphs.config import bad_value as _bad
 
 __all__ = [
     "ESTIMATORS",
@@ -111,9 +109,7 @@ class MetaTrainConfig:
 
     def __post_init__(self) -> None:
         """Type-check (coercing ints of float fields to float), then :meth:`validate`."""
-        for f in dataclasses.fields(self):
-            value = _check_type(f.name, getattr(self, f.name), source="MetaTrainConfig")
-            object.__setattr__(self, f.name, value)
+        _cfg.check_types(self)
         self.validate()
 
     def validate(self) -> None:
@@ -173,179 +169,32 @@ class MetaTrainConfig:
         return self.population // 2
 
 
-def _bad(key: str, value: Any, expected: str) -> None:
-    """Raise the uniform :class:`ValueError` of :meth:`MetaTrainConfig.validate`."""
-    raise ValueError(f"invalid config value {key}={value!r}: expected {expected}")
-
-
-_FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(MetaTrainConfig)}
-_TYPES: dict[str, type] = {"bool": bool, "int": int, "float": float, "str": str}
-#: Python type of every field (annotations are strings because of ``from __future__ import annotations``).
-_FIELD_TYPES: dict[str, type] = {name: _TYPES[str(f.type)] for name, f in _FIELDS.items()}
-
-
 def config_field_names() -> list[str]:
     """Names of all config keys, in declaration order."""
-    return list(_FIELDS)
+    return _cfg.field_names(MetaTrainConfig)
 
 
-def _check_type(key: str, value: Any, source: str) -> Any:
-    """Return ``value`` converted to the type of field ``key``, or raise :class:`TypeError`.
-
-    ``int`` is accepted (and converted) for ``float`` fields, as is a string :func:`float` parses;
-    ``None`` is accepted as ``""`` for the string fields whose default is ``""``; ``bool`` is never
-    accepted for numeric fields.
-    """
-    expected = _FIELD_TYPES[key]
-    if expected is bool:
-        if isinstance(value, bool):
-            return value
-    elif expected is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return int(value)
-    elif expected is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-    elif expected is str:
-        if isinstance(value, str):
-            return value
-        if value is None and _FIELDS[key].default == "":
-            return ""
-    hint = " (use true/false)" if expected is bool else ""
-    raise TypeError(
-        f"config key {key!r} ({source}) expects {expected.__name__}{hint}, "
-        f"got {value!r} of type {type(value).__name__}"
-    )
-
-
-def _unknown_key_error(key: str, source: str) -> ValueError:
-    """Build the error of an unknown key, with a close-match suggestion and the valid keys."""
-    close = difflib.get_close_matches(key, list(_FIELDS), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ValueError(f"unknown config key {key!r} in {source}{hint}; valid keys: {', '.join(_FIELDS)}")
-
-
-def config_from_dict(
-    data: Mapping[str, Any], base: MetaTrainConfig | None = None, source: str = "config dict"
-) -> MetaTrainConfig:
-    """Build a config from a flat mapping, on top of ``base`` (default: all defaults).
-
-    Args:
-        data: Key/value pairs; every key must be a field of :class:`MetaTrainConfig`.
-        base: Config whose values are kept for keys absent from ``data``.
-        source: Where ``data`` came from, used in error messages (e.g. the YAML path).
-
-    Raises:
-        ValueError: for unknown keys (listing the valid ones) or invalid values.
-        TypeError: for values of the wrong type.
-    """
-    values = config_to_dict(base) if base is not None else {}
-    for key, value in data.items():
-        if not isinstance(key, str) or key not in _FIELDS:
-            raise _unknown_key_error(str(key), source)
-        values[key] = _check_type(key, value, source)
-    return MetaTrainConfig(**values)
+def config_from_dict(data: Mapping[str, Any], base: MetaTrainConfig | None = None,
+                     source: str = "config dict") -> MetaTrainConfig:
+    """Build a config from a flat mapping, on top of ``base`` (see :func:`lopt_graphs.config.config_from_dict`)."""
+    return _cfg.config_from_dict(MetaTrainConfig, data, base, source)
 
 
 def parse_override(item: str) -> tuple[str, Any]:
-    """Parse one ``key=value`` override into ``(key, typed value)``.
-
-    The value is parsed with :func:`yaml.safe_load` and type-checked like a YAML file value, except
-    for ``str`` fields, which take the raw text after the first ``=`` (so ``family=123`` is the string
-    ``"123"`` and ``resume=`` is ``""``).
-
-    Raises:
-        ValueError: if ``item`` has no ``=``, or the key is unknown.
-        TypeError: if the value has the wrong type for the key.
-    """
-    if "=" not in item:
-        raise ValueError(
-            f"override {item!r} is not of the form key=value (e.g. outer_steps=10); "
-            f"valid keys: {', '.join(_FIELDS)}"
-        )
-    key, raw = item.split("=", 1)
-    key = key.strip()
-    source = f"override {item!r}"
-    if key not in _FIELDS:
-        raise _unknown_key_error(key, source)
-    if _FIELD_TYPES[key] is str:
-        return key, raw
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise ValueError(f"cannot parse the value of {source}: {exc}") from exc
-    return key, _check_type(key, value, source)
+    """Parse one ``key=value`` override (see :func:`lopt_graphs.config.parse_override`)."""
+    return _cfg.parse_override(MetaTrainConfig, item)
 
 
 def load_config(path: str | os.PathLike[str] | None, overrides: Iterable[str] = ()) -> MetaTrainConfig:
-    """Load a config from an optional YAML file, then apply ``key=value`` overrides in order.
-
-    Args:
-        path: YAML file holding a flat mapping of config keys (``None`` or ``""``: start from the
-            defaults). An empty file is an empty mapping.
-        overrides: ``key=value`` strings (later ones win).
-
-    Raises:
-        FileNotFoundError: if ``path`` does not exist.
-        ValueError: for a file that is not a YAML mapping, unknown keys, malformed overrides or
-            invalid values.
-        TypeError: for values of the wrong type.
-    """
-    cfg = MetaTrainConfig()
-    if path:
-        text = Path(path).read_text(encoding="utf-8")
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ValueError(f"cannot parse YAML config {str(path)!r}: {exc}") from exc
-        if data is None:
-            data = {}
-        if not isinstance(data, Mapping):
-            raise ValueError(
-                f"YAML config {str(path)!r} must contain a mapping of config keys, got {type(data).__name__}"
-            )
-        cfg = config_from_dict(data, source=f"YAML config {str(path)!r}")
-    if isinstance(overrides, str):  # a lone string would otherwise be iterated character by character
-        overrides = [overrides]
-    parsed = dict(parse_override(item) for item in overrides)
-    if parsed:
-        cfg = dataclasses.replace(cfg, **parsed)
-    return cfg
+    """Load the YAML config at ``path`` (or the defaults), then apply ``key=value`` overrides in order."""
+    return _cfg.load_config(MetaTrainConfig, path, overrides)
 
 
 def config_to_dict(cfg: MetaTrainConfig) -> dict[str, Any]:
-    """Plain ``{key: value}`` dict of ``cfg`` (only ints, floats, bools and strings), in field order."""
-    return {name: getattr(cfg, name) for name in _FIELDS}
+    """Plain ``{key: value}`` dict of ``cfg``, in field order."""
+    return _cfg.config_to_dict(cfg)
 
 
 def save_resolved_config(cfg: MetaTrainConfig, path: str | os.PathLike[str]) -> Path:
-    """Write ``cfg`` as YAML to ``path`` atomically (temporary file in the same directory + ``os.replace``).
-
-    The file loads back with :func:`load_config` to an equal config. Parent directories are created.
-
-    Returns:
-        The path written.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = "# Resolved meta-training config (written by meta_train.config.save_resolved_config).\n"
-    text += yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    """Write ``cfg`` as YAML atomically; it loads back with :func:`load_config` to an equal config."""
+    return _cfg.save_resolved_config(cfg, path, header="Resolved meta-training config")

@@ -1,0 +1,53 @@
+"""lopt_graphs.config: the typed YAML + key=value loader every command uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from lopt_graphs.config import check_types, config_to_dict, load_config, save_resolved_config
+
+
+@dataclass(frozen=True)
+class _Cfg:
+    steps: int = 3
+    lr: float = 0.1
+    name: str = "x"
+    fast: bool = False
+    seeds: tuple[int, ...] = (0, 1)
+    lrs: tuple[float, ...] = (1e-3,)
+
+    def __post_init__(self) -> None:
+        check_types(self)
+
+
+def test_yaml_and_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("steps: 5\nlr: 3e-3\nseeds: [4, 5, 6]\n")
+    cfg = load_config(_Cfg, p, ["fast=true", "lrs=0.1,0.01", "name=abc"])
+    assert cfg == _Cfg(steps=5, lr=3e-3, name="abc", fast=True, seeds=(4, 5, 6), lrs=(0.1, 0.01))
+    save_resolved_config(cfg, tmp_path / "out.yaml")
+    assert load_config(_Cfg, tmp_path / "out.yaml") == cfg
+    assert config_to_dict(cfg)["seeds"] == [4, 5, 6]
+
+
+@pytest.mark.parametrize("override, error, match", [
+    ("stepz=3", ValueError, "did you mean 'steps'"),
+    ("steps=2.5", TypeError, "steps"),
+    ("fast=yes please", TypeError, "true/false"),
+    ("seeds=a,b", TypeError, "list of int"),
+    ("steps", ValueError, "key=value"),
+])
+def test_bad_overrides(override, error, match):
+    with pytest.raises(error, match=match):
+        load_config(_Cfg, None, [override])
+
+
+def test_bad_yaml(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("- 1\n- 2\n")
+    with pytest.raises(ValueError, match="mapping"):
+        load_config(_Cfg, p)
+    with pytest.raises(TypeError, match="lr"):
+        _Cfg(lr="fast")
