@@ -17,12 +17,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+from .io import atomic_write_text
 
 __all__ = ["bad_value", "check_types", "config_from_dict", "config_to_dict", "field_names", "load_config", "parse_override",
            "save_resolved_config"]
@@ -201,20 +202,7 @@ def save_resolved_config(cfg: Any, path: str | os.PathLike[str], header: str = "
     The file loads back with :func:`load_config` to an equal config. Parent directories are created.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = f"# {header} (written by lopt_graphs.config.save_resolved_config).\n"
     text += yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write_text(path, text)
     return path

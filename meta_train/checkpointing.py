@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from lopt_graphs.io import atomic_write
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -107,29 +108,20 @@ def save_checkpoint_atomic(obj: dict[str, Any], path: str | os.PathLike[str], ve
     """
     _check_structure(obj, where="checkpoint to save")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if verify:
-            try:
-                torch.load(tmp, map_location="cpu", weights_only=True)
-            except Exception as exc:
-                raise ValueError(
-                    f"checkpoint for {str(path)!r} is not loadable with weights_only=True; store only "
-                    f"tensors, numbers, strings, None and lists/dicts of them ({type(exc).__name__}: "
-                    f"{_first_line(exc)})"
-                ) from exc
-        os.replace(tmp, path)
-    except BaseException:
+
+    def check(tmp: str) -> None:
+        if not verify:
+            return
         try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+            torch.load(tmp, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(
+                f"checkpoint for {str(path)!r} is not loadable with weights_only=True; store only "
+                f"tensors, numbers, strings, None and lists/dicts of them ({type(exc).__name__}: "
+                f"{_first_line(exc)})"
+            ) from exc
+
+    atomic_write(path, lambda fh: torch.save(obj, fh), check=check)
     _fsync_dir(path.parent)
     return str(path)
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from lopt_graphs.io import atomic_write_text
 
 __all__ = ["EVAL_KEYS", "ema_smooth", "read_metrics", "write_report"]
 
@@ -165,18 +166,8 @@ def _eval_table(eval_results: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and :func:`os.replace`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """Write ``text`` to ``path`` atomically."""
+    atomic_write_text(path, text)
 
 
 def write_report(

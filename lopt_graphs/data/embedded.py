@@ -17,7 +17,6 @@ import gzip
 import math
 import os
 import random
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..io import atomic_write
 
 __all__ = [
     "DatasetSplits",
@@ -409,20 +410,7 @@ def _mnist1d_cache_file(cache_dir: Path, seed: int, num_samples: int) -> Path:
 
 def _atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
     """Write ``arrays`` to ``path`` atomically (temp file in same dir + ``os.replace``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except OSError:
-            pass
-        raise
+    atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
 @functools.lru_cache(maxsize=8)

@@ -10,12 +10,12 @@ it without unpickling code::
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
+from ..io import atomic_write
 from .learned import LearnedUpdate, LearnedUpdateConfig
 
 FORMAT = "lopt_graphs.learned_update"
@@ -42,17 +42,8 @@ def checkpoint_dict(learned: LearnedUpdate, meta: Mapping[str, Any] | None = Non
 
 def save_checkpoint(learned: LearnedUpdate, path: str | os.PathLike, meta: Mapping[str, Any] | None = None) -> None:
     """Write ``learned`` atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(checkpoint_dict(learned, meta), tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    obj = checkpoint_dict(learned, meta)
+    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def _read(source: str | os.PathLike) -> dict[str, Any]:

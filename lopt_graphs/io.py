@@ -1,0 +1,54 @@
+"""Atomic file writes: a file is either its old version or its complete new one, never half-written.
+
+Everything the package persists (checkpoints, caches, configs, results) goes through :func:`atomic_write`:
+write to a temporary file in the destination's folder, ``fsync``, then ``os.replace`` over the destination.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Callable
+
+__all__ = ["atomic_write", "atomic_write_text"]
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None],
+                 check: Callable[[str], None] | None = None, mode: int = 0o644) -> Path:
+    """Write ``path`` atomically.
+
+    Args:
+        path: destination (parent folders are created).
+        write: called with the open temporary file (binary mode) to write the content.
+        check: optional validation of the finished temporary file (given its path); raising aborts the
+            write and leaves the previous ``path`` untouched.
+        mode: permission bits of the result (``mkstemp`` would leave 0600).
+
+    Returns:
+        ``Path(path)``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if check is not None:
+            check(tmp)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
