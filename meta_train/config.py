@@ -93,7 +93,7 @@ class MetaTrainConfig:
     truncation: int = 10
     horizon: int = 200
     num_tasks: int = 2
-    family: str = "mixture"
+    family: str = "digits"
     seed: int = 0
     out: str = "runs/meta_train"
     resume: str = ""
@@ -120,6 +120,10 @@ class MetaTrainConfig:
         """
         if self.estimator not in ESTIMATORS:
             _bad("estimator", self.estimator, f"one of {list(ESTIMATORS)}")
+        from meta_train.tasks import FAMILIES  # here, not at import: the tasks pull in the datasets
+
+        if self.family not in FAMILIES:
+            _bad("family", self.family, f"one of {sorted(FAMILIES)}")
         if self.outer_steps < 0:
             _bad("outer_steps", self.outer_steps, "an integer >= 0")
         if self.population < 1:

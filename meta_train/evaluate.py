@@ -73,3 +73,75 @@ def compare_with_adam(learned: LearnedUpdate, cfg: TaskConfig, steps: int, seed:
         "ngo_steps_to_adam_final": steps_to_reach(ngo["curve"], target),
         "adam_curve": adam[best_lr]["curve"], "ngo_curve": ngo["curve"],
     }
+
+
+def evaluate_checkpoint(ckpt: str, steps: int = 300, seeds: tuple[int, ...] = (0,)) -> dict:
+    """The shipped-checkpoint targets: on in-distribution tasks, steps to reach tuned Adam's final loss
+    (target: at most half on the median task); on held-out tasks, final loss against tuned Adam (target:
+    better on at least 3 of 4)."""
+    import statistics
+
+    from lopt_graphs.optim import load_learned_update
+
+    from .tasks import HELD_OUT, IN_DISTRIBUTION
+
+    learned = load_learned_update(ckpt)
+    rows = []
+    for group, cfgs in (("in_distribution", IN_DISTRIBUTION), ("held_out", HELD_OUT)):
+        for tc in cfgs:
+            for seed in seeds:
+                r = compare_with_adam(learned, tc, steps, seed)
+                r = {k: v for k, v in r.items() if not k.endswith("curve")}
+                r["group"], r["seed"] = group, seed
+                rows.append(r)
+    ind = [r for r in rows if r["group"] == "in_distribution"]
+    fracs = [(r["ngo_steps_to_adam_final"] or float("inf")) / steps for r in ind]
+    held = [r for r in rows if r["group"] == "held_out"]
+    summary = {
+        "median_fraction_of_steps_to_tuned_adam_final_in_dist": statistics.median(fracs),
+        "held_out_beats_tuned_adam": sum(r["ngo_final_loss"] < r["adam_final_loss"] for r in held),
+        "held_out_tasks": len(held),
+    }
+    return {"ckpt": str(ckpt), "steps": steps, "seeds": list(seeds), "rows": rows, "summary": summary}
+
+
+def markdown(result: dict) -> str:
+    lines = ["| group | task | tuned Adam lr | Adam final loss | NGO final loss | NGO steps to Adam's final | "
+             "Adam test acc | NGO test acc |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        st = r["ngo_steps_to_adam_final"]
+        lines.append(f"| {r['group']} | {r['task']} | {r['adam_lr']:g} | {r['adam_final_loss']:.4f} | "
+                     f"{r['ngo_final_loss']:.4f} | {st if st is not None else 'not reached'} / {r['steps']} | "
+                     f"{r['adam_test_accuracy']:.3f} | {r['ngo_test_accuracy']:.3f} |")
+    s = result["summary"]
+    lines.append("")
+    lines.append(f"Median fraction of steps NGO needs to reach tuned Adam's final loss (in-distribution): "
+                 f"**{s['median_fraction_of_steps_to_tuned_adam_final_in_dist']:.2f}** (target <= 0.5); held-out "
+                 f"tasks where NGO beats tuned Adam's final loss: **{s['held_out_beats_tuned_adam']}/"
+                 f"{s['held_out_tasks']}** (target >= 3/4).")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """``python -m meta_train.evaluate --ckpt PATH [--steps 300] [--out FILE.json]``"""
+    import argparse
+    import json
+    from pathlib import Path
+
+    ap = argparse.ArgumentParser(description="Evaluate a learned-update checkpoint against per-task tuned Adam.")
+    ap.add_argument("--ckpt", default="default", help="checkpoint path or shipped name (default: 'default')")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds")
+    ap.add_argument("--out", default=None, help="write JSON (and a .md next to it)")
+    a = ap.parse_args(argv)
+    res = evaluate_checkpoint(a.ckpt, a.steps, tuple(int(s) for s in a.seeds.split(",")))
+    print(markdown(res))
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(res, indent=1))
+        Path(a.out).with_suffix(".md").write_text(markdown(res) + "\n")
+    return res
+
+
+if __name__ == "__main__":
+    main()

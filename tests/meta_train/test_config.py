@@ -60,9 +60,9 @@ def test_none_path_and_no_overrides_give_defaults() -> None:
 
 
 def test_yaml_load_and_int_for_float(tmp_path: Path) -> None:
-    p = _write(tmp_path, {"outer_steps": 7, "sigma": 1, "estimator": "es", "wandb": False, "family": "mlp"})
+    p = _write(tmp_path, {"outer_steps": 7, "sigma": 1, "estimator": "es", "wandb": False, "family": "digits_mlp"})
     cfg = load_config(p, [])
-    assert cfg.outer_steps == 7 and cfg.estimator == "es" and cfg.wandb is False and cfg.family == "mlp"
+    assert cfg.outer_steps == 7 and cfg.estimator == "es" and cfg.wandb is False and cfg.family == "digits_mlp"
     assert cfg.sigma == 1.0 and isinstance(cfg.sigma, float)
     assert cfg.population == 8  # untouched default
 
@@ -86,12 +86,12 @@ def test_overrides_are_typed_and_applied_in_order(tmp_path: Path) -> None:
     p = _write(tmp_path, {"outer_steps": 7})
     cfg = load_config(
         p,
-        ["outer_steps=9", "outer_lr=1e-2", "wandb=false", "report=True", "family=123", "resume=", "seed=4", "seed=5"],
+        ["outer_steps=9", "outer_lr=1e-2", "wandb=false", "report=True", "family=mnist1d_cnn", "resume=", "seed=4", "seed=5"],
     )
     assert cfg.outer_steps == 9
     assert cfg.outer_lr == pytest.approx(1e-2)
     assert cfg.wandb is False and cfg.report is True
-    assert cfg.family == "123"  # str fields take the raw text
+    assert cfg.family == "mnist1d_cnn"  # str fields take the raw text
     assert cfg.resume == ""
     assert cfg.seed == 5
     assert parse_override("out=runs/a=b") == ("out", "runs/a=b")
@@ -128,6 +128,7 @@ def test_wrong_types_raise_type_error(tmp_path: Path) -> None:
     ("override", "key"),
     [
         ("estimator=sgd", "estimator"),
+        ("family=imagenet", "family"),
         ("population=7", "population"),
         ("population=0", "population"),
         ("outer_steps=-1", "outer_steps"),
@@ -179,9 +180,9 @@ def test_shipped_yamls(tmp_path: Path) -> None:
 
 
 def test_save_resolved_config_round_trip(tmp_path: Path) -> None:
-    cfg = load_config(None, ["outer_lr=1e-4", "loss_clip=.inf", "resume=runs/x/ckpt.pt", "family=123"])
+    cfg = load_config(None, ["outer_lr=1e-4", "loss_clip=.inf", "resume=runs/x/ckpt.pt", "family=mnist5k_cnn"])
     path = save_resolved_config(cfg, tmp_path / "sub" / "config.yaml")
     assert path.is_file()
     assert [p.name for p in path.parent.iterdir()] == ["config.yaml"]  # no temp files left
     assert load_config(path, []) == cfg
-    assert config_to_dict(cfg)["family"] == "123"
+    assert config_to_dict(cfg)["family"] == "mnist5k_cnn"
