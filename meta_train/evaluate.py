@@ -14,7 +14,7 @@ from lopt_graphs.optim import LearnedUpdate
 
 from .tasks import Task, TaskConfig
 
-ADAM_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+ADAM_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 
 
 def train_curve(task: Task, make_opt, steps: int, seed: int) -> dict:
