@@ -149,6 +149,7 @@ class MetaTrainer:
 
     def export(self, path: str | os.PathLike, meta: dict | None = None) -> None:
         """Write the learned update as a ``NeuralGraphOptimizer`` checkpoint."""
-        save_checkpoint(self.learned, path, meta={"meta_train_step": self.step, "config": config_to_dict(self.cfg),
+        save_checkpoint(self.learned, path, meta={"trained": True, "meta_train_step": self.step,
+                                                  "config": config_to_dict(self.cfg),
                                                   **(meta or {})})
 

@@ -27,6 +27,10 @@ class EncoderConfig:
             uses ``id % max_positions`` (input/output neurons are never permuted, so wrapping only shares
             embeddings between far-apart inputs; the learned optimizer uses it to accept any width).
         max_kernel: kernel entries with a learned position embedding (later entries get none).
+        entry_nonlinearity: apply a ReLU to each embedded kernel entry before averaging them (a DeepSets
+            encoder of the kernel). Without it (the default, with which every shipped checkpoint and
+            reported result was made) the average of linear maps sees only the kernel's mean plus positions
+            when there is one feature per entry; turning it on is a pending experiment.
     """
 
     variant: Literal["gnn", "transformer"] = "gnn"
@@ -42,6 +46,7 @@ class EncoderConfig:
     max_positions: int = 4096
     position_overflow: Literal["error", "wrap"] = "error"
     max_kernel: int = 64
+    entry_nonlinearity: bool = False
 
     def __post_init__(self) -> None:
         if self.variant not in ("gnn", "transformer"):

@@ -17,8 +17,9 @@ class GraphEmbedding(nn.Module):
       the neuron's role (input/hidden/output) and activation are added. Input and output neurons get a
       learned positional embedding; hidden neurons (``pos == -1``) get none, which is what makes the encoder
       equivariant to hidden-neuron permutations.
-    * Edge entries (a weight, or a kernel entry) are embedded with a learned kernel-position embedding and
-      averaged over valid entries (DeepSets), then passed through an MLP.
+    * Edge entries (a weight, or a kernel entry) are embedded with a learned kernel-position embedding,
+      passed through a ReLU (``entry_nonlinearity``) and averaged over valid entries (DeepSets), then through
+      an MLP.
     """
 
     def __init__(self, cfg: EncoderConfig):
@@ -66,6 +67,7 @@ class GraphEmbedding(nn.Module):
         h = h + self.node_mlp(h)
         entry_emb = self.entries(edge_attr)
         m = edge_mask.unsqueeze(-1).to(entry_emb.dtype)
-        e = (entry_emb * m).sum(1) / m.sum(1).clamp(min=1.0)
+        pooled_in = entry_emb.relu() if self.cfg.entry_nonlinearity else entry_emb
+        e = (pooled_in * m).sum(1) / m.sum(1).clamp(min=1.0)
         e = e + self.edge_mlp(e)
         return h, e, slot_emb, entry_emb

@@ -97,13 +97,13 @@ def load_learned_update(ckpt: str | os.PathLike | Mapping[str, Any] | None = Non
     return learned.to(map_location)
 
 
-def _write_default() -> None:
-    """Regenerate the untrained default checkpoint (seed 0)."""
+def _write_adam_init() -> None:
+    """Regenerate ``adam_init``, the untrained initialization (seed 0): exactly Adam at lr 1e-3."""
     torch.manual_seed(0)
-    save_checkpoint(LearnedUpdate(), CHECKPOINT_DIR / f"{DEFAULT_CHECKPOINT}.pt",
+    save_checkpoint(LearnedUpdate(), CHECKPOINT_DIR / "adam_init.pt",
                     meta={"trained": False, "seed": 0,
-                          "note": "untrained initialization: exactly Adam at lr 1e-3 until meta-trained"})
+                          "note": "untrained initialization: the update is exactly Adam at lr 1e-3"})
 
 
 if __name__ == "__main__":
-    _write_default()
+    _write_adam_init()

@@ -36,7 +36,7 @@ class LearnedUpdateConfig:
 
     encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(
         node_in=len(FEATURES), edge_in=len(FEATURES), hidden=32, edge_hidden=8, layers=2, max_positions=64,
-        position_overflow="wrap", max_kernel=16))
+        position_overflow="wrap", max_kernel=16, entry_nonlinearity=False))
     head_hidden: int = 4
     base_lr: float = 1e-3
     mag_scale: float = 1.0

@@ -73,10 +73,10 @@ def test_float64_model():
 
 
 def test_float64_matches_adam_float64():
-    """The default (untrained) checkpoint is Adam at lr 1e-3, in float64 too."""
+    """The untrained ``adam_init`` checkpoint is Adam at lr 1e-3, in float64 too."""
     x, y = regression_data(dtype=torch.float64)
     model, ref = tiny_mlp(dtype=torch.float64), tiny_mlp(dtype=torch.float64)
-    train_steps(model, NeuralGraphOptimizer(model.parameters()), x, y, 10)
+    train_steps(model, NeuralGraphOptimizer(model.parameters(), "adam_init"), x, y, 10)
     train_steps(ref, torch.optim.Adam(ref.parameters(), lr=1e-3), x, y, 10)
     for a, b in zip(model.parameters(), ref.parameters()):
         torch.testing.assert_close(a, b, atol=1e-7, rtol=0)

@@ -65,6 +65,9 @@ class ZooTaskConfig:
     Prediction:
         models: predictors to train: ``"gnn"`` (NG-GNN), ``"transformer"`` (NG-T), ``"statnn"``.
         hidden, edge_hidden, layers, heads: encoder size.
+        edge_features: ``"kernel"`` (each kernel position in its own input channel, so the encoder's
+            per-entry linear map reads whole kernels) or ``"value"`` (one channel: the encoder then sees only
+            each kernel's mean); see :class:`~lopt_graphs.tasks.cnn_zoo.predict.ZooGraphs`.
         pred_epochs: training epochs of the encoder predictors (the best validation epoch is kept).
         pred_batch: graphs per batch.
         pred_lr: AdamW learning rate (cosine decay).
@@ -111,6 +114,7 @@ class ZooTaskConfig:
     edge_hidden: int = 16
     layers: int = 3
     heads: int = 4
+    edge_features: str = "kernel"
     pred_epochs: int = 30
     pred_batch: int = 32
     pred_lr: float = 2e-3
@@ -169,6 +173,8 @@ class ZooTaskConfig:
                       "val_fraction >= 0, test_fraction > 0, val_fraction + test_fraction < 1")
         if not self.models or any(m not in ("gnn", "transformer", "statnn") for m in self.models):
             bad_value("models", self.models, "a non-empty list from 'gnn', 'transformer', 'statnn'")
+        if self.edge_features not in ("value", "kernel"):
+            bad_value("edge_features", self.edge_features, "'value' or 'kernel'")
         if self.statnn_model not in ("hgb", "gbr"):
             bad_value("statnn_model", self.statnn_model, "'hgb' or 'gbr'")
         if self.hidden % self.heads and "transformer" in self.models:

@@ -6,7 +6,10 @@ Two zoo kinds (:class:`~lopt_graphs.tasks.cnn_zoo.config.ZooTaskConfig` ``kind``
   channels, global average pooling and a linear layer. The convolutions have stride 2, except the first
   one on inputs of at most 16 pixels (8x8 digits), which would otherwise shrink to 1x1.
 * ``"variant"``: a pool of ``num_archs`` sampled architectures with 2-4 convolutions, 8-32 channels, kernel
-  size 3 or 5 and residual blocks ``h = h + drop(act(conv(h)))`` (same width, stride 1).
+  size 3 or 5 and residual blocks ``h = h + drop(act(conv(h)))`` (same width, stride 1). A convolution that
+  is not residual has stride 2 while the map is larger than 2x2 (the first one as in ``"small"``); residual
+  blocks are sampled only on maps of at most ``max(4, image_size // 4)`` pixels a side, i.e. after a
+  downsampling, which keeps the cost per network close to the small zoo's.
 
 Networks of one architecture and activation are trained together: their parameters are stacked along a
 leading member dim and every layer runs as one grouped convolution (``groups = members``), with per-member
@@ -36,11 +39,16 @@ from lopt_graphs.data.embedded import DatasetSplits
 
 from .config import ZooTaskConfig
 
-__all__ = ["ZOO_VERSION", "CNNArch", "Zoo", "ZooCNN", "batched_forward", "build_zoo", "load_or_build_zoo", "load_tensors",
+__all__ = ["ZOO_VERSIONS", "CNNArch", "Zoo", "ZooCNN", "batched_forward", "build_zoo", "load_or_build_zoo", "load_tensors",
            "sample_archs", "zoo_cache_path"]
 
-#: Bump when the generation recipe or the on-disk format changes (it is part of the cache key).
-ZOO_VERSION = "cnn_zoo_v1"
+#: Recipe/format version of each zoo kind (part of the cache key): bump a kind's entry when its generation
+#: recipe or the on-disk format changes. v2 of ``"variant"``: residual blocks only after a downsampling.
+ZOO_VERSIONS: dict[str, str] = {"small": "cnn_zoo_v1", "variant": "cnn_zoo_v2"}
+
+#: Training examples the training accuracy of a checkpoint is measured on (the full set costs as much as
+#: an epoch of training per checkpoint).
+_TRAIN_EVAL = 512
 
 _ACT_FUNCS: dict[str, Callable[[Tensor], Tensor]] = {"relu": torch.relu, "tanh": torch.tanh, "gelu": F.gelu}
 _ACT_MODULES: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
@@ -191,7 +199,9 @@ def sample_archs(cfg: ZooTaskConfig, in_channels: int, num_classes: int, image_s
         size, cin = image_size, in_channels
         for i in range(depth):
             k = cfg.kernels[int(torch.randint(len(cfg.kernels), (1,), generator=generator))]
-            res = i > 0 and float(torch.rand((), generator=generator)) < cfg.residual_prob
+            # residual blocks only once the map is downsampled (full-resolution blocks cost too much)
+            res = (i > 0 and size <= max(4, image_size // 4)
+                   and float(torch.rand((), generator=generator)) < cfg.residual_prob)
             if res:
                 w, s = cin, 1
             else:
@@ -227,7 +237,7 @@ class Zoo:
         params: per run, ``[C, P]`` float32 flat parameters of its ``C`` checkpoints (in ``param_shapes``
             order).
         test_acc: ``[R, C]`` test accuracy of every checkpoint.
-        train_acc: ``[R, C]`` accuracy on the full training set.
+        train_acc: ``[R, C]`` accuracy on the first 512 examples of the full training set.
         steps: ``[C]`` training step of every checkpoint.
         split: ``[R]`` 0 train, 1 validation, 2 test (by run: all checkpoints of a run share a split).
         meta: version, config key, dataset, timing.
@@ -360,7 +370,7 @@ def train_group(arch: CNNArch, act: str, hp: dict[str, Tensor], data: DatasetSpl
             det = [p.detach() for p in params]
             flats.append(torch.cat([p.reshape(m, -1) for p in det], dim=1).clone())
             test_accs.append(_accuracy(arch, act, det, data.x_test, data.y_test))
-            train_accs.append(_accuracy(arch, act, det, data.x_train, data.y_train))
+            train_accs.append(_accuracy(arch, act, det, data.x_train[:_TRAIN_EVAL], data.y_train[:_TRAIN_EVAL]))
     return (torch.stack(flats, 1), torch.stack(test_accs, 1), torch.stack(train_accs, 1),
             torch.tensor(ckpt_steps))
 
@@ -417,7 +427,7 @@ def build_zoo(cfg: ZooTaskConfig, progress: bool = False) -> Zoo:
     split[order[n_test: n_test + n_val]] = 1
     kt = torch.tensor(keep, dtype=torch.long)
     seconds = time.time() - t0
-    meta = {"version": ZOO_VERSION, "key": cfg.zoo_key(), "dataset": cfg.dataset, "build_seconds": seconds,
+    meta = {"version": ZOO_VERSIONS[cfg.kind], "key": cfg.zoo_key(), "dataset": cfg.dataset, "build_seconds": seconds,
             "models_per_second": r / max(seconds, 1e-9), "dropped_nonfinite_runs": r - len(keep),
             "groups": len(groups)}
     return Zoo(archs, arch_id[kt], [cfg.activations[int(act_id[i])] for i in keep],
@@ -426,8 +436,9 @@ def build_zoo(cfg: ZooTaskConfig, progress: bool = False) -> Zoo:
 
 
 def zoo_cache_path(cfg: ZooTaskConfig) -> Path:
-    """``{cache_dir}/{kind}_{dataset}_{hash}.pt`` with ``hash`` over :data:`ZOO_VERSION` and the zoo keys."""
-    key = json.dumps({"version": ZOO_VERSION, **cfg.zoo_key()}, sort_keys=True)
+    """``{cache_dir}/{kind}_{dataset}_{hash}.pt`` with ``hash`` over the kind's version
+    (:data:`ZOO_VERSIONS`) and the zoo keys."""
+    key = json.dumps({"version": ZOO_VERSIONS[cfg.kind], **cfg.zoo_key()}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir() / "cnn_zoo"
     return root / f"{cfg.kind}_{cfg.dataset}_{digest}.pt"
@@ -459,7 +470,7 @@ def load_or_build_zoo(cfg: ZooTaskConfig, progress: bool = False, rebuild: bool 
     path = zoo_cache_path(cfg)
     if path.exists() and not rebuild:
         state = torch.load(path, map_location="cpu", weights_only=False)
-        if state.get("meta", {}).get("version") == ZOO_VERSION and state["meta"].get("key") == cfg.zoo_key():
+        if state.get("meta", {}).get("version") == ZOO_VERSIONS[cfg.kind] and state["meta"].get("key") == cfg.zoo_key():
             return Zoo.from_state(state), path, True
     zoo = build_zoo(cfg, progress=progress)
     _atomic_torch_save(zoo.to_state(), path)
