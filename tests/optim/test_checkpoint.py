@@ -81,21 +81,21 @@ def test_default_checkpoint(ckpt):
     assert "default" in shipped_checkpoints()
     opt = NeuralGraphOptimizer(tiny_mlp().parameters(), ckpt)
     _same_weights(opt.learned, _default_weights())
-    # the meta-trained default: a learned (non-zero) output layer, the architecture of the default config
-    assert torch.count_nonzero(opt.learned.w2) > 0
+    # the default is the untrained initialization: zero output layer (exactly Adam)
+    assert torch.count_nonzero(opt.learned.w2) == 0 and torch.count_nonzero(opt.learned.b2) == 0
     assert opt.learned.cfg == LearnedUpdateConfig()
 
 
-def test_adam_init_checkpoint_is_the_untrained_initialization():
-    assert "adam_init" in shipped_checkpoints()
-    opt = NeuralGraphOptimizer(tiny_mlp().parameters(), "adam_init")
-    assert torch.count_nonzero(opt.learned.w2) == 0 and torch.count_nonzero(opt.learned.b2) == 0
+def test_meta_trained_checkpoint_is_shipped():
+    assert {"adam_init", "meta_tbptt_1100"} <= set(shipped_checkpoints())
+    opt = NeuralGraphOptimizer(tiny_mlp().parameters(), "meta_tbptt_1100")
+    assert torch.count_nonzero(opt.learned.w2) > 0 and opt.learned.cfg == LearnedUpdateConfig()
 
 
 def test_shipped_file_loads_with_weights_only():
     import lopt_graphs.optim.checkpoint as ck
     raw = torch.load(ck.CHECKPOINT_DIR / "default.pt", weights_only=True)
-    assert raw["format_version"] == 1 and raw["meta"]["trained"] is True
+    assert raw["format_version"] == 1 and raw["meta"]["trained"] is False
 
 
 def test_default_checkpoint_not_shadowed_by_cwd(tmp_path, monkeypatch):

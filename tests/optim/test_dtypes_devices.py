@@ -73,7 +73,7 @@ def test_float64_model():
 
 
 def test_float64_matches_adam_float64():
-    """The untrained ``adam_init`` checkpoint is Adam at lr 1e-3, in float64 too."""
+    """The untrained ``adam_init`` (and default) checkpoint is Adam at lr 1e-3, in float64 too."""
     x, y = regression_data(dtype=torch.float64)
     model, ref = tiny_mlp(dtype=torch.float64), tiny_mlp(dtype=torch.float64)
     train_steps(model, NeuralGraphOptimizer(model.parameters(), "adam_init"), x, y, 10)
