@@ -426,12 +426,16 @@ def speedup(adam_smoothed: Sequence[float], ngo_smoothed: Sequence[float]) -> di
     runs reach; the speed-up is ``adam_steps / ngo_steps``, the first steps at which each curve is at or below
     it. When NGO reaches tuned Adam's final loss (``reached``), the target is Adam's final loss: the speed-up
     is "tuned Adam's steps to its final loss / NGO's steps to the same loss". Otherwise the target is NGO's
-    final loss and the speed-up (< 1) says how much sooner Adam got there. ``nan`` if either run diverged.
+    final loss and the speed-up (< 1) says how much sooner Adam got there. ``nan`` if either run diverged;
+    ``0`` if NGO made no progress at all (its final smoothed loss is not below its first one), which the
+    comparison at NGO's own level would otherwise score as 1.
     """
     adam_final, ngo_final = adam_smoothed[-1], ngo_smoothed[-1]
     if not (math.isfinite(adam_final) and math.isfinite(ngo_final)):
         return {"speedup": math.nan, "reached": math.isfinite(ngo_final), "adam_steps": None, "ngo_steps": None,
                 "target": math.nan}
+    if ngo_final >= ngo_smoothed[0] and ngo_final > adam_final:
+        return {"speedup": 0.0, "reached": False, "adam_steps": None, "ngo_steps": None, "target": ngo_final}
     target = max(adam_final, ngo_final)
     adam_steps = first_step_at_or_below(adam_smoothed, target)
     ngo_steps = first_step_at_or_below(ngo_smoothed, target)

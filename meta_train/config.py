@@ -84,7 +84,7 @@ class MetaTrainConfig:
         threads: Number of torch intra-op threads; ``0`` leaves torch's default; >= 0.
     """
 
-    outer_steps: int = 1000
+    outer_steps: int = 400
     estimator: str = "pes"
     population: int = 8
     sigma: float = 0.01

@@ -209,3 +209,11 @@ def test_paper_task_runs_when_the_dataset_loads(bench: ModuleType, tmp_path: Pat
     assert not task["skipped"] and task["group"] == "paper"
     assert math.isfinite(task["optimizers"]["ngo"]["final_loss_mean"])
     assert not (tmp_path / "o" / "curves.png").exists()
+
+
+def test_speedup_is_zero_when_ngo_makes_no_progress():
+    from benchmarks.vs_adam import speedup
+
+    adam = [2.3, 1.0, 0.5, 0.2]
+    assert speedup(adam, [2.3, 2.5, 3.0, 3.7])["speedup"] == 0.0  # diverged
+    assert speedup(adam, [2.3, 1.2, 0.6, 0.2])["speedup"] == 1.0  # same curve
