@@ -23,14 +23,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+
+from lopt_graphs.io import atomic_write
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -445,20 +445,7 @@ def zoo_cache_path(cfg: ZooTaskConfig) -> Path:
 
 
 def _atomic_torch_save(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def load_or_build_zoo(cfg: ZooTaskConfig, progress: bool = False, rebuild: bool = False) -> tuple[Zoo, Path, bool]:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
 import torch
 
 from lopt_graphs.config import load_config, save_resolved_config
+from lopt_graphs.io import atomic_write_text
 
 C = TypeVar("C")
 
@@ -37,11 +37,4 @@ def setup_run(cfg: Any, out: str | os.PathLike[str]) -> Path:
 
 def write_json(obj: Any, path: str | os.PathLike[str]) -> Path:
     """Write ``obj`` as indented JSON atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=False)
-        fh.write("\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
