@@ -68,7 +68,6 @@ Non-finite numbers (diverged runs) are written as ``null``. Numbers of curves ke
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import json
 import math
@@ -355,11 +354,7 @@ def train_run(task: Task, make_opt: Callable[[nn.Module], torch.optim.Optimizer]
     Minibatches are gathered step by step (the index tensor is drawn up front, as ``Task.batches`` does).
     """
     gen = torch.Generator().manual_seed(seed)
-    model = copy.deepcopy(task.module)
-    params = task.init_params(gen)
-    with torch.no_grad():
-        for p, v in zip(model.parameters(), params):
-            p.copy_(v)
+    model = task.new_model(gen)
     opt = make_opt(model)
     idx = torch.randint(0, task.data.num_train, (steps, task.cfg.batch_size), generator=gen)
     x_train, y_train = task.data.x_train, task.data.y_train

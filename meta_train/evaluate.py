@@ -21,11 +21,7 @@ def train_curve(task: Task, make_opt, steps: int, seed: int) -> dict:
     """Train ``task``'s module for ``steps`` steps; returns the per-step minibatch losses and the final
     full-training-set loss / test accuracy."""
     gen = torch.Generator().manual_seed(seed)
-    model = copy.deepcopy(task.module)
-    params = task.init_params(gen)
-    with torch.no_grad():
-        for p, v in zip(model.parameters(), params):
-            p.copy_(v)
+    model = task.new_model(gen)
     opt = make_opt(model)
     xs, ys = task.batches(gen, steps)
     curve = []

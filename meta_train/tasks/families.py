@@ -8,6 +8,7 @@ activations and batch sizes outside the sampled sets), kept for evaluation.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -110,6 +111,14 @@ class Task:
                 if hasattr(m, "reset_parameters") and m is not self.module:
                     m.reset_parameters()
         return [p.detach().clone() * self.cfg.init_scale for p in self.module.parameters()]
+
+    def new_model(self, gen: torch.Generator) -> nn.Module:
+        """A fresh copy of :attr:`module` holding :meth:`init_params` drawn from ``gen``."""
+        model = copy.deepcopy(self.module)
+        with torch.no_grad():
+            for p, v in zip(model.parameters(), self.init_params(gen)):
+                p.copy_(v)
+        return model
 
     def logits(self, params: list[Tensor], x: Tensor) -> Tensor:
         return functional_call(self.module, dict(zip(self.names, params)), (x,))
