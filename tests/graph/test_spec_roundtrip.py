@@ -7,7 +7,7 @@ by hand from the layer definitions, so the edge layout is checked against an ind
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import pytest
 import torch
@@ -22,15 +22,6 @@ from lopt_graphs.graph import (
     graph_from_parameters,
     neural_graph,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread (two threads spin-wait badly when the 2 cores are shared)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # --------------------------------------------------------------------------- architectures

@@ -9,7 +9,7 @@ paths of both front ends.
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -18,15 +18,6 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 from lopt_graphs.graph import GraphBuildError, GraphSpec, graph_from_module, graph_from_parameters
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread (two threads spin-wait badly when the 2 cores are shared)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 ACTS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +10,6 @@ import pytest
 import torch
 
 _ROOT = Path(__file__).resolve().parents[2]
-if str(_ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) does not put the repo root on sys.path
-    sys.path.insert(0, str(_ROOT))
 
 from meta_train.checkpointing import (  # noqa: E402
     CHECKPOINT_FORMAT,
@@ -25,15 +22,6 @@ from meta_train.checkpointing import (  # noqa: E402
     set_rng_state,
 )
 from meta_train.config import MetaTrainConfig, config_to_dict  # noqa: E402
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One torch thread: the machine is shared."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _ckpt(step: int = 3) -> dict:

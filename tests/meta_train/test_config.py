@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 _ROOT = Path(__file__).resolve().parents[2]
-if str(_ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) does not put the repo root on sys.path
-    sys.path.insert(0, str(_ROOT))
 
 from meta_train.config import (  # noqa: E402
     MetaTrainConfig,
@@ -24,15 +20,6 @@ from meta_train.config import (  # noqa: E402
 )
 
 CONFIG_DIR = _ROOT / "configs" / "meta_train"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One torch thread: the machine is shared."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _write(tmp_path: Path, data: object) -> Path:

@@ -11,14 +11,6 @@ from meta_train.tasks import FAMILIES, HELD_OUT, Task, TaskConfig, sample_task
 from meta_train.unroll import InnerState, Stepper, ThetaSpace, unroll
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _setup(seed: int = 0):
     torch.manual_seed(seed)
     learned = LearnedUpdate()

@@ -13,8 +13,6 @@ import pytest
 import torch
 
 _ROOT = Path(__file__).resolve().parents[2]
-if str(_ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) does not put the repo root on sys.path
-    sys.path.insert(0, str(_ROOT))
 
 from meta_train.logging_utils import (  # noqa: E402
     WANDB_ID_FILE,
@@ -25,15 +23,6 @@ from meta_train.logging_utils import (  # noqa: E402
 )
 
 CONFIG = {"outer_steps": 3, "estimator": "pes", "sigma": 0.01}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One torch thread: the machine is shared."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture()

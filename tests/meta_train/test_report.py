@@ -3,27 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 _ROOT = Path(__file__).resolve().parents[2]
-if str(_ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) does not put the repo root on sys.path
-    sys.path.insert(0, str(_ROOT))
 
 from meta_train.config import MetaTrainConfig, save_resolved_config  # noqa: E402
 from meta_train.report import ema_smooth, read_metrics, write_report  # noqa: E402
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One torch thread: the machine is shared."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _write_metrics(path: Path, n: int = 30) -> None:

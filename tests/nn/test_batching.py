@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Iterator
 
 import pytest
 import torch
@@ -10,15 +9,6 @@ from torch import Tensor, nn
 
 from lopt_graphs.graph import NeuralGraph, collate, graph_from_module, neural_graph
 from lopt_graphs.nn import EncoderConfig, NeuralGraphEncoder
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread (two threads spin-wait badly when the 2 cores are shared)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 class _ResNorm(nn.Module):

@@ -7,7 +7,7 @@ must make the same check fail, which shows the check can fail.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable
 
 import pytest
 import torch
@@ -15,15 +15,6 @@ from torch import Tensor, nn
 
 from lopt_graphs.graph import GraphSpec, graph_from_module, neural_graph
 from lopt_graphs.nn import EncoderConfig, EncoderOutput, NeuralGraphEncoder
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread (two threads spin-wait badly when the 2 cores are shared)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 FEATS = 2

@@ -11,7 +11,6 @@ from lopt_graphs.tasks.inr.classify import ClassifyConfig, NGClassifier, main, q
 from lopt_graphs.tasks.inr.data import fit_inrs, inr_seeds, load_images, INRDataConfig
 from lopt_graphs.tasks.inr.graphs import siren_spec
 
-torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

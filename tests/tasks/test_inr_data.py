@@ -14,7 +14,6 @@ from lopt_graphs.tasks.inr.data import (
 from lopt_graphs.tasks.inr.graphs import INRGraphBatcher, build_graphs, siren_spec
 from lopt_graphs.tasks.inr.siren import make_siren, param_shapes, pixel_grid, siren_forward
 
-torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

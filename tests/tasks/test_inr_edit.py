@@ -12,7 +12,6 @@ from lopt_graphs.tasks.inr.edit import EditConfig, NGEditor, dilate, main
 from lopt_graphs.tasks.inr.graphs import INRGraphBatcher, siren_spec
 from lopt_graphs.tasks.inr.siren import pixel_grid, siren_forward
 
-torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

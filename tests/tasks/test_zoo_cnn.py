@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +21,6 @@ QUICK = Path(__file__).resolve().parents[2] / "configs" / "tasks" / "zoo_quick.y
 SMALL = CNNArch(1, 10, (16, 16, 16), (3, 3, 3), (1, 2, 2), (False, False, False))
 #: residual blocks of both kernel sizes, a stride-2 conv between them
 RESIDUAL = CNNArch(1, 10, (6, 6, 5, 5), (5, 3, 3, 5), (1, 1, 2, 1), (False, True, False, True))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _randomize(m: torch.nn.Module, seed: int) -> torch.nn.Module:
