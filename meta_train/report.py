@@ -165,11 +165,6 @@ def _eval_table(eval_results: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return lines
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically."""
-    atomic_write_text(path, text)
-
-
 def write_report(
     out_dir: str | os.PathLike[str],
     metrics_jsonl_path: str | os.PathLike[str],
@@ -236,5 +231,5 @@ def write_report(
         else:
             lines.append("No evaluation results.")
     report = out / "report.md"
-    _write_text_atomic(report, "\n".join(lines) + "\n")
+    atomic_write_text(report, "\n".join(lines) + "\n")
     return report

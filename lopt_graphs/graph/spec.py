@@ -141,10 +141,6 @@ class GraphSpec:
         size = self.edge_size.to(device)
         return torch.arange(self.kmax, device=size.device) < size[:, None]
 
-    def node_mask(self, device: torch.device | None = None) -> Tensor:
-        """``[N, P]`` bool mask of filled node slots."""
-        return self.node_slot_type.to(device) > 0
-
     def to(self, device: torch.device | str) -> "GraphSpec":
         """A copy with its index tensors on ``device`` (cached)."""
         device = torch.device(device)
