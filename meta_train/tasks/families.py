@@ -152,31 +152,44 @@ def _log_uniform(gen: torch.Generator, lo: float, hi: float) -> float:
 _SAMPLED_WIDTHS = [16, 32, 64]
 _SAMPLED_ACTS = ["relu", "tanh", "gelu", "silu"]
 _SAMPLED_BATCH = [32, 64, 128]
+# The broad families add wide and deep MLPs, wider CNNs and small batches (where a learned step size that
+# only saw narrow nets overshoots); widths 48/96/24/12 and ELU stay held out.
+_BROAD_MLP_WIDTHS = [16, 32, 64, 128, 256]
+_BROAD_CNN_WIDTHS = [8, 16, 32, 64]
+_BROAD_BATCH = [16, 32, 64, 128]
 
 
-def _sampler(dataset: str, arch: str) -> Callable[[torch.Generator], TaskConfig]:
+def _sampler(dataset: str, arch: str, widths: list[int] = _SAMPLED_WIDTHS, depths: tuple[int, int] = (1, 2),
+             batches: list[int] = _SAMPLED_BATCH) -> Callable[[torch.Generator], TaskConfig]:
+    """Sampler of ``dataset``/``arch`` configs: depth uniform in ``depths`` (inclusive), each width from
+    ``widths``, activation, batch size from ``batches`` and a log-uniform init scale in [0.5, 2]."""
     def sample(gen: torch.Generator) -> TaskConfig:
-        depth = int(torch.randint(1, 3, (1,), generator=gen))
-        widths = tuple(_choice(gen, _SAMPLED_WIDTHS) for _ in range(depth))
-        return TaskConfig(dataset, arch, widths, _choice(gen, _SAMPLED_ACTS), _choice(gen, _SAMPLED_BATCH),
+        depth = int(torch.randint(depths[0], depths[1] + 1, (1,), generator=gen))
+        ws = tuple(_choice(gen, widths) for _ in range(depth))
+        return TaskConfig(dataset, arch, ws, _choice(gen, _SAMPLED_ACTS), _choice(gen, batches),
                           _log_uniform(gen, 0.5, 2.0), kernel=3 if dataset != "mnist1d" else 5)
     return sample
 
 
+_DATASETS = ("digits", "mnist5k", "mnist1d")
 #: Families: name -> sampler of task configs.
 FAMILIES: dict[str, Callable[[torch.Generator], TaskConfig]] = {
-    f"{d}_{a}": _sampler(d, a) for d in ("digits", "mnist5k", "mnist1d") for a in ("mlp", "cnn")
+    f"{d}_{a}": _sampler(d, a) for d in _DATASETS for a in ("mlp", "cnn")
 }
+FAMILIES.update({f"{d}_mlp_broad": _sampler(d, "mlp", _BROAD_MLP_WIDTHS, (1, 4), _BROAD_BATCH) for d in _DATASETS})
+FAMILIES.update({f"{d}_cnn_broad": _sampler(d, "cnn", _BROAD_CNN_WIDTHS, (1, 3), _BROAD_BATCH) for d in _DATASETS})
 
 
-def _mixture(gen: torch.Generator) -> TaskConfig:
-    return FAMILIES[_choice(gen, sorted(FAMILIES))](gen)
+def _mixture_of(names: list[str]) -> Callable[[torch.Generator], TaskConfig]:
+    return lambda gen: FAMILIES[_choice(gen, names)](gen)
 
 
-FAMILIES["mixture"] = _mixture
-FAMILIES["digits"] = lambda gen: FAMILIES[_choice(gen, ["digits_mlp", "digits_cnn"])](gen)
+#: ``mixture``: the six narrow families; ``mixture_broad``: the six broad ones; ``digits``: digits MLP or CNN.
+FAMILIES["mixture"] = _mixture_of([f"{d}_{a}" for d in sorted(_DATASETS) for a in ("cnn", "mlp")])
+FAMILIES["mixture_broad"] = _mixture_of([f"{d}_{a}_broad" for d in sorted(_DATASETS) for a in ("cnn", "mlp")])
+FAMILIES["digits"] = _mixture_of(["digits_mlp", "digits_cnn"])
 
-#: Configurations no family samples (width 48/96/24/12, ELU, batch 256/16): evaluation only.
+#: Configurations no family samples (width 48/96/24/12, ELU, batch 256): evaluation only.
 HELD_OUT: tuple[TaskConfig, ...] = (
     TaskConfig("digits", "mlp", (96, 96), "elu", 16, 1.0),
     TaskConfig("mnist5k", "mlp", (48,), "tanh", 256, 1.0),

@@ -41,6 +41,29 @@ def test_families_sample_every_kind_and_never_held_out():
         sample_task("nope", gen)
 
 
+def test_broad_mixture_samples_wide_deep_and_small_batch_but_never_held_out():
+    gen = torch.Generator().manual_seed(0)
+    cfgs = [FAMILIES["mixture_broad"](gen) for _ in range(120)]
+    assert {(t.dataset, t.arch) for t in cfgs} == {(d, a) for d in ("digits", "mnist5k", "mnist1d")
+                                                  for a in ("mlp", "cnn")}
+    mlps, cnns = [t for t in cfgs if t.arch == "mlp"], [t for t in cfgs if t.arch == "cnn"]
+    assert max(max(t.widths) for t in mlps) == 256 and max(len(t.widths) for t in mlps) == 4
+    assert max(max(t.widths) for t in cnns) == 64 and max(len(t.widths) for t in cnns) <= 3
+    assert 16 in {t.batch_size for t in cfgs}
+    for t in cfgs:
+        assert t not in HELD_OUT
+        assert t.activation != "elu" and not set(t.widths) & {12, 24, 48, 96} and t.batch_size != 256
+
+
+def test_mixture_draws_from_its_six_families_only():
+    # (it once drew from sorted(FAMILIES) at call time, so registering a family changed its task stream)
+    gen = torch.Generator().manual_seed(0)
+    names = [FAMILIES["mixture"](gen).name for _ in range(3)]
+    assert names == ["mnist1d_cnn_64-16_silu_b32_s0.99", "digits_mlp_16-64_gelu_b32_s0.63",
+                     "mnist5k_cnn_16_relu_b128_s0.74"]
+    assert all(not t.widths or max(t.widths) <= 64 for t in (FAMILIES["mixture"](gen) for _ in range(40)))
+
+
 def test_task_is_deterministic_for_a_seed():
     a, b = Task(TINY), Task(TINY)
     pa, pb = a.init_params(torch.Generator().manual_seed(3)), b.init_params(torch.Generator().manual_seed(3))
