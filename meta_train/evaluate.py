@@ -13,6 +13,7 @@ from lopt_graphs import NeuralGraphOptimizer
 from lopt_graphs.optim import LearnedUpdate
 
 from .tasks import Task, TaskConfig
+from .unroll import ThetaSpace
 
 ADAM_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 
@@ -71,17 +72,44 @@ def compare_with_adam(learned: LearnedUpdate, cfg: TaskConfig, steps: int, seed:
     }
 
 
+def load_any(ckpt: str) -> LearnedUpdate:
+    """A learned update from a ``NeuralGraphOptimizer`` checkpoint (path or shipped name) or from a
+    meta-training checkpoint (``<out>/ckpt.pt`` of a run in progress: its current meta-parameters)."""
+    from pathlib import Path
+
+    from lopt_graphs.optim import load_learned_update
+
+    from .checkpointing import load_checkpoint
+    from .trainer import CKPT_FORMAT
+    path = Path(ckpt)
+    if path.is_file():
+        try:
+            head = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # not readable here: let load_learned_update word the error
+            head = None
+        if isinstance(head, dict) and head.get("format") == CKPT_FORMAT:
+            obj = load_checkpoint(path)  # validates the structure
+            init = obj["config"].get("init_ckpt") or None
+            learned = load_learned_update(init) if init else LearnedUpdate()
+            space = ThetaSpace(learned)
+            theta = obj["theta"]
+            if theta.numel() != space.dim:
+                raise ValueError(f"Meta-training checkpoint {ckpt!r} holds {theta.numel()} meta-parameters, but "
+                                 f"its learned-update config has {space.dim}")
+            space.load_into(learned, theta)
+            return learned
+    return load_learned_update(ckpt)
+
+
 def evaluate_checkpoint(ckpt: str, steps: int = 300, seeds: tuple[int, ...] = (0,)) -> dict:
     """The shipped-checkpoint targets: on in-distribution tasks, steps to reach tuned Adam's final loss
     (target: at most half on the median task); on held-out tasks, final loss against tuned Adam (target:
     better on at least 3 of 4)."""
     import statistics
 
-    from lopt_graphs.optim import load_learned_update
-
     from .tasks import HELD_OUT, IN_DISTRIBUTION
 
-    learned = load_learned_update(ckpt)
+    learned = load_any(ckpt)
     rows = []
     for group, cfgs in (("in_distribution", IN_DISTRIBUTION), ("held_out", HELD_OUT)):
         for tc in cfgs:
@@ -119,13 +147,14 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """``python -m meta_train.evaluate --ckpt PATH [--steps 300] [--out FILE.json]``"""
+    """``python -m meta_train.evaluate --ckpt PATH [--steps 300] [--out FILE.json]`` (``PATH``: a learned-update
+    checkpoint, a shipped name, or a meta-training run's ``ckpt.pt``)"""
     import argparse
     import json
     from pathlib import Path
 
     ap = argparse.ArgumentParser(description="Evaluate a learned-update checkpoint against per-task tuned Adam.")
-    ap.add_argument("--ckpt", default="default", help="checkpoint path or shipped name (default: 'default')")
+    ap.add_argument("--ckpt", default="default", help="learned-update checkpoint, shipped name, or a meta-training run's ckpt.pt (default: 'default')")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--seeds", default="0", help="comma-separated seeds")
     ap.add_argument("--out", default=None, help="write JSON (and a .md next to it)")

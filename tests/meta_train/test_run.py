@@ -103,3 +103,19 @@ def test_wandb_offline_run_writes_files(tmp_path: Path):
     assert r.returncode == 0, r.stderr.decode()[-2000:]
     runs = list((tmp_path / "o" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def test_evaluate_reads_a_meta_training_checkpoint_in_progress(tmp_path: Path):
+    from meta_train.evaluate import load_any
+    t = main(["--config", SMOKE, "estimator=es", "wandb=false", "report=false", "outer_steps=2",
+              f"out={tmp_path}"])
+    from_run = load_any(str(tmp_path / "ckpt.pt"))  # the run's meta-parameters, as a learned update
+    exported = load_any(str(tmp_path / "learned.pt"))
+    for (n, a), (_, b) in zip(from_run.named_parameters(), exported.named_parameters()):
+        assert torch.equal(a, b), n
+    assert not torch.equal(from_run.w2, torch.zeros_like(from_run.w2))  # trained, not a fresh init
+    ck = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    ck["theta"] = ck["theta"][:-1]
+    torch.save(ck, tmp_path / "short.pt")
+    with pytest.raises(ValueError, match="meta-parameters"):
+        load_any(str(tmp_path / "short.pt"))
