@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lopt_graphs.config import check_types
+from lopt_graphs.config import bad_value, check_types
 
+from .augment import WEIGHT_AUGS, augment_weights
 from .cli import parse_command, setup_run, write_json
 from .common import NG_MODELS, TrainFields, encoder_config, make_batcher, new_encoder, param_scales, train_loop
 from .data import INRDataset, data_config_of, load_inr_dataset, validate_data_config
@@ -39,16 +40,22 @@ from .make_dataset import quick_data_overrides
 @dataclass(frozen=True)
 class ClassifyConfig(TrainFields):
     """INR classification settings (``readout``: width of the encoder's pooled ``graph_out``, followed by
-    BatchNorm, ReLU and a linear layer to the logits; 0: ``graph_out`` are the logits); see :class:`~lopt_graphs.tasks.inr.common.TrainFields` and
-    :class:`~lopt_graphs.tasks.inr.data.INRDataConfig`."""
+    BatchNorm, ReLU and a linear layer to the logits; 0: ``graph_out`` are the logits; ``weight_aug``:
+    augmentation of the training INRs' weights, one of ``none``, ``sign`` (random sign flips of hidden
+    neurons, function-preserving), ``affine`` (small rotation/scale/shift of the represented image, done
+    exactly on the first layer) or ``sign_affine``, see :mod:`~lopt_graphs.tasks.inr.augment`); see
+    :class:`~lopt_graphs.tasks.inr.common.TrainFields` and :class:`~lopt_graphs.tasks.inr.data.INRDataConfig`."""
 
     out: str = "runs/tasks/inr_classify"
     readout: int = 64
+    weight_aug: str = "none"
 
     def __post_init__(self) -> None:
         check_types(self)
         validate_data_config(self)
         self.validate_train()
+        if self.weight_aug not in WEIGHT_AUGS:
+            bad_value("weight_aug", self.weight_aug, f"one of {list(WEIGHT_AUGS)}")
 
 
 def quick_overrides() -> dict:
@@ -124,9 +131,14 @@ def run_model(name: str, cfg: ClassifyConfig, ds: INRDataset) -> dict:
     model = build_model(name, cfg, ds, train_idx)
     labels = ds.labels
 
+    aug_gen = torch.Generator().manual_seed(cfg.train_seed + 1)
+
     def loss_fn(pos: Tensor) -> Tensor:
         idx = train_idx[pos]
-        return F.cross_entropy(model(ds.take(idx)), labels[idx])
+        params = ds.take(idx)
+        if cfg.weight_aug != "none":
+            params = augment_weights(params, cfg.weight_aug, aug_gen)
+        return F.cross_entropy(model(params), labels[idx])
 
     epochs = cfg.mlp_epochs if name == "mlp" else cfg.epochs
     fit = train_loop(model, loss_fn, len(train_idx), lambda: accuracy(model, ds, val_idx, cfg.eval_batch),
