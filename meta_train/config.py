@@ -81,6 +81,8 @@ class MetaTrainConfig:
             so diverging inner runs cannot dominate the estimate; > 0 (``.inf`` disables).
         init_ckpt: Learned-update checkpoint to initialise the meta-parameters from; ``""`` = fresh
             initialisation.
+        mag_clip: Bound of the learned log step multiplier (``LearnedUpdateConfig.mag_clip``) of the
+            learned update being trained; ``0`` keeps the initialisation's (10 for a fresh one); >= 0.
         threads: Number of torch intra-op threads; ``0`` leaves torch's default; >= 0.
     """
 
@@ -105,6 +107,7 @@ class MetaTrainConfig:
     report_steps: int = 300
     loss_clip: float = 3.0
     init_ckpt: str = ""
+    mag_clip: float = 0.0
     threads: int = 0
 
     def __post_init__(self) -> None:
@@ -164,6 +167,8 @@ class MetaTrainConfig:
             _bad("loss_clip", self.loss_clip, "a float > 0 (.inf disables clipping)")
         if self.report_steps < 1:
             _bad("report_steps", self.report_steps, "an integer >= 1")
+        if not (math.isfinite(self.mag_clip) and self.mag_clip >= 0):
+            _bad("mag_clip", self.mag_clip, "a finite float >= 0 (0 keeps the initialisation's)")
         if self.threads < 0:
             _bad("threads", self.threads, "an integer >= 0 (0 = torch default)")
 

@@ -80,7 +80,7 @@ def load_any(ckpt: str) -> LearnedUpdate:
     from lopt_graphs.optim import load_learned_update
 
     from .checkpointing import load_checkpoint
-    from .trainer import CKPT_FORMAT
+    from .trainer import CKPT_FORMAT, initial_learned_update
     path = Path(ckpt)
     if path.is_file():
         try:
@@ -89,8 +89,8 @@ def load_any(ckpt: str) -> LearnedUpdate:
             head = None
         if isinstance(head, dict) and head.get("format") == CKPT_FORMAT:
             obj = load_checkpoint(path)  # validates the structure
-            init = obj["config"].get("init_ckpt") or None
-            learned = load_learned_update(init) if init else LearnedUpdate()
+            learned = initial_learned_update(obj["config"].get("init_ckpt") or "",
+                                             float(obj["config"].get("mag_clip", 0.0)))
             space = ThetaSpace(learned)
             theta = obj["theta"]
             if theta.numel() != space.dim:

@@ -3,6 +3,8 @@ atomic checkpoints, exact resume, logging, and torch.distributed population spli
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -21,6 +23,17 @@ from .unroll import InnerState, Stepper, ThetaSpace
 CKPT_FORMAT, CKPT_VERSION = "lopt_graphs.meta_train", 1
 
 
+def initial_learned_update(init_ckpt: str = "", mag_clip: float = 0.0) -> LearnedUpdate:
+    """The learned update a run starts from: ``init_ckpt`` (or a fresh one), with its ``mag_clip``
+    replaced when ``mag_clip > 0``."""
+    learned = load_learned_update(init_ckpt) if init_ckpt else LearnedUpdate()
+    if mag_clip > 0 and mag_clip != learned.cfg.mag_clip:
+        clipped = LearnedUpdate(dataclasses.replace(learned.cfg, mag_clip=float(mag_clip)))
+        clipped.load_state_dict(learned.state_dict())
+        learned = clipped
+    return learned
+
+
 class MetaTrainer:
     """Meta-trains a :class:`LearnedUpdate`.
 
@@ -34,7 +47,7 @@ class MetaTrainer:
         if cfg.estimator == "tbptt" and world > 1:
             raise ValueError("estimator='tbptt' runs on one process; use 'es' or 'pes' under torchrun")
         torch.manual_seed(cfg.seed)
-        self.learned = load_learned_update(cfg.init_ckpt) if cfg.init_ckpt else LearnedUpdate()
+        self.learned = initial_learned_update(cfg.init_ckpt, cfg.mag_clip)
         self.space = ThetaSpace(self.learned)
         self.stepper = Stepper(self.learned)
         self.theta = torch.nn.Parameter(self.space.flatten(self.learned))

@@ -15,10 +15,10 @@ Per entry of a parameter, at step :math:`t` (all features in float32):
          p / \operatorname{rms}(p),\ g / \operatorname{rms}(g)\big] \\
     c &= \text{node terms of the entry's neurons, from the encoder run on the graph of } x \\
     (o_d, o_m) &= W_2 \operatorname{relu}(W_1 x + c + S\,s(t) + b_1) + b_2 \\
-    p &\leftarrow p (1 - \eta\,\lambda) - \eta \left(\hat m_\text{adam} r\, e^{\,\kappa_m o_m}
+    p &\leftarrow p (1 - \eta\,\lambda) - \eta \left(\hat m_\text{adam} r\, e^{\,\operatorname{clip}(\kappa_m o_m,\ \pm \mu)}
                                                    + \kappa_d o_d\right), \qquad \eta = \text{lr}\cdot\text{base\_lr}
 
-with :math:`\hat m = m / (1 - \beta^t)`. The encoder runs at steps 1, 2, 4, 8, ... and then every
+with :math:`\hat m = m / (1 - \beta^t)` and :math:`\mu` = ``mag_clip``. The encoder runs at steps 1, 2, 4, 8, ... and then every
 ``encoder_every`` steps (:func:`encoder_due`); in between, the cached node terms :math:`c` are reused (they
 are part of the optimizer state). The head is written as sums of elementwise products over its ``H`` hidden
 units: no ``[entries, H]`` temporary is formed, which is faster on CPU than a thin matmul.
@@ -35,7 +35,6 @@ from ..graph import GraphSpec, neural_graph
 from .learned import FEATURES, HeadWeights, LearnedUpdate, head
 
 FEATURE_CLIP = 10.0
-MAG_CLIP = 10.0
 
 
 def compute_dtype(p: Tensor) -> torch.dtype:
@@ -229,7 +228,7 @@ def apply_update(hw: HeadWeights, p: Tensor, xs: list[Tensor], adam_dir: Tensor,
         ctx = lambda h: 0.0  # noqa: E731
     o_dir, o_mag = head([x.to(wdtype).reshape(view) for x in xs], ctx, hw, sb)
     o_dir, o_mag = o_dir.reshape(p.shape), o_mag.reshape(p.shape)
-    delta = adam_dir * torch.exp((hw.mag_scale * o_mag).clamp(-MAG_CLIP, MAG_CLIP)) + hw.dir_scale * o_dir
+    delta = adam_dir * torch.exp((hw.mag_scale * o_mag).clamp(-hw.mag_clip, hw.mag_clip)) + hw.dir_scale * o_dir
     p32 = p.to(compute_dtype(p))
     if weight_decay:
         p32 = p32 * (1 - eta * weight_decay)

@@ -129,3 +129,18 @@ def test_make_estimator_rejects_unknown_names():
     assert isinstance(make_estimator("es", stepper, space, 0.1, 3.0), AntitheticES)
     with pytest.raises(ValueError, match="Unknown estimator 'sgd'"):
         make_estimator("sgd", stepper, space, 0.1, 3.0)
+
+
+def test_initial_learned_update_overrides_mag_clip_and_keeps_weights():
+    from lopt_graphs.optim import load_learned_update
+    from meta_train.config import MetaTrainConfig
+    from meta_train.trainer import initial_learned_update
+    base = load_learned_update("meta_tbptt_1100")
+    kept = initial_learned_update("meta_tbptt_1100", 0.0)
+    clipped = initial_learned_update("meta_tbptt_1100", 3.0)
+    assert kept.cfg.mag_clip == 10.0 and clipped.cfg.mag_clip == 3.0
+    for (n, a), (_, b) in zip(base.named_parameters(), clipped.named_parameters()):
+        assert torch.equal(a, b), n
+    assert initial_learned_update("", 2.0).cfg.mag_clip == 2.0
+    with pytest.raises(ValueError, match="mag_clip=-1.0"):
+        MetaTrainConfig(mag_clip=-1)

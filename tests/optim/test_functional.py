@@ -214,3 +214,31 @@ def test_compiled_step_matches_eager():
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert not all(torch.equal(a, b) for a, b in zip(results[0], model.parameters()))
+
+
+@pytest.mark.parametrize("clip", [10.0, 3.0, 0.5])
+def test_mag_clip_bounds_the_step_multiplier(clip: float):
+    import dataclasses
+
+    from lopt_graphs.optim import LearnedUpdateConfig
+    torch.manual_seed(0)
+    learned = LearnedUpdate(dataclasses.replace(LearnedUpdateConfig(), mag_clip=clip, dir_scale=0.0))
+    with torch.no_grad():
+        learned.b2.copy_(torch.tensor([0.0, 50.0]))  # a huge log-magnitude on every entry
+    model = _mlp(torch.float64)
+    spec = graph_from_parameters(list(model.parameters()))
+    params = [p.detach() for p in model.parameters()]
+    grads = _fixed_grads(params, 1)[0]
+    new, _ = ngo_update(learned, spec, params, grads, [{} for _ in params], lr=1.0, weight_decay=0.0)
+    for p, q, g in zip(params, new, grads):
+        # first step: the Adam direction is g / sqrt(g^2 + eps^2) (bias-corrected), so the step is base_lr * e^clip
+        adam = g / (g.square() + 1e-16).sqrt()
+        torch.testing.assert_close(p - q, 1e-3 * torch.exp(torch.tensor(clip, dtype=p.dtype)) * adam,
+                                   rtol=1e-5, atol=1e-12)
+
+
+def test_mag_clip_is_validated_and_defaults_to_the_old_bound():
+    from lopt_graphs.optim import LearnedUpdateConfig, load_learned_update
+    with pytest.raises(ValueError, match="Invalid mag_clip: 0"):
+        LearnedUpdateConfig(mag_clip=0)
+    assert load_learned_update("adam_init").cfg.mag_clip == 10.0  # checkpoints written before the field
