@@ -46,7 +46,8 @@ def save_checkpoint(learned: LearnedUpdate, path: str | os.PathLike, meta: Mappi
     atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
-def _read(source: str | os.PathLike) -> dict[str, Any]:
+def read_checkpoint(source: str | os.PathLike) -> dict[str, Any]:
+    """The raw dict of a checkpoint file or shipped name (``weights_only`` load, no format checks)."""
     name = str(source)
     shipped = CHECKPOINT_DIR / f"{name}.pt"
     if isinstance(source, str) and os.sep not in name and not name.endswith(".pt") and shipped.exists():
@@ -77,7 +78,7 @@ def load_learned_update(ckpt: str | os.PathLike | Mapping[str, Any] | None = Non
     Raises:
         CheckpointError: missing, corrupt, wrong format or version, or weights not matching the config.
     """
-    obj = _read(DEFAULT_CHECKPOINT if ckpt is None else ckpt) if not isinstance(ckpt, Mapping) else dict(ckpt)
+    obj = read_checkpoint(DEFAULT_CHECKPOINT if ckpt is None else ckpt) if not isinstance(ckpt, Mapping) else dict(ckpt)
     if obj.get("format") != FORMAT:
         raise CheckpointError(f"Not a learned-update checkpoint: format is {obj.get('format')!r}, expected "
                               f"{FORMAT!r}")

@@ -144,3 +144,16 @@ def test_initial_learned_update_overrides_mag_clip_and_keeps_weights():
     assert initial_learned_update("", 2.0).cfg.mag_clip == 2.0
     with pytest.raises(ValueError, match="mag_clip=-1.0"):
         MetaTrainConfig(mag_clip=-1)
+
+
+def test_derive_writes_the_same_weights_with_a_new_mag_clip(tmp_path):
+    from lopt_graphs.optim import load_learned_update
+    from lopt_graphs.optim.checkpoint import read_checkpoint
+    from meta_train.derive import derive
+    derive("meta_tbptt_1100", tmp_path / "c.pt", 3.0)
+    a, b = load_learned_update("meta_tbptt_1100"), load_learned_update(str(tmp_path / "c.pt"))
+    assert b.cfg.mag_clip == 3.0 and all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+    meta = read_checkpoint(str(tmp_path / "c.pt"))["meta"]
+    assert meta["derived_from"] == "meta_tbptt_1100" and meta["meta_train_step"] == 1100
+    with pytest.raises(ValueError, match="Invalid mag_clip: 0"):
+        derive("meta_tbptt_1100", tmp_path / "d.pt", 0.0)

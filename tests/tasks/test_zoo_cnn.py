@@ -173,3 +173,19 @@ def test_kernel_features_see_kernel_structure():
                            for ts in (tensors, flipped)]
     torch.testing.assert_close(outs["value"][0], outs["value"][1], atol=1e-5, rtol=0)
     assert not torch.allclose(outs["kernel"][0], outs["kernel"][1], atol=1e-5)
+
+
+def test_ensemble_averages_its_members_predictions(tmp_path):
+    from lopt_graphs.tasks.cnn_zoo.predict import ZooGraphs, _items, _targets, train_encoder_ensemble
+    cfg = load_task_config(QUICK, [f"cache_dir={tmp_path / 'cache'}", "pred_epochs=2", "models=[gnn]"])
+    zoo, _, _ = load_or_build_zoo(cfg, progress=False)
+    train, val, test = _items(zoo, 0), _items(zoo, 1), _items(zoo, 2)
+    zg = ZooGraphs(zoo, fit_runs=sorted({r for r, _ in train}))
+    ens = train_encoder_ensemble(dataclasses.replace(cfg, pred_ensemble=2), "gnn", zg, train, val, test, False)
+    one = [train_encoder_ensemble(dataclasses.replace(cfg, pred_seed=s), "gnn", zg, train, val, test, False)
+           for s in (0, 1)]
+    np.testing.assert_allclose(ens.test_pred, (one[0].test_pred + one[1].test_pred) / 2, rtol=1e-6)
+    assert ens.extra["member_test_tau"] == pytest.approx([r.test_tau for r in one])
+    assert ens.test_tau == pytest.approx(kendall_tau(ens.test_pred, _targets(zoo, test)))
+    with pytest.raises(ValueError, match="pred_ensemble"):
+        load_task_config(QUICK, ["pred_ensemble=0"])

@@ -75,6 +75,8 @@ class ZooTaskConfig:
         max_train_checkpoints: cap on training checkpoints (``0``: all).
         statnn_model: ``"hgb"`` (HistGradientBoostingRegressor) or ``"gbr"`` (GradientBoostingRegressor).
         pred_seed: seed of the predictors.
+        pred_ensemble: encoder predictors trained with seeds ``pred_seed, pred_seed + 1, ...`` whose
+            predictions are averaged (1: a single predictor).
     """
 
     kind: str = "small"
@@ -122,6 +124,7 @@ class ZooTaskConfig:
     max_train_checkpoints: int = 0
     statnn_model: str = "hgb"
     pred_seed: int = 0
+    pred_ensemble: int = 1
 
     def __post_init__(self) -> None:
         """Type-check (coercing ints of float fields), then :meth:`validate`."""
@@ -139,7 +142,7 @@ class ZooTaskConfig:
         if self.dataset not in ("digits", "mnist5k"):
             bad_value("dataset", self.dataset, "'digits' or 'mnist5k'")
         for k in ("num_runs", "epochs", "batch_size", "max_group", "hidden", "edge_hidden", "heads",
-                  "pred_batch", "num_archs"):
+                  "pred_batch", "num_archs", "pred_ensemble"):
             if getattr(self, k) < 1:
                 bad_value(k, getattr(self, k), "an int >= 1")
         for k in ("layers", "pred_epochs", "max_train_checkpoints", "threads", "seed", "data_seed", "pred_seed"):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import time
@@ -42,7 +43,7 @@ from .config import ZooTaskConfig, load_task_config
 from .zoo import Zoo, ZooCNN, load_or_build_zoo
 
 __all__ = ["AccuracyPredictor", "ZooGraphs", "checkpoint_graph", "kendall_tau", "main", "run_task", "statnn_features", "train_statnn",
-           "train_encoder_predictor"]
+           "train_encoder_ensemble", "train_encoder_predictor"]
 
 
 def kendall_tau(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
@@ -249,6 +250,27 @@ def train_encoder_predictor(cfg: ZooTaskConfig, variant: str, zg: ZooGraphs, tra
                                    "params": sum(p.numel() for p in model.parameters())})
 
 
+def train_encoder_ensemble(cfg: ZooTaskConfig, variant: str, zg: ZooGraphs, train: list, val: list, test: list,
+                           progress: bool = True) -> PredictorResult:
+    """``cfg.pred_ensemble`` encoder predictors (seeds ``pred_seed``, ``pred_seed + 1``, ...), each selected on
+    the validation split, whose predicted accuracies are averaged (one predictor when ``pred_ensemble=1``)."""
+    members = [train_encoder_predictor(dataclasses.replace(cfg, pred_seed=cfg.pred_seed + i), variant, zg, train,
+                                       val, test, progress) for i in range(cfg.pred_ensemble)]
+    if len(members) == 1:
+        return members[0][1]
+    g_val = zg.graphs(val)
+    val_pred = np.mean([_predict(model, g_val, 256) for model, _ in members], axis=0) if val else np.zeros(0)
+    test_pred = np.mean([r.test_pred for _, r in members], axis=0)
+    y_test = _targets(zg.zoo, test)
+    first = members[0][1]
+    return PredictorResult(
+        first.name, test_pred, kendall_tau(test_pred, y_test),
+        kendall_tau(val_pred, _targets(zg.zoo, val)) if val else float("nan"), sum(r.seconds for _, r in members),
+        {"ensemble": len(members), "member_test_tau": [r.test_tau for _, r in members],
+         "member_val_tau": [r.val_tau for _, r in members], "test_mse": float(((test_pred - y_test) ** 2).mean()),
+         "params": first.extra["params"], "history": first.extra["history"]})
+
+
 # ---------------------------------------------------------------------------------------------- StatNN
 _QUANTILES = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0])
 
@@ -335,7 +357,7 @@ def run_task(cfg: ZooTaskConfig, progress: bool = True, write: bool = True) -> d
         else:
             if zg is None:
                 zg = ZooGraphs(zoo, fit_runs=sorted({r for r, _ in train}), edge_features=cfg.edge_features)
-            results.append(train_encoder_predictor(cfg, m, zg, train, val, test, progress)[1])
+            results.append(train_encoder_ensemble(cfg, m, zg, train, val, test, progress))
     y = _targets(zoo, test)
     summary = {
         "task": cfg.name, "zoo": {"cache": str(path), "loaded_from_cache": cached, **zoo.summary()},
