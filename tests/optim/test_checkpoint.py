@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import re
 
@@ -76,14 +78,19 @@ def test_ckpt_forms(tmp_path, form):
     assert (opt.learned is learned) == (form == "learned_update")
 
 
+#: The shipped checkpoint the default is a copy of (see lopt_graphs/checkpoints/README.md).
+DEFAULT_SOURCE = "meta_tbptt_1100_clip3"
+
+
 @pytest.mark.parametrize("ckpt", [None, "default"])
 def test_default_checkpoint(ckpt):
     assert "default" in shipped_checkpoints()
     opt = NeuralGraphOptimizer(tiny_mlp().parameters(), ckpt)
     _same_weights(opt.learned, _default_weights())
-    # the default is the untrained initialization: zero output layer (exactly Adam)
-    assert torch.count_nonzero(opt.learned.w2) == 0 and torch.count_nonzero(opt.learned.b2) == 0
-    assert opt.learned.cfg == LearnedUpdateConfig()
+    # the default is meta-trained (non-zero output layer) with a bounded step multiplier
+    _same_weights(opt.learned, load_learned_update(DEFAULT_SOURCE))
+    assert torch.count_nonzero(opt.learned.w2) > 0
+    assert opt.learned.cfg == dataclasses.replace(LearnedUpdateConfig(), mag_clip=3.0)
 
 
 def test_meta_trained_checkpoint_is_shipped():
@@ -95,6 +102,8 @@ def test_meta_trained_checkpoint_is_shipped():
 def test_shipped_file_loads_with_weights_only():
     import lopt_graphs.optim.checkpoint as ck
     raw = torch.load(ck.CHECKPOINT_DIR / "default.pt", weights_only=True)
+    assert raw["format_version"] == 1 and raw["meta"]["trained"] is True
+    raw = torch.load(ck.CHECKPOINT_DIR / "adam_init.pt", weights_only=True)
     assert raw["format_version"] == 1 and raw["meta"]["trained"] is False
 
 

@@ -56,9 +56,10 @@ def _train(data, make_opt, seed: int = 0):
     return initial, final, acc
 
 
-def test_meta_trained_checkpoint_trains_digits_faster_than_adam(digits):
+@pytest.mark.parametrize("ckpt", [None, "meta_tbptt_1100"])  # None: the shipped default
+def test_meta_trained_checkpoint_trains_digits_faster_than_adam(digits, ckpt):
     assert digits.input_shape == (64,) and digits.num_classes == 10
-    initial, final, acc = _train(digits, lambda m: NeuralGraphOptimizer(m.parameters(), "meta_tbptt_1100"))
+    initial, final, acc = _train(digits, lambda m: NeuralGraphOptimizer(m.parameters(), ckpt))
     assert initial / final >= MIN_LOSS_FACTOR, (initial, final)
     assert acc > MIN_TEST_ACCURACY, acc
     a_initial, a_final, _ = _train(digits, lambda m: torch.optim.Adam(m.parameters(), lr=1e-3))
@@ -66,9 +67,8 @@ def test_meta_trained_checkpoint_trains_digits_faster_than_adam(digits):
     assert a_final / final >= MIN_GAIN_OVER_ADAM, (final, a_final)
 
 
-@pytest.mark.parametrize("ckpt", [None, "adam_init"])
-def test_default_checkpoint_is_adam(digits, ckpt):
-    _, final, acc = _train(digits, lambda m: NeuralGraphOptimizer(m.parameters(), ckpt))
+def test_adam_init_checkpoint_is_adam(digits):
+    _, final, acc = _train(digits, lambda m: NeuralGraphOptimizer(m.parameters(), "adam_init"))
     _, a_final, a_acc = _train(digits, lambda m: torch.optim.Adam(m.parameters(), lr=1e-3))
     assert abs(final - a_final) <= MAX_REL_GAP_TO_ADAM * a_final, (final, a_final)
     assert abs(acc - a_acc) <= 0.02, (acc, a_acc)
