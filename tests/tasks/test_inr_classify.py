@@ -60,3 +60,29 @@ def test_quick_run_beats_chance(tmp_path, monkeypatch) -> None:
     assert [m["model"] for m in saved["models"]] == list(quick_overrides()["models"])
     best = max(m["test_acc"] for m in res["models"] if m["model"].startswith("ng_"))
     assert best > 0.2, res["models"]
+
+
+def test_probe_mlp_reads_the_inr_output_at_the_probe_pixels(params) -> None:
+    from lopt_graphs.tasks.inr.classify import ProbeMLPClassifier
+    from lopt_graphs.tasks.inr.graphs import probe_coords
+    from lopt_graphs.tasks.inr.siren import siren_forward
+    coords = probe_coords(6, (8, 8))
+    model = ProbeMLPClassifier([1.0] * 6, sum(p[0].numel() for p in params), 16, coords, 30.0).double().eval()
+    with torch.no_grad():
+        logits = model(params)
+    assert logits.shape == (params[0].shape[0], 10)
+    # the input is [flattened weights, the INR's values at the 6 probe pixels]
+    values = siren_forward(params, coords.double(), 30.0)[..., 0]
+    flat = torch.cat([p.flatten(1) for p in params], dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model.net(torch.cat([flat, values], 1)))
+    changed = [p.clone() for p in params]
+    changed[-1] = changed[-1] + 1.0  # shifts every probe value (output bias), weights input shifts too
+    with torch.no_grad():
+        assert not torch.allclose(model(changed), logits)
+
+
+def test_probe_mlp_needs_probes_and_is_not_an_editor() -> None:
+    from lopt_graphs.tasks.inr.edit import EditConfig
+    with pytest.raises(ValueError, match="mlp_probes"):
+        EditConfig(models=("mlp_probes",))

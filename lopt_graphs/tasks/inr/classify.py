@@ -7,6 +7,9 @@ Models (all trained on the same splits, selected on the validation split, report
 * ``ng_gnn_noneq`` / ``ng_transformer_noneq``: the same encoder on a graph whose hidden neurons carry
   positional ids (``graph_from_module(..., hidden_positions=True)``), i.e. without equivariance.
 * ``mlp``: an MLP on the flattened (per-tensor normalized) weights.
+* ``mlp_probes``: the same MLP on the flattened weights plus the INR's output at the ``probes`` coordinates
+  (the pixels the NG models see through the output neuron's probe features): it shows how much of an NG
+  model's accuracy the probe values alone explain.
 
 Usage::
 
@@ -33,7 +36,8 @@ from .augment import WEIGHT_AUGS, augment_weights
 from .cli import parse_command, setup_run, write_json
 from .common import NG_MODELS, TrainFields, encoder_config, make_batcher, new_encoder, param_scales, train_loop
 from .data import INRDataset, data_config_of, load_inr_dataset, validate_data_config
-from .graphs import INRGraphBatcher
+from .graphs import INRGraphBatcher, probe_coords
+from .siren import siren_forward
 from .make_dataset import quick_data_overrides
 
 
@@ -105,11 +109,31 @@ class MLPClassifier(nn.Module):
         return self.net(torch.cat([(p / s).flatten(1) for p, s in zip(params, self.scales)], dim=1))
 
 
+class ProbeMLPClassifier(MLPClassifier):
+    """:class:`MLPClassifier` on the flattened weights and the INR's output at fixed probe coordinates."""
+
+    def __init__(self, scales: Sequence[float], in_dim: int, width: int, coords: Tensor, w0: float,
+                 num_classes: int = 10, seed: int = 0):
+        super().__init__(scales, in_dim + coords.shape[0], width, num_classes, seed)
+        self.register_buffer("coords", coords)
+        self.w0 = float(w0)
+
+    def forward(self, params: Sequence[Tensor]) -> Tensor:
+        values = siren_forward(params, self.coords, self.w0)[..., 0]  # [B, probes]
+        flat = torch.cat([(p / s).flatten(1) for p, s in zip(params, self.scales)], dim=1)
+        return self.net(torch.cat([flat, values], dim=1))
+
+
 def build_model(name: str, cfg: TrainFields, ds: INRDataset, train_idx: Tensor) -> nn.Module:
     """A fresh classifier by model name (see module docstring)."""
-    if name == "mlp":
+    if name in ("mlp", "mlp_probes"):
         dim = sum(p[0].numel() for p in ds.params)
-        return MLPClassifier(param_scales(ds, train_idx), dim, cfg.mlp_width, seed=cfg.train_seed)
+        if name == "mlp":
+            return MLPClassifier(param_scales(ds, train_idx), dim, cfg.mlp_width, seed=cfg.train_seed)
+        if cfg.probes < 1:
+            bad_value("probes", cfg.probes, "probes >= 1 for model 'mlp_probes'")
+        return ProbeMLPClassifier(param_scales(ds, train_idx), dim, cfg.mlp_width,
+                                  probe_coords(cfg.probes, ds.image_shape), cfg.w0, seed=cfg.train_seed)
     variant, positional = NG_MODELS[name]
     return NGClassifier(make_batcher(cfg, ds, train_idx, positional), variant, cfg)
 
@@ -140,7 +164,7 @@ def run_model(name: str, cfg: ClassifyConfig, ds: INRDataset) -> dict:
             params = augment_weights(params, cfg.weight_aug, aug_gen)
         return F.cross_entropy(model(params), labels[idx])
 
-    epochs = cfg.mlp_epochs if name == "mlp" else cfg.epochs
+    epochs = cfg.mlp_epochs if name.startswith("mlp") else cfg.epochs
     fit = train_loop(model, loss_fn, len(train_idx), lambda: accuracy(model, ds, val_idx, cfg.eval_batch),
                      epochs, cfg, desc=f"classify {name}", higher_is_better=True)
     t0 = time.time()

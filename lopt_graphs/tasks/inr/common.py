@@ -24,7 +24,7 @@ NG_MODELS: dict[str, tuple[str, bool]] = {
     "ng_gnn": ("gnn", False), "ng_transformer": ("transformer", False),
     "ng_gnn_noneq": ("gnn", True), "ng_transformer_noneq": ("transformer", True),
 }
-MODELS: tuple[str, ...] = tuple(NG_MODELS) + ("mlp",)
+MODELS: tuple[str, ...] = tuple(NG_MODELS) + ("mlp", "mlp_probes")
 
 
 @dataclass(frozen=True)

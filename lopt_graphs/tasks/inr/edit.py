@@ -59,6 +59,8 @@ class EditConfig(TrainFields):
         self.validate_train()
         if self.delta_scale <= 0:
             bad_value("delta_scale", self.delta_scale, "a positive float")
+        if "mlp_probes" in self.models:
+            bad_value("models", self.models, "editors from 'mlp' and the NG models ('mlp_probes' classifies only)")
 
 
 def quick_overrides() -> dict:
