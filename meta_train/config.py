@@ -82,7 +82,9 @@ class MetaTrainConfig:
         init_ckpt: Learned-update checkpoint to initialise the meta-parameters from; ``""`` = fresh
             initialisation.
         mag_clip: Bound of the learned log step multiplier (``LearnedUpdateConfig.mag_clip``) of the
-            learned update being trained; ``0`` keeps the initialisation's (10 for a fresh one); >= 0.
+            learned update being trained: steps stay within ``e**mag_clip`` times Adam's; ``0`` keeps the
+            initialisation's (10 for a fresh one, which lets the default PES run diverge after ~150
+            outer steps); >= 0.
         threads: Number of torch intra-op threads; ``0`` leaves torch's default; >= 0.
     """
 
@@ -107,7 +109,7 @@ class MetaTrainConfig:
     report_steps: int = 300
     loss_clip: float = 3.0
     init_ckpt: str = ""
-    mag_clip: float = 0.0
+    mag_clip: float = 3.0
     threads: int = 0
 
     def __post_init__(self) -> None:
