@@ -79,7 +79,7 @@ def test_ckpt_forms(tmp_path, form):
 
 
 #: The shipped checkpoint the default is a copy of (see lopt_graphs/checkpoints/README.md).
-DEFAULT_SOURCE = "meta_tbptt_1100_clip3"
+DEFAULT_SOURCE = "meta_tbptt_clip3_1875"
 
 
 @pytest.mark.parametrize("ckpt", [None, "default"])
