@@ -188,9 +188,18 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
             f"checkpoint {str(p)!r} cannot be loaded with weights_only=True: it is corrupt, truncated "
             f"or holds non-tensor objects ({type(exc).__name__}: {_first_line(exc)})"
         ) from exc
+    return check_checkpoint(obj, p)
+
+
+def check_checkpoint(obj: Any, path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``obj`` (loaded from ``path``) if it has the structure of a meta-training checkpoint.
+
+    Raises:
+        CheckpointCorruptError: naming ``path`` and what is wrong.
+    """
     problem = _structure_problem(obj)
     if problem:
-        raise CheckpointCorruptError(f"checkpoint {str(p)!r} is not a valid meta-training checkpoint: {problem}")
+        raise CheckpointCorruptError(f"checkpoint {str(path)!r} is not a valid meta-training checkpoint: {problem}")
     return obj
 
 

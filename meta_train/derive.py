@@ -18,9 +18,10 @@ from .trainer import initial_learned_update
 def derive(src: str, dst: str | Path, mag_clip: float) -> None:
     if not mag_clip > 0:
         raise ValueError(f"Invalid mag_clip: {mag_clip} (expected > 0)")
-    learned = initial_learned_update(src, mag_clip)
-    meta = dict(read_checkpoint(src).get("meta") or {})
-    save_checkpoint(learned, dst, meta={**meta, "derived_from": str(src), "mag_clip": float(mag_clip)})
+    obj = read_checkpoint(src)
+    learned = initial_learned_update(obj, mag_clip)
+    meta = {**(obj.get("meta") or {}), "derived_from": str(src), "mag_clip": float(mag_clip)}
+    save_checkpoint(learned, dst, meta=meta)
 
 
 def main(argv: list[str] | None = None) -> None:

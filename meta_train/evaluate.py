@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from lopt_graphs import NeuralGraphOptimizer
-from lopt_graphs.optim import LearnedUpdate
+from lopt_graphs.optim import LearnedUpdate, load_learned_update
+from lopt_graphs.optim.checkpoint import read_checkpoint
 
 from .tasks import Task, TaskConfig
 from .unroll import ThetaSpace
@@ -75,30 +76,21 @@ def compare_with_adam(learned: LearnedUpdate, cfg: TaskConfig, steps: int, seed:
 def load_any(ckpt: str) -> LearnedUpdate:
     """A learned update from a ``NeuralGraphOptimizer`` checkpoint (path or shipped name) or from a
     meta-training checkpoint (``<out>/ckpt.pt`` of a run in progress: its current meta-parameters)."""
-    from pathlib import Path
-
-    from lopt_graphs.optim import load_learned_update
-
-    from .checkpointing import load_checkpoint
+    from .checkpointing import check_checkpoint
     from .trainer import CKPT_FORMAT, initial_learned_update
-    path = Path(ckpt)
-    if path.is_file():
-        try:
-            head = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # not readable here: let load_learned_update word the error
-            head = None
-        if isinstance(head, dict) and head.get("format") == CKPT_FORMAT:
-            obj = load_checkpoint(path)  # validates the structure
-            learned = initial_learned_update(obj["config"].get("init_ckpt") or "",
-                                             float(obj["config"].get("mag_clip", 0.0)))
-            space = ThetaSpace(learned)
-            theta = obj["theta"]
-            if theta.numel() != space.dim:
-                raise ValueError(f"Meta-training checkpoint {ckpt!r} holds {theta.numel()} meta-parameters, but "
-                                 f"its learned-update config has {space.dim}")
-            space.load_into(learned, theta)
-            return learned
-    return load_learned_update(ckpt)
+
+    obj = read_checkpoint(ckpt)  # one weights_only load; clear CheckpointError when missing or corrupt
+    if obj.get("format") != CKPT_FORMAT:
+        return load_learned_update(obj)
+    config = check_checkpoint(obj, ckpt)["config"]
+    learned = initial_learned_update(config.get("init_ckpt") or "", float(config.get("mag_clip", 0.0)))
+    space = ThetaSpace(learned)
+    theta = obj["theta"]
+    if theta.numel() != space.dim:
+        raise ValueError(f"Meta-training checkpoint {ckpt!r} holds {theta.numel()} meta-parameters, but "
+                         f"its learned-update config has {space.dim}")
+    space.load_into(learned, theta)
+    return learned
 
 
 def evaluate_checkpoint(ckpt: str, steps: int = 300, seeds: tuple[int, ...] = (0,)) -> dict:
@@ -154,7 +146,9 @@ def main(argv: list[str] | None = None) -> dict:
     from pathlib import Path
 
     ap = argparse.ArgumentParser(description="Evaluate a learned-update checkpoint against per-task tuned Adam.")
-    ap.add_argument("--ckpt", default="default", help="learned-update checkpoint, shipped name, or a meta-training run's ckpt.pt (default: 'default')")
+    ap.add_argument("--ckpt", default="default",
+                    help="learned-update checkpoint, shipped name, or a meta-training run's ckpt.pt "
+                         "(default: 'default')")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--seeds", default="0", help="comma-separated seeds")
     ap.add_argument("--out", default=None, help="write JSON (and a .md next to it)")

@@ -3,10 +3,9 @@ atomic checkpoints, exact resume, logging, and torch.distributed population spli
 
 from __future__ import annotations
 
-import dataclasses
-
 import os
-from dataclasses import asdict
+from collections.abc import Mapping
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -23,12 +22,12 @@ from .unroll import InnerState, Stepper, ThetaSpace
 CKPT_FORMAT, CKPT_VERSION = "lopt_graphs.meta_train", 1
 
 
-def initial_learned_update(init_ckpt: str = "", mag_clip: float = 0.0) -> LearnedUpdate:
-    """The learned update a run starts from: ``init_ckpt`` (or a fresh one), with its ``mag_clip``
-    replaced when ``mag_clip > 0``."""
+def initial_learned_update(init_ckpt: str | Mapping = "", mag_clip: float = 0.0) -> LearnedUpdate:
+    """The learned update a run starts from: ``init_ckpt`` (a checkpoint path, shipped name or loaded
+    checkpoint dict; empty for a fresh one), with its ``mag_clip`` replaced when ``mag_clip > 0``."""
     learned = load_learned_update(init_ckpt) if init_ckpt else LearnedUpdate()
     if mag_clip > 0 and mag_clip != learned.cfg.mag_clip:
-        clipped = LearnedUpdate(dataclasses.replace(learned.cfg, mag_clip=float(mag_clip)))
+        clipped = LearnedUpdate(replace(learned.cfg, mag_clip=float(mag_clip)))
         clipped.load_state_dict(learned.state_dict())
         learned = clipped
     return learned

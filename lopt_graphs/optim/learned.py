@@ -133,7 +133,7 @@ class HeadWeights(NamedTuple):
     step_b: Tensor
     mag_scale: float
     dir_scale: float
-    mag_clip: float = 10.0
+    mag_clip: float
 
 
 def head(xs: list[Tensor], ctx: Callable[[int], Tensor | float], hw: HeadWeights,

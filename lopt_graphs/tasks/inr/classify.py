@@ -105,8 +105,12 @@ class MLPClassifier(nn.Module):
         self.net = nn.Sequential(nn.Linear(in_dim, width), nn.ReLU(), nn.Dropout(0.2), nn.Linear(width, width),
                                  nn.ReLU(), nn.Dropout(0.2), nn.Linear(width, num_classes))
 
+    def inputs(self, params: Sequence[Tensor]) -> Tensor:
+        """``[B, in_dim]``: the flattened, per-tensor normalized weights."""
+        return torch.cat([(p / s).flatten(1) for p, s in zip(params, self.scales)], dim=1)
+
     def forward(self, params: Sequence[Tensor]) -> Tensor:
-        return self.net(torch.cat([(p / s).flatten(1) for p, s in zip(params, self.scales)], dim=1))
+        return self.net(self.inputs(params))
 
 
 class ProbeMLPClassifier(MLPClassifier):
@@ -118,10 +122,9 @@ class ProbeMLPClassifier(MLPClassifier):
         self.register_buffer("coords", coords)
         self.w0 = float(w0)
 
-    def forward(self, params: Sequence[Tensor]) -> Tensor:
+    def inputs(self, params: Sequence[Tensor]) -> Tensor:
         values = siren_forward(params, self.coords, self.w0)[..., 0]  # [B, probes]
-        flat = torch.cat([(p / s).flatten(1) for p, s in zip(params, self.scales)], dim=1)
-        return self.net(torch.cat([flat, values], dim=1))
+        return torch.cat([super().inputs(params), values], dim=1)
 
 
 def build_model(name: str, cfg: TrainFields, ds: INRDataset, train_idx: Tensor) -> nn.Module:
