@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from lopt_graphs import NeuralGraphOptimizer
+from lopt_graphs.io import atomic_write_text
 from lopt_graphs.optim import LearnedUpdate, load_learned_update
 from lopt_graphs.optim.checkpoint import read_checkpoint
 
@@ -156,9 +157,8 @@ def main(argv: list[str] | None = None) -> dict:
     res = evaluate_checkpoint(a.ckpt, a.steps, tuple(int(s) for s in a.seeds.split(",")))
     print(markdown(res))
     if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(res, indent=1))
-        Path(a.out).with_suffix(".md").write_text(markdown(res) + "\n")
+        atomic_write_text(a.out, json.dumps(res, indent=1))
+        atomic_write_text(Path(a.out).with_suffix(".md"), markdown(res) + "\n")
     return res
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from lopt_graphs.config import save_resolved_config
+from lopt_graphs.io import atomic_write_text
 
 from .config import load_task_config
 from .zoo import Zoo, load_or_build_zoo
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> Zoo:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_resolved_config(cfg, out / "zoo_config.yaml", header="Resolved CNN-zoo task config")
-    (out / "zoo_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(out / "zoo_summary.json", json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
     return zoo
 

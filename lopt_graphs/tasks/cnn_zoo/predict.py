@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from lopt_graphs.config import config_to_dict, save_resolved_config
 from lopt_graphs.graph import GraphSpec, graph_from_module, neural_graph, pad_graph
+from lopt_graphs.io import atomic_write_text
 from lopt_graphs.nn import EncoderConfig, NeuralGraphEncoder
 
 from .config import ZooTaskConfig, load_task_config
@@ -370,7 +371,7 @@ def run_task(cfg: ZooTaskConfig, progress: bool = True, write: bool = True) -> d
     }
     if write:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        atomic_write_text(out / "results.json", json.dumps(summary, indent=2) + "\n")
         _scatter(out / "scatter.png", y, results, f"zoo {cfg.name}: predicted vs true test accuracy")
     return summary
 

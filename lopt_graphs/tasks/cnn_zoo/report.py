@@ -13,6 +13,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from lopt_graphs.io import atomic_write_text
+
 __all__ = ["results_table"]
 
 
@@ -45,8 +47,7 @@ def main(argv: list[str] | None = None) -> str:
     a = ap.parse_args(argv)
     text = results_table(a.dirs)
     if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(text, encoding="utf-8")
+        atomic_write_text(a.out, text)
     print(text, end="")
     return text
 
