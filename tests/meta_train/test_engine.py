@@ -157,3 +157,24 @@ def test_derive_writes_the_same_weights_with_a_new_mag_clip(tmp_path):
     assert meta["derived_from"] == "meta_tbptt_1100" and meta["meta_train_step"] == 1100
     with pytest.raises(ValueError, match="Invalid mag_clip: 0"):
         derive("meta_tbptt_1100", tmp_path / "d.pt", 0.0)
+
+
+def test_derive_mag_affine_maps_the_log_step_and_keeps_the_direction(tmp_path):
+    from lopt_graphs.optim import load_learned_update
+    from lopt_graphs.optim.checkpoint import read_checkpoint
+    from lopt_graphs.optim.learned import FEATURES, head
+    from meta_train.derive import derive
+    derive("meta_tbptt_1100", tmp_path / "c.pt", 3.0, (0.25, -0.8))
+    a, b = load_learned_update("meta_tbptt_1100"), load_learned_update(str(tmp_path / "c.pt"))
+    gen = torch.Generator().manual_seed(0)
+    xs = [torch.randn(5, 7, generator=gen) for _ in FEATURES]
+    ctx_t = torch.randn(a.cfg.head_hidden, 5, 7, generator=gen)
+    sb = torch.randn(a.cfg.head_hidden, generator=gen)
+    (da, ma), (db, mb) = (head(xs, lambda h: ctx_t[h], m.head_weights(), sb) for m in (a, b))
+    torch.testing.assert_close(db, da)
+    torch.testing.assert_close(b.cfg.mag_scale * mb, 0.25 * (a.cfg.mag_scale * ma) - 0.8)
+    assert b.cfg.mag_clip == 3.0
+    assert read_checkpoint(str(tmp_path / "c.pt"))["meta"]["mag_affine"] == [0.25, -0.8]
+    with pytest.raises(ValueError, match=r"Invalid mag_affine: \(0.0, 1.0\)"):
+        derive("meta_tbptt_1100", tmp_path / "d.pt", 3.0, (0.0, 1.0))
+    assert not (tmp_path / "d.pt").exists()
