@@ -119,3 +119,23 @@ def test_evaluate_reads_a_meta_training_checkpoint_in_progress(tmp_path: Path):
     torch.save(ck, tmp_path / "short.pt")
     with pytest.raises(ValueError, match="meta-parameters"):
         load_any(str(tmp_path / "short.pt"))
+
+
+def test_evaluate_records_threads_and_per_seed_summaries(tmp_path: Path):
+    import json
+
+    from meta_train.evaluate import main as evaluate_main
+    before = torch.get_num_threads()
+    res = evaluate_main(["--ckpt", "adam_init", "--steps", "12", "--seeds", "0,1", "--threads", "1",
+                         "--out", str(tmp_path / "e.json")])
+    assert torch.get_num_threads() == before  # restored
+    assert res["threads"] == 1 and set(res["per_seed"]) == {"0", "1"}
+    assert len(res["rows"]) == 16 and {r["seed"] for r in res["rows"]} == {0, 1}
+    for k, s in res["per_seed"].items():
+        held = [r for r in res["rows"] if r["seed"] == int(k) and r["group"] == "held_out"]
+        assert s["held_out_tasks"] == 4
+        assert s["held_out_beats_tuned_adam"] == sum(r["ngo_final_loss"] < r["adam_final_loss"] for r in held)
+    assert json.loads((tmp_path / "e.json").read_text())["per_seed"] == res["per_seed"]
+    assert "Per seed: seed 0:" in (tmp_path / "e.md").read_text()
+    with pytest.raises(SystemExit):
+        evaluate_main(["--ckpt", "adam_init", "--threads", "-1"])
