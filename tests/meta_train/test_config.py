@@ -173,3 +173,13 @@ def test_save_resolved_config_round_trip(tmp_path: Path) -> None:
     assert [p.name for p in path.parent.iterdir()] == ["config.yaml"]  # no temp files left
     assert load_config(path, []) == cfg
     assert config_to_dict(cfg)["family"] == "mnist5k_cnn"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_yaml_loads_and_its_init_checkpoint_exists(path: Path) -> None:
+    """A committed config must not point at a file that only exists on the machine that wrote it."""
+    from lopt_graphs.optim.checkpoint import read_checkpoint
+    cfg = load_config(path, [])
+    if cfg.init_ckpt:
+        target = _ROOT / cfg.init_ckpt if ("/" in cfg.init_ckpt or cfg.init_ckpt.endswith(".pt")) else cfg.init_ckpt
+        assert read_checkpoint(str(target))["config"]  # shipped name or committed file, readable
