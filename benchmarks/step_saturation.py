@@ -9,8 +9,9 @@ The update's step is ``adam_dir * exp(clip(u, -mag_clip, mag_clip))`` with ``u``
 multiplier. Where ``u`` is beyond the bound the step is the bound itself, whatever the features say, and no
 meta-gradient reaches the head through it. For each checkpoint and each evaluation task of
 ``meta_train.evaluate`` (seed 0) this trains the task's model with ``NeuralGraphOptimizer`` and reports, over
-the first, middle and last tenth of the steps: the fraction of entries with ``|u| >= mag_clip`` and the
-median of ``u`` (unclipped). Prints a markdown table and writes JSON.
+the first, middle and last tenth of the steps: the fraction of entries (of all parameters together) with
+``u >= mag_clip`` (step capped at ``e**mag_clip`` times Adam's) and with ``u <= -mag_clip`` (step floored),
+and the median of ``u`` over the entries (unclipped). Prints a markdown table and writes JSON.
 """
 
 from __future__ import annotations
@@ -36,15 +37,15 @@ from meta_train.tasks import HELD_OUT, IN_DISTRIBUTION, Task  # noqa: E402
 
 @contextlib.contextmanager
 def record_log_steps(out: list):
-    """Append ``(entries at the bound, entries, median u)`` for every head evaluation inside the block
-    (wraps the module-level ``head`` that ``apply_update`` calls)."""
+    """Append ``(u, mag_clip)`` (``u`` flattened, float32) for every head evaluation inside the block (wraps
+    the module-level ``head`` that ``apply_update`` calls)."""
     orig = F.head
 
     def head(xs, ctx, hw, step_bias):
         o_dir, o_mag = orig(xs, ctx, hw, step_bias)
         u = (hw.mag_scale * o_mag).detach().float()
         u = u.expand(xs[0].shape) if u.dim() == 0 else u
-        out.append(((u.abs() >= hw.mag_clip).sum().item(), u.numel(), u.median().item()))
+        out.append((u.reshape(-1), hw.mag_clip))
         return o_dir, o_mag
 
     F.head = head
@@ -71,27 +72,32 @@ def measure(ckpt: str, steps: int) -> list[dict]:
                 nn.functional.cross_entropy(model(xs[k]), ys[k]).backward()
                 with record_log_steps(calls):
                     opt.step()
-                sat, n = sum(c[0] for c in calls), sum(c[1] for c in calls)
-                per_step.append((sat / n, statistics.median(c[2] for c in calls)))
+                u, clip = torch.cat([c[0] for c in calls]), calls[0][1]
+                per_step.append(((u >= clip).float().mean().item(), (u <= -clip).float().mean().item(),
+                                 u.median().item()))
             tenth = max(1, steps // 10)
             windows = {"first": per_step[:tenth], "middle": per_step[steps // 2: steps // 2 + tenth],
                        "last": per_step[-tenth:]}
             row = {"ckpt": ckpt, "group": group, "task": tc.name, "mag_clip": learned.cfg.mag_clip}
             for w, vals in windows.items():
-                row[f"saturated_{w}"] = statistics.mean(v[0] for v in vals)
-                row[f"median_u_{w}"] = statistics.mean(v[1] for v in vals)
+                row[f"at_upper_{w}"] = statistics.mean(v[0] for v in vals)
+                row[f"at_lower_{w}"] = statistics.mean(v[1] for v in vals)
+                row[f"median_u_{w}"] = statistics.mean(v[2] for v in vals)
             rows.append(row)
-            print(f"  {ckpt} {tc.name}: saturated {row['saturated_middle']:.2f}", file=sys.stderr)
+            print(f"  {ckpt} {tc.name}: at +bound {row['at_upper_middle']:.2f}, at -bound "
+                  f"{row['at_lower_middle']:.2f}", file=sys.stderr)
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| checkpoint | group | task | mag_clip | at bound (first / middle / last tenth) | median u |",
-             "|---|---|---|---:|---|---|"]
+    ws = ("first", "middle", "last")
+    lines = ["Fractions of entries and median u over the first / middle / last tenth of the steps.", "",
+             "| checkpoint | group | task | mag_clip | u >= mag_clip | u <= -mag_clip | median u |",
+             "|---|---|---|---:|---|---|---|"]
     for r in rows:
-        sat = " / ".join(f"{r[f'saturated_{w}']:.2f}" for w in ("first", "middle", "last"))
-        med = " / ".join(f"{r[f'median_u_{w}']:.1f}" for w in ("first", "middle", "last"))
-        lines.append(f"| {r['ckpt']} | {r['group']} | {r['task']} | {r['mag_clip']:g} | {sat} | {med} |")
+        up, lo, med = (" / ".join(f"{r[f'{k}_{w}']:{f}}" for w in ws)
+                       for k, f in (("at_upper", ".2f"), ("at_lower", ".2f"), ("median_u", ".1f")))
+        lines.append(f"| {r['ckpt']} | {r['group']} | {r['task']} | {r['mag_clip']:g} | {up} | {lo} | {med} |")
     return "\n".join(lines)
 
 
