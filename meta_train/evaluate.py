@@ -145,7 +145,7 @@ def markdown(result: dict) -> str:
     lines.append(f"Median fraction of steps NGO needs to reach tuned Adam's final loss (in-distribution): "
                  f"**{s['median_fraction_of_steps_to_tuned_adam_final_in_dist']:.2f}** (target <= 0.5); held-out "
                  f"tasks where NGO beats tuned Adam's final loss: **{s['held_out_beats_tuned_adam']}/"
-                 f"{s['held_out_tasks']}** (target >= 3/4).")
+                 f"{s['held_out_tasks']}** (target: at least 3 of every 4).")
     if len(result.get("per_seed", {})) > 1:
         lines.append("")
         lines.append("Per seed: " + "; ".join(
