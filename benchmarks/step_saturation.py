@@ -8,7 +8,7 @@ Command::
 The update's step is ``adam_dir * exp(clip(u, -mag_clip, mag_clip))`` with ``u`` the head's (scaled) log step
 multiplier. Where ``u`` is beyond the bound the step is the bound itself, whatever the features say, and no
 meta-gradient reaches the head through it. For each checkpoint and each evaluation task of
-``meta_train.evaluate`` (seed 0) this trains the task's model with ``NeuralGraphOptimizer`` and reports, over
+``meta_train.evaluate`` this repeats its seed-0 ``NeuralGraphOptimizer`` run (``train_curve``) and reports, over
 the first, middle and last tenth of the steps: the fraction of entries (of all parameters together) with
 ``u >= mag_clip`` (step capped at ``e**mag_clip`` times Adam's) and with ``u <= -mag_clip`` (step floored),
 and the median of ``u`` over the entries (unclipped). Prints a markdown table and writes JSON.
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import lopt_graphs.optim.functional as F  # noqa: E402
 from lopt_graphs import NeuralGraphOptimizer  # noqa: E402
 from lopt_graphs.io import atomic_write_text  # noqa: E402
-from meta_train.evaluate import load_any  # noqa: E402
+from meta_train.evaluate import load_any, train_curve  # noqa: E402
 from meta_train.tasks import HELD_OUT, IN_DISTRIBUTION, Task  # noqa: E402
 
 
@@ -60,21 +60,22 @@ def measure(ckpt: str, steps: int) -> list[dict]:
     rows = []
     for group, cfgs in (("in_distribution", IN_DISTRIBUTION), ("held_out", HELD_OUT)):
         for tc in cfgs:
-            task = Task(tc)
-            gen = torch.Generator().manual_seed(0)
-            model = task.new_model(gen)
-            opt = NeuralGraphOptimizer.for_module(model, copy.deepcopy(learned))
-            xs, ys = task.batches(gen, steps)
-            per_step = []
-            for k in range(steps):
-                calls: list = []
-                opt.zero_grad()
-                nn.functional.cross_entropy(model(xs[k]), ys[k]).backward()
-                with record_log_steps(calls):
-                    opt.step()
+            calls: list = []
+            per_step: list[tuple[float, float, float]] = []
+
+            def step_done(*_) -> None:  # optimizer step post-hook: one row per step from its head calls
                 u, clip = torch.cat([c[0] for c in calls]), calls[0][1]
                 per_step.append(((u >= clip).float().mean().item(), (u <= -clip).float().mean().item(),
                                  u.median().item()))
+                calls.clear()
+
+            def make_opt(model: nn.Module) -> NeuralGraphOptimizer:
+                opt = NeuralGraphOptimizer.for_module(model, copy.deepcopy(learned))
+                opt.register_step_post_hook(step_done)
+                return opt
+
+            with record_log_steps(calls):  # the evaluation's own training run (seed 0)
+                train_curve(Task(tc), make_opt, steps, seed=0)
             tenth = max(1, steps // 10)
             windows = {"first": per_step[:tenth], "middle": per_step[steps // 2: steps // 2 + tenth],
                        "last": per_step[-tenth:]}
