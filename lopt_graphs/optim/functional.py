@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from ..graph import GraphSpec, neural_graph
-from .learned import FEATURES, HeadWeights, LearnedUpdate, head
+from .learned import FEATURES, HeadWeights, LearnedUpdate, head, head_stacked
 
 FEATURE_CLIP = 10.0
 
@@ -49,9 +49,18 @@ def init_state(p: Tensor) -> dict[str, Tensor]:
             "m_fast": z(), "m_adam": z(), "m_slow": z(), "v": z()}
 
 
-def step_features(t: Tensor) -> Tensor:
-    """``[3]`` features of the step count ``t`` (a float tensor)."""
-    return torch.stack([torch.log1p(t) / 10.0, torch.tanh(t / 100.0), torch.tanh(t / 10000.0)])
+def step_features(t: Tensor, total: float | None = None, taus: tuple[float, ...] = ()) -> Tensor:
+    """Features of the step count ``t`` (a float tensor): ``[3]``, and with ``taus`` also
+    ``tanh(5 (t / total - tau))`` per tau and a flag that the horizon ``total`` is known (all zero when
+    ``total`` is ``None``): ``[3 + len(taus) + 1]``."""
+    base = [torch.log1p(t) / 10.0, torch.tanh(t / 100.0), torch.tanh(t / 10000.0)]
+    if taus:
+        if total is None:
+            base += [t * 0.0 for _ in range(len(taus) + 1)]
+        else:
+            frac = t / float(total)
+            base += [torch.tanh(5.0 * (frac - tau)) for tau in taus] + [t * 0.0 + 1.0]
+    return torch.stack(base)
 
 
 def _rms(x: Tensor) -> Tensor:
@@ -102,6 +111,9 @@ def node_contexts(learned: LearnedUpdate, spec: GraphSpec, feats: Sequence[Tenso
         Per parameter: ``{"ctx_dst": [O, H], "ctx_src": [H, C]}`` (weights), ``{"ctx": [H, numel]}``
         (biases, norm parameters) or ``{}`` (graph-free parameters).
     """
+    cfg = learned.cfg
+    if not cfg.use_graph:
+        return _constant_contexts(learned, spec, feats)
     dtype = learned.w1.dtype
     graph = neural_graph(spec, [f.to(dtype) for f in feats])
     h = learned.encoder(graph).node
@@ -110,21 +122,46 @@ def node_contexts(learned: LearnedUpdate, spec: GraphSpec, feats: Sequence[Tenso
     for p in spec.params:
         if p.kind == "edge":
             # source and node terms stored [H, n]: the head reads them contiguously along a weight's rows
+            rows, cols = h[p.dst_start: p.dst_start + p.rows], h[p.src_start: p.src_start + p.cols]
             out.append({"ctx_dst": dst[p.dst_start: p.dst_start + p.rows],
                         "ctx_src": src[p.src_start: p.src_start + p.cols].t().contiguous()})
         elif p.kind == "node":
             slot = learned.slot_type.weight[1 + p.slot]
+            rows = cols = h[p.dst_start: p.dst_start + p.numel]
             out.append({"ctx": (node[p.dst_start: p.dst_start + p.numel] + slot).t().contiguous()})
         else:
             out.append({})
+            continue
+        if cfg.tensor_lr:  # invariant: means over the tensor's neurons
+            out[-1]["ctx_lr"] = learned.lr_readout(torch.cat([rows.mean(0), cols.mean(0)]))[0]
+    return out
+
+
+def _constant_contexts(learned: LearnedUpdate, spec: GraphSpec, feats: Sequence[Tensor]) -> list[dict[str, Tensor]]:
+    """The FF ablation's node terms: a learned constant per kind (and node-slot type), no encoder."""
+    h = learned.cfg.head_hidden
+    out: list[dict[str, Tensor]] = []
+    for p, f in zip(spec.params, feats):
+        zero = f.new_zeros(()).to(learned.w1.dtype)
+        if p.kind == "edge":
+            out.append({"ctx_dst": learned.ctx_const[0].expand(p.rows, h) + zero,
+                        "ctx_src": f.new_zeros(h, p.cols).to(learned.w1.dtype)})
+        elif p.kind == "node":
+            c = learned.ctx_const[1] + learned.slot_type.weight[1 + p.slot] + zero
+            out.append({"ctx": c[:, None].expand(h, p.numel).contiguous()})
+        else:
+            out.append({})
+            continue
+        if learned.cfg.tensor_lr:
+            out[-1]["ctx_lr"] = zero
     return out
 
 
 def ngo_update(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[Tensor], grads: Sequence[Tensor | None],
                states: Sequence[dict[str, Tensor]], *, lr: float | Tensor = 1.0,
                betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
-               encoder_every: int | None = None, step: int | None = None, _fns: dict | None = None,
-               ) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
+               encoder_every: int | None = None, step: int | None = None, total_steps: int | None = None,
+               stacked_head: bool = False, _fns: dict | None = None) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
     """One step of the learned optimizer on one parameter group, without side effects.
 
     Args:
@@ -141,6 +178,11 @@ def ngo_update(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[Tensor]
         step: the 1-based number of this step, if the caller tracks it (needed under ``torch.func.vmap``
             when the states are batched: the encoder schedule is a Python decision); default: read from
             the states.
+        total_steps: the planned length of training, for updates with horizon features
+            (``LearnedUpdateConfig.horizon_taus``); ``None``: unknown (those features are zero).
+        stacked_head: evaluate the per-entry head as stacked matmuls
+            (:func:`~lopt_graphs.optim.learned.head_stacked`: same maths, fewer ops; meta-training uses it
+            under ``vmap``) instead of elementwise sums (what ``torch.compile`` fuses).
         _fns: internal: drop-in (for example ``torch.compile``d) versions of ``"features"``
             (:func:`entry_features`), ``"apply"`` (:func:`apply_update`), ``"step"`` (:func:`param_step`)
             and ``"contexts"`` (:func:`node_contexts`), used by the optimizer's ``compile=True``.
@@ -176,7 +218,7 @@ def ngo_update(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[Tensor]
         for i in active:
             out[i], new_states[i] = fns["step"](hws[spec.params[i].kind == "free"], params[i], grads[i], states[i],
                                                 spec.params[i].kind, view(i), betas, eps, cfg.momenta, eta,
-                                                weight_decay)
+                                                weight_decay, stacked_head, total_steps)
         return out, new_states
 
     feats: list[list[Tensor] | None] = [None] * len(params)
@@ -192,29 +234,40 @@ def ngo_update(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[Tensor]
             new_states[i] = {**new_states[i], **ctxs[i]}
     for i in active:
         out[i] = fns["apply"](hws[spec.params[i].kind == "free"], params[i], feats[i], dirs[i], new_states[i],
-                              spec.params[i].kind, view(i), eta, weight_decay)
+                              spec.params[i].kind, view(i), eta, weight_decay, stacked_head, total_steps)
     return out, new_states
 
 
 def param_step(hw: HeadWeights, p: Tensor, g: Tensor, st: dict[str, Tensor], kind: str,
                view: tuple[int, ...], betas: tuple[float, float], eps: float, momenta: tuple[float, float],
-               eta: float | Tensor, weight_decay: float) -> tuple[Tensor, dict[str, Tensor]]:
+               eta: float | Tensor, weight_decay: float, stacked: bool = False,
+               total: float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """:func:`entry_features` then :func:`apply_update` for one parameter (one fused kernel when compiled)."""
     xs, adam_dir, new = entry_features(p, g, st, betas, eps, momenta)
-    return apply_update(hw, p, xs, adam_dir, new, kind, view, eta, weight_decay), new
+    return apply_update(hw, p, xs, adam_dir, new, kind, view, eta, weight_decay, stacked, total), new
 
 
 def apply_update(hw: HeadWeights, p: Tensor, xs: list[Tensor], adam_dir: Tensor, st: dict[str, Tensor],
-                 kind: str, view: tuple[int, ...], eta: float | Tensor, weight_decay: float) -> Tensor:
+                 kind: str, view: tuple[int, ...], eta: float | Tensor, weight_decay: float,
+                 stacked: bool = False, total: float | None = None) -> Tensor:
     """The new value of one parameter from its entry features, Adam direction and (advanced) state.
 
     Args:
         hw: the head's weights (:meth:`LearnedUpdate.head_weights`; the graph-free ones for free parameters).
         kind: the parameter's ``ParamSlot.kind``; ``view`` the shape its entries take for the head
             (``(O, C, S)`` for a weight, ``(numel,)`` for a node parameter, the shape itself when free).
+        stacked: use :func:`~lopt_graphs.optim.learned.head_stacked` (same maths, fewer ops).
+        total: the run's horizon in steps for the fraction-of-training features (``None``: unknown).
     """
     wdtype = hw.w1.dtype
-    sb = torch.nn.functional.linear(step_features(st["step"]).to(wdtype), hw.step_w, hw.step_b)
+    sf = step_features(st["step"], total, hw.taus).to(wdtype)
+    sb = torch.nn.functional.linear(sf, hw.step_w, hw.step_b)
+    if hw.lr_w is not None:  # learned per-tensor log step, softly bounded
+        s = (sf * hw.lr_w).sum() + hw.lr_b + st.get("ctx_lr", 0.0)
+        eta = eta * torch.exp(hw.lr_bound * torch.tanh(s / hw.lr_bound))
+    if stacked:
+        o_dir, o_mag = head_stacked([x.to(wdtype).reshape(view) for x in xs], _stacked_ctx(st, kind, view), hw, sb)
+        return _finish(hw, p, adam_dir, o_dir, o_mag, eta, weight_decay)
     if kind == "edge" and len(view) == 2:  # linear weight: [O, C] (a trailing 1 would hinder vectorizing)
         cd, cs = st["ctx_dst"], st["ctx_src"]
         ctx = lambda h: cd[:, h, None] + cs[h][None, :]  # noqa: E731  [O, C]
@@ -227,6 +280,21 @@ def apply_update(hw: HeadWeights, p: Tensor, xs: list[Tensor], adam_dir: Tensor,
     else:
         ctx = lambda h: 0.0  # noqa: E731
     o_dir, o_mag = head([x.to(wdtype).reshape(view) for x in xs], ctx, hw, sb)
+    return _finish(hw, p, adam_dir, o_dir, o_mag, eta, weight_decay)
+
+
+def _stacked_ctx(st: dict[str, Tensor], kind: str, view: tuple[int, ...]) -> Tensor | float:
+    """The hidden-unit contexts of a parameter's entries as one ``[*view, H]`` (broadcastable) tensor."""
+    if kind == "edge":
+        ctx = st["ctx_dst"][:, None, :] + st["ctx_src"].t()[None, :, :]  # [O, C, H]
+        return ctx if len(view) == 2 else ctx[:, :, None, :]
+    if kind == "node":
+        return st["ctx"].t()
+    return 0.0
+
+
+def _finish(hw: HeadWeights, p: Tensor, adam_dir: Tensor, o_dir: Tensor, o_mag: Tensor, eta: float | Tensor,
+            weight_decay: float) -> Tensor:
     o_dir, o_mag = o_dir.reshape(p.shape), o_mag.reshape(p.shape)
     delta = adam_dir * torch.exp((hw.mag_scale * o_mag).clamp(-hw.mag_clip, hw.mag_clip)) + hw.dir_scale * o_dir
     p32 = p.to(compute_dtype(p))

@@ -28,7 +28,7 @@ class DifferentiableNeuralGraphOptimizer(higher.optim.DifferentiableOptimizer):
             new_params, new_states = ngo_update(
                 self.learned, self._specs[gi].to(params[0].device), params, list(grads), states,
                 lr=group["lr"], betas=group["betas"], eps=group["eps"], weight_decay=group["weight_decay"],
-                encoder_every=group["encoder_every"])
+                encoder_every=group["encoder_every"], total_steps=group.get("total_steps"))
             for pi, (g, n, s) in enumerate(zip(grads, new_params, new_states)):
                 if g is not None:
                     group["params"][pi] = n

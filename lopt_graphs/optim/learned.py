@@ -5,6 +5,7 @@ These weights are meta-parameters (trained by ``meta_train``), not optimizer sta
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, NamedTuple
 
@@ -15,8 +16,14 @@ from ..nn import EncoderConfig, NeuralGraphEncoder
 
 #: Per-entry input features, in order (see :func:`lopt_graphs.optim.features.entry_features`).
 FEATURES: tuple[str, ...] = ("g_adam", "m_fast", "m_adam", "m_slow", "param_rms", "g_rms")
-#: Step-count features (see :func:`lopt_graphs.optim.features.step_features`).
+#: Step-count features (see :func:`lopt_graphs.optim.functional.step_features`); a config with
+#: ``horizon_taus`` adds one fraction-of-training feature per tau and a "horizon known" flag.
 STEP_FEATURES = 3
+
+
+def step_feature_count(cfg: "LearnedUpdateConfig") -> int:
+    """Number of step features the config's head reads."""
+    return STEP_FEATURES + (len(cfg.horizon_taus) + 1 if cfg.horizon_taus else 0)
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,16 @@ class LearnedUpdateConfig:
         encoder_every: run the encoder every this many steps; between runs the per-entry head reuses the
             cached node terms (the encoder costs far more than a step on large models).
         momenta: timescales of the fast and slow momenta (the Adam momentum comes from ``betas[0]``).
+        horizon_taus: fraction-of-training features ``tanh(5 (t/T - tau))`` for these ``tau`` (with a
+            "horizon known" flag), read by the head and by the step-size schedule; ``()``: none (v1).
+        tensor_lr: a learned per-tensor log step size (v2): an invariant readout of the encoder's node
+            embeddings of the tensor's neurons (cached between encoder runs) plus a learned schedule of the
+            step features, softly bounded: ``sigma = lr_bound * tanh((readout + schedule) / lr_bound)``.
+        lr_bound: the soft bound of the per-tensor log step (``tensor_lr``).
+        lr_init: the initial log step (the schedule's bias): a fresh v2 update is Adam with step
+            ``base_lr * e**lr_init``.
+        use_graph: ``False`` drops the encoder (the "FF" ablation: a per-parameter learned optimizer whose
+            head sees no neuron context; node terms are learned per-kind constants).
     """
 
     encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(
@@ -46,6 +63,11 @@ class LearnedUpdateConfig:
     dir_scale: float = 0.1
     encoder_every: int = 100
     momenta: tuple[float, float] = (0.5, 0.99)
+    horizon_taus: tuple[float, ...] = ()
+    tensor_lr: bool = False
+    lr_bound: float = 4.0
+    lr_init: float = 0.0
+    use_graph: bool = True
 
     def __post_init__(self) -> None:
         if self.encoder.node_in != len(FEATURES) or self.encoder.edge_in != len(FEATURES):
@@ -62,10 +84,13 @@ class LearnedUpdateConfig:
         for b in self.momenta:
             if not 0.0 <= b < 1.0:
                 raise ValueError(f"Invalid momentum timescale: {b} (expected in [0, 1))")
+        if not self.lr_bound > 0:
+            raise ValueError(f"Invalid lr_bound: {self.lr_bound} (expected > 0)")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["momenta"] = list(self.momenta)
+        d["horizon_taus"] = list(self.horizon_taus)
         return d
 
     @classmethod
@@ -78,9 +103,23 @@ class LearnedUpdateConfig:
         d = dict(d)
         if "encoder" in d and isinstance(d["encoder"], dict):
             d["encoder"] = EncoderConfig.from_dict(d["encoder"])
-        if "momenta" in d:
-            d["momenta"] = tuple(d["momenta"])
+        for key in ("momenta", "horizon_taus"):
+            if key in d:
+                d[key] = tuple(d[key])
         return cls(**d)
+
+
+def v2_config(use_graph: bool = True) -> LearnedUpdateConfig:
+    """The recipe-v2 learned update: horizon features, a learned per-tensor step size and schedule, a small
+    learned log-magnitude (``mag_scale`` 0.05, so the hard ``mag_clip`` of 5 sits 100 head units away) and
+    a narrower encoder (hidden 16) than v1; starts as Adam with step ``0.01`` (``lr_init`` is set so that
+    ``base_lr * exp(lr_bound * tanh(lr_init / lr_bound)) = 0.01``)."""
+    enc = EncoderConfig(node_in=len(FEATURES), edge_in=len(FEATURES), hidden=16, edge_hidden=8, layers=2,
+                        max_positions=64, position_overflow="wrap", max_kernel=16, entry_nonlinearity=False)
+    return LearnedUpdateConfig(encoder=enc, head_hidden=4, base_lr=1e-3, mag_scale=0.05, mag_clip=5.0,
+                               dir_scale=0.1, encoder_every=100, horizon_taus=(0.1, 0.3, 0.5, 0.7, 0.9),
+                               tensor_lr=True, lr_bound=4.0, lr_init=4.0 * math.atanh(math.log(10.0) / 4.0),
+                               use_graph=use_graph)
 
 
 class LearnedUpdate(nn.Module):
@@ -100,23 +139,38 @@ class LearnedUpdate(nn.Module):
         super().__init__()
         cfg = cfg or LearnedUpdateConfig()
         self.cfg = cfg
-        h, f = cfg.head_hidden, len(FEATURES)
-        self.encoder = NeuralGraphEncoder(cfg.encoder)
+        h, f, ns = cfg.head_hidden, len(FEATURES), step_feature_count(cfg)
         d = cfg.encoder.hidden
-        self.ctx_dst = nn.Linear(d, h)   # node term of the neuron a weight feeds
-        self.ctx_src = nn.Linear(d, h, bias=False)  # node term of the neuron a weight reads
-        self.ctx_node = nn.Linear(d, h)  # node term of a bias / norm parameter
+        if cfg.use_graph:
+            self.encoder = NeuralGraphEncoder(cfg.encoder)
+            self.ctx_dst = nn.Linear(d, h)   # node term of the neuron a weight feeds
+            self.ctx_src = nn.Linear(d, h, bias=False)  # node term of the neuron a weight reads
+            self.ctx_node = nn.Linear(d, h)  # node term of a bias / norm parameter
+        else:  # FF ablation: per-kind constants instead of neuron context
+            self.ctx_const = nn.Parameter(torch.zeros(2, h))  # [weight, bias/norm]
         self.slot_type = nn.Embedding(4, h)
         self.w1 = nn.Parameter(torch.randn(h, f) / f ** 0.5)
         self.w1_free = nn.Parameter(torch.randn(h, f) / f ** 0.5)  # graph-free parameters
-        self.step_proj = nn.Linear(STEP_FEATURES, h)
+        self.step_proj = nn.Linear(ns, h)
         self.w2 = nn.Parameter(torch.zeros(2, h))
         self.b2 = nn.Parameter(torch.zeros(2))
+        if cfg.tensor_lr:
+            # per-tensor log step: readout of [mean embedding of the rows' neurons, of the columns' neurons]
+            if cfg.use_graph:
+                self.lr_readout = nn.Linear(2 * d, 1)
+                nn.init.zeros_(self.lr_readout.weight)
+                nn.init.zeros_(self.lr_readout.bias)
+            self.lr_sched = nn.Linear(ns, 1)  # global schedule over the step / horizon features
+            nn.init.zeros_(self.lr_sched.weight)
+            nn.init.constant_(self.lr_sched.bias, cfg.lr_init)
 
     def head_weights(self, free: bool = False) -> "HeadWeights":
         """The tensors the per-entry head reads (graph or graph-free input layer)."""
+        cfg = self.cfg
+        sched = (self.lr_sched.weight[0], self.lr_sched.bias[0]) if cfg.tensor_lr else (None, None)
         return HeadWeights(self.w1_free if free else self.w1, self.w2, self.b2, self.step_proj.weight,
-                           self.step_proj.bias, self.cfg.mag_scale, self.cfg.dir_scale, self.cfg.mag_clip)
+                           self.step_proj.bias, cfg.mag_scale, cfg.dir_scale, cfg.mag_clip, *sched,
+                           cfg.lr_bound, cfg.horizon_taus)
 
     def extra_repr(self) -> str:
         return f"head_hidden={self.cfg.head_hidden}, encoder_every={self.cfg.encoder_every}"
@@ -134,6 +188,10 @@ class HeadWeights(NamedTuple):
     mag_scale: float
     dir_scale: float
     mag_clip: float
+    lr_w: Tensor | None = None  # the step-size schedule over the step features (tensor_lr), else None
+    lr_b: Tensor | None = None
+    lr_bound: float = 4.0
+    taus: tuple[float, ...] = ()
 
 
 def head(xs: list[Tensor], ctx: Callable[[int], Tensor | float], hw: HeadWeights,
@@ -158,3 +216,19 @@ def head(xs: list[Tensor], ctx: Callable[[int], Tensor | float], hw: HeadWeights
         o_dir = o_dir + hw.w2[0, h] * z
         o_mag = o_mag + hw.w2[1, h] * z
     return o_dir, o_mag
+
+
+def head_stacked(xs: list[Tensor], ctx: Tensor | float, hw: HeadWeights, step_bias: Tensor) -> tuple[Tensor, Tensor]:
+    """The same maths as :func:`head`, as two small matmuls over the stacked features.
+
+    Fewer, larger ops: faster than :func:`head` in eager mode on many small tensors and under
+    ``torch.func.vmap`` (meta-training's populations), while :func:`head`'s elementwise form is what
+    ``torch.compile`` fuses into one loop.
+
+    Args:
+        ctx: ``[*entries, H]`` (or broadcastable to it) hidden-unit contexts, or ``0.0``.
+    """
+    z = torch.stack(xs, dim=-1) @ hw.w1.t() + step_bias
+    z = (z + ctx).relu()
+    o = z @ hw.w2.t() + hw.b2
+    return o[..., 0], o[..., 1]

@@ -40,6 +40,11 @@ class NeuralGraphOptimizer(Optimizer):
         eps: numerical floor of the second moment.
         weight_decay: decoupled weight decay.
         encoder_every: run the encoder every this many steps (default: the checkpoint's setting).
+        total_steps: the planned number of steps (as ``T_max`` for a scheduler). Updates meta-trained with
+            horizon features (recipe v2) read the fraction of training done, ``t / total_steps``, and learn
+            their schedule from it; ``None`` (default) tells them the horizon is unknown, which they were also
+            meta-trained on (a constant-in-fraction behaviour; they still train). Checkpoints without
+            horizon features ignore it. Per parameter group, like ``lr``.
         on_unsupported: ``"free"`` optimizes parameters that fit no graph (embeddings, odd shapes) with the
             graph-free per-entry head; ``"error"`` raises :class:`~lopt_graphs.graph.GraphBuildError`.
         compile: fuse the per-entry work (features, head, update) with ``torch.compile`` (one compilation
@@ -61,7 +66,7 @@ class NeuralGraphOptimizer(Optimizer):
 
     def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], ckpt: CkptLike = None, *,
                  lr: float | Tensor = 1.0, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, encoder_every: int | None = None,
+                 weight_decay: float = 0.0, encoder_every: int | None = None, total_steps: int | None = None,
                  on_unsupported: Literal["free", "error"] = "free", compile: bool = False,
                  _specs: list[GraphSpec] | None = None):
         if isinstance(lr, Tensor) and lr.numel() != 1:
@@ -79,6 +84,10 @@ class NeuralGraphOptimizer(Optimizer):
         if encoder_every is not None and (not isinstance(encoder_every, int) or isinstance(encoder_every, bool)
                                           or encoder_every < 1):
             raise ValueError(f"Invalid encoder_every: {encoder_every!r} (expected a positive int)")
+        if total_steps is not None and (not isinstance(total_steps, int) or isinstance(total_steps, bool)
+                                        or total_steps < 1):
+            raise ValueError(f"Invalid total_steps: {total_steps!r} (expected a positive int, or None when the "
+                             f"length of training is not known)")
         if on_unsupported not in ("free", "error"):
             raise ValueError(f"Invalid on_unsupported: {on_unsupported!r} (expected 'free' or 'error')")
         self.learned = ckpt if isinstance(ckpt, LearnedUpdate) else load_learned_update(ckpt)
@@ -89,7 +98,8 @@ class NeuralGraphOptimizer(Optimizer):
         self.compile = bool(compile)
         self._fns: dict[str, Callable] = {}
         self._given_specs = list(_specs or [])
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, encoder_every=encoder_every)
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, encoder_every=encoder_every,
+                        total_steps=total_steps)
         super().__init__(params, defaults)
 
     @classmethod
@@ -198,7 +208,7 @@ class NeuralGraphOptimizer(Optimizer):
             new_params, new_states = ngo_update(
                 self.learned, self._specs[gi].to(device), [p.detach() for p in params], grads, states,
                 lr=group["lr"], betas=group["betas"], eps=group["eps"], weight_decay=group["weight_decay"],
-                encoder_every=group["encoder_every"], _fns=self._compiled())
+                encoder_every=group["encoder_every"], total_steps=group.get("total_steps"), _fns=self._compiled())
             for p, g, n, s in zip(params, grads, new_params, new_states):
                 if g is not None:
                     p.copy_(n)

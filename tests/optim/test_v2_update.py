@@ -1,0 +1,106 @@
+"""Recipe v2 of the learned update: horizon features, the learned per-tensor step size, the FF ablation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from lopt_graphs.optim import LearnedUpdate, NeuralGraphOptimizer
+from lopt_graphs.optim.functional import step_features
+from lopt_graphs.optim.learned import v2_config
+
+from .optim_infos import random_head_learned
+from .test_equivariance import ARCHS, DT, _max_diff, _run_pair
+
+
+def _random_v2(use_graph: bool = True, seed: int = 3) -> LearnedUpdate:
+    learned = random_head_learned(seed=seed, dtype=DT, cfg=v2_config(use_graph))
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        learned.lr_sched.weight.normal_(0, 0.5)
+        if use_graph:
+            learned.lr_readout.weight.normal_(0, 0.5)
+    return learned
+
+
+def _train(model, opt, steps=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.randn(16, 5, generator=g, dtype=DT)
+        y = torch.randn(16, 3, generator=g, dtype=DT)
+        opt.zero_grad()
+        (model(x) - y).square().mean().backward()
+        opt.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).to(DT)
+
+
+def test_step_features_with_and_without_a_horizon():
+    t = torch.tensor(30.0)
+    base = step_features(t)
+    assert base.shape == (3,)
+    known = step_features(t, 100, (0.1, 0.5))
+    torch.testing.assert_close(known[:3], base)
+    torch.testing.assert_close(known[3:], torch.tensor([math.tanh(5 * 0.2), math.tanh(5 * -0.2), 1.0]))
+    unknown = step_features(t, None, (0.1, 0.5))
+    assert unknown.shape == (6,) and torch.equal(unknown[3:], torch.zeros(3))
+
+
+def test_fresh_v2_is_adam_at_lr_0_01():
+    a, b = _mlp(), _mlp()
+    ngo = _train(a, NeuralGraphOptimizer(a.parameters(), LearnedUpdate(v2_config()).to(DT), total_steps=8))
+    adam = _train(b, torch.optim.Adam(b.parameters(), lr=0.01, eps=1e-8))
+    for u, v in zip(ngo, adam):
+        torch.testing.assert_close(u, v, atol=1e-6, rtol=0)
+
+
+def test_total_steps_drives_a_v2_update_and_is_ignored_by_v1():
+    def run(learned, ts):
+        model = _mlp()
+        return _train(model, NeuralGraphOptimizer(model.parameters(), learned, total_steps=ts))
+
+    runs = {ts: run(_random_v2(), ts) for ts in (None, 10, 1000)}
+    assert _max_diff(runs[10], runs[1000]) > 1e-4 and _max_diff(runs[None], runs[10]) > 1e-4
+    v1 = random_head_learned(seed=1, dtype=DT)
+    assert _max_diff(run(v1, None), run(v1, 10)) == 0.0
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, True, "100"])
+def test_invalid_total_steps_raise(bad):
+    with pytest.raises(ValueError, match="Invalid total_steps"):
+        NeuralGraphOptimizer(_mlp().parameters(), total_steps=bad)
+
+
+@pytest.mark.parametrize("name, factory, xshape, how", ARCHS, ids=[a[0] for a in ARCHS])
+def test_v2_is_equivariant_to_hidden_permutations(name, factory, xshape, how):
+    """The per-tensor step size reads means over a tensor's neurons: invariant, so the step stays equivariant."""
+    permuted_a, b, a1, a0 = _run_pair(factory, xshape, how, "hidden", _random_v2)
+    for u, v in zip(permuted_a, b):
+        torch.testing.assert_close(v, u, atol=1e-8, rtol=0)
+    assert _max_diff(a1, a0) > 1e-2
+
+
+def test_ff_ablation_has_no_encoder_and_still_trains():
+    ff, graph = LearnedUpdate(v2_config(use_graph=False)), LearnedUpdate(v2_config())
+    assert not hasattr(ff, "encoder") and sum(p.numel() for p in ff.parameters()) < 200
+    assert sum(p.numel() for p in graph.parameters()) > 50 * sum(p.numel() for p in ff.parameters())
+    model = _mlp()
+    before = [p.detach().clone() for p in model.parameters()]
+    after = _train(model, NeuralGraphOptimizer(model.parameters(), _random_v2(use_graph=False), total_steps=8))
+    assert _max_diff(before, after) > 1e-3 and all(torch.isfinite(p).all() for p in after)
+
+
+def test_v2_config_round_trips_through_a_checkpoint(tmp_path):
+    from lopt_graphs.optim import load_learned_update, save_checkpoint
+    learned = _random_v2().float()
+    save_checkpoint(learned, tmp_path / "v2.pt")
+    back = load_learned_update(str(tmp_path / "v2.pt"))
+    assert back.cfg == learned.cfg and back.cfg.horizon_taus == (0.1, 0.3, 0.5, 0.7, 0.9)
+    assert all(torch.equal(a, b) for a, b in zip(learned.parameters(), back.parameters()))
