@@ -1,15 +1,21 @@
-"""Meta-training throughput: inner steps per second summed over the population, against a plain Adam
-training loop of the same tasks in the same process.
+"""Meta-training throughput: inner steps per second summed over a group's tasks and the population, against
+one plain ``torch.optim.Adam`` training loop of the same task in the same process.
 
 Command::
 
-    python benchmarks/meta_train_throughput.py [--quick] [--population 8] [--truncation 10]
+    python benchmarks/meta_train_throughput.py [--quick] [--tasks-per-group 16] [--population 8]
+                                               [--truncation 10] [--horizon 200] [--threads 1]
                                                [--out benchmarks/results/meta_train_throughput.json]
 
-For each task (a few in-distribution configurations) it times one truncation of ``--truncation`` inner
-steps for the whole population with each estimator (ES and PES: ``torch.func.vmap`` over the perturbed
-meta-parameters; TBPTT: one differentiated unroll), and ``--truncation`` steps of ``torch.optim.Adam`` on
-the same module and batches. Prints a markdown table and writes JSON.
+For each task (the in-distribution configurations; ``--quick``: the digits MLP only) a group of
+``--tasks-per-group`` runs of it (own inits, init scales and data) is unrolled by each estimator for one
+whole inner run of ``--horizon`` steps, truncation by truncation (the encoder runs at its schedule: steps 1,
+2, 4, ... as in meta-training), after one warm-up truncation. ES counts ``population + 1`` members (the
+unperturbed run advances the state), PES ``population``, TBPTT 1 (backprop through the unroll). Adam: the
+same number of steps of ``torch.optim.Adam`` on one copy of the task (median of 3 repetitions). A
+reference row gives the ceiling of batching on this machine: the same ``tasks x population`` members
+trained by plain SGD in one vmap call (no learned update). Prints a markdown table and, as its last line,
+``summary: es=<r>x pes=<r>x tbptt=<r>x`` (the digits MLP, the default group size); writes JSON.
 """
 
 from __future__ import annotations
@@ -26,89 +32,140 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.func import grad_and_value, vmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lopt_graphs.optim import LearnedUpdate  # noqa: E402
+from meta_train.config import MetaTrainConfig  # noqa: E402
 from meta_train.estimators import make_estimator  # noqa: E402
-from meta_train.tasks import IN_DISTRIBUTION, Task  # noqa: E402
-from meta_train.unroll import InnerState, Stepper, ThetaSpace  # noqa: E402
+from meta_train.runs import new_group  # noqa: E402
+from meta_train.tasks import IN_DISTRIBUTION, Task, TaskConfig, sample_group  # noqa: E402
+from meta_train.unroll import Stepper, ThetaSpace  # noqa: E402
+
+ESTIMATOR_NAMES = ("es", "pes", "tbptt")
 
 
-def _adam_steps_per_s(task: Task, xs, ys, reps: int) -> float:
-    model = task.module
+def _adam_steps_per_s(task: Task, steps: int, gen: torch.Generator) -> float:
+    model = task.new_model(gen)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    xs, ys = task.batches(gen, steps)
     times = []
-    for _ in range(reps):
+    for _ in range(3):
         t0 = time.perf_counter()
-        for k in range(xs.shape[0]):
+        for k in range(steps):
             opt.zero_grad()
             nn.functional.cross_entropy(model(xs[k]), ys[k]).backward()
             opt.step()
         times.append(time.perf_counter() - t0)
-    return xs.shape[0] / statistics.median(times)
+    return steps / statistics.median(times)
 
 
-def run(quick: bool = False, population: int = 8, truncation: int = 10,
-        out: str | os.PathLike = "benchmarks/results/meta_train_throughput.json") -> dict:
+def _group_cfgs(tc: TaskConfig, n: int, gen: torch.Generator) -> list[TaskConfig]:
+    """``n`` runs of ``tc``: ``tc`` itself, then copies with the init scales a group draws."""
+    scales = [c.init_scale for c in sample_group("digits_mlp", gen, n)]
+    return [tc] + [TaskConfig(**{**tc.to_dict(), "init_scale": s}) for s in scales[1:]]
+
+
+def _estimator_steps_per_s(name: str, cfgs: list[TaskConfig], population: int, truncation: int, horizon: int,
+                           gen: torch.Generator) -> float:
     torch.manual_seed(0)
     learned = LearnedUpdate()
     space, stepper = ThetaSpace(learned), Stepper(learned)
     theta = space.flatten(learned)
-    reps = 1 if quick else 3
-    tasks = IN_DISTRIBUTION[:1] if quick else IN_DISTRIBUTION
+    est = make_estimator(name, stepper, space, 0.01, 3.0)
+    pairs = population // 2
+    members = 1 if name == "tbptt" else population + (name == "es")
+
+    def truncations(count: int) -> float:
+        runs = new_group(cfgs, gen, horizon)
+        t0 = time.perf_counter()
+        for _ in range(count):
+            eps = None if name == "tbptt" else torch.randn(runs.size, pairs, space.dim, generator=gen)
+            runs = est.estimate(theta, runs, runs.batches(gen, truncation), eps, list(range(pairs))).runs
+        return time.perf_counter() - t0
+
+    truncations(1)  # warm-up
+    count = max(1, horizon // truncation)
+    return len(cfgs) * members * truncation * count / truncations(count)
+
+
+def _sgd_ceiling_steps_per_s(cfgs: list[TaskConfig], population: int, truncation: int, gen: torch.Generator) -> float:
+    """Plain SGD on ``len(cfgs) x population`` members in one vmap call: no learned update at all."""
+    runs = new_group(cfgs, gen, 10**6)
+    task = runs.task
+    params = [p.unsqueeze(1).expand(-1, population, *p.shape[1:]).clone() for p in runs.params]
+    xs, ys = runs.batches(gen, truncation)
+
+    def sgd(p, x, y):
+        for k in range(x.shape[0]):
+            g, _ = grad_and_value(task.loss)(p, x[k], y[k])
+            p = [a - 0.01 * b for a, b in zip(p, g)]
+        return p
+
+    f = vmap(vmap(sgd, in_dims=(0, None, None)))
+    f(params, xs, ys)
+    t0 = time.perf_counter()
+    f(params, xs, ys)
+    return len(cfgs) * population * truncation / (time.perf_counter() - t0)
+
+
+def run(quick: bool = False, tasks_per_group: int | None = None, population: int | None = None,
+        truncation: int | None = None, horizon: int | None = None, threads: int = 1,
+        out: str | os.PathLike = "benchmarks/results/meta_train_throughput.json") -> dict:
+    d = MetaTrainConfig()
+    n = tasks_per_group or d.tasks_per_group
+    population, truncation = population or d.population, truncation or d.truncation
+    horizon = horizon or (50 if quick else d.horizon)
+    torch.set_num_threads(threads)
     rows = []
-    for tc in tasks:
-        task = Task(tc)
+    for tc in (IN_DISTRIBUTION[:1] if quick else IN_DISTRIBUTION):
         gen = torch.Generator().manual_seed(0)
-        xs, ys = task.batches(gen, truncation)
-        row = {"task": tc.name, "params": sum(p.numel() for p in task.module.parameters()),
-               "adam_steps_per_s": _adam_steps_per_s(task, xs, ys, reps)}
-        for name in ("es", "pes", "tbptt"):
-            est = make_estimator(name, stepper, space, 0.01, 3.0)
-            times = []
-            for r in range(reps + 1):
-                slot = InnerState(task=task, params=task.init_params(gen), states=[{} for _ in task.module.parameters()],
-                                  step=0, length=10**6)
-                eps = torch.randn(population // 2, space.dim, generator=gen)
-                t0 = time.perf_counter()
-                if name == "tbptt":
-                    est.grad(theta, slot, xs, ys)
-                else:
-                    diffs, _, _ = est.pair_diffs(theta, slot, xs, ys, eps, list(range(population // 2)))
-                    est.gradient(diffs, eps, slot)
-                if r:  # the first repetition warms up
-                    times.append(time.perf_counter() - t0)
-            members = 1 if name == "tbptt" else population + (1 if name == "es" else 0)
-            sps = members * truncation / statistics.median(times)
-            row[f"{name}_inner_steps_per_s"] = sps
-            row[f"{name}_ratio_to_adam"] = sps / row["adam_steps_per_s"]
+        cfgs = _group_cfgs(tc, n, gen)
+        row = {"task": tc.name, "params": sum(p.numel() for p in Task(tc).module.parameters()),
+               "adam_steps_per_s": _adam_steps_per_s(Task(tc), horizon, gen)}
+        for name in ESTIMATOR_NAMES:
+            sps = _estimator_steps_per_s(name, cfgs, population, truncation, horizon, gen)
+            row[f"{name}_inner_steps_per_s"], row[f"{name}_ratio_to_adam"] = sps, sps / row["adam_steps_per_s"]
+        sps = _sgd_ceiling_steps_per_s(cfgs, population, truncation, gen)
+        row["sgd_ceiling_steps_per_s"], row["sgd_ceiling_ratio_to_adam"] = sps, sps / row["adam_steps_per_s"]
         rows.append(row)
+        print(f"{tc.name}: " + ", ".join(f"{k}={v:.3g}" for k, v in row.items() if k.endswith("ratio_to_adam")),
+              flush=True)
     result = {"benchmark": "meta_train_throughput", "date": _dt.date.today().isoformat(), "torch": torch.__version__,
-              "population": population, "truncation": truncation,
+              "tasks_per_group": n, "population": population, "truncation": truncation, "horizon": horizon,
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                          "torch_threads": torch.get_num_threads()}, "rows": rows}
-    lines = ["| task | params | Adam steps/s | ES inner steps/s (x Adam) | PES inner steps/s (x Adam) | "
-             "TBPTT inner steps/s (x Adam) |", "|---|---:|---:|---:|---:|---:|"]
+                          "torch_threads": torch.get_num_threads(),
+                          "load_average_1min": os.getloadavg()[0]}, "rows": rows}
+    lines = [f"tasks per group {n}, population {population}, truncation {truncation}, one inner run of {horizon} "
+             f"steps, {torch.get_num_threads()} torch thread(s), load average {os.getloadavg()[0]:.2f}", "",
+             "| task | params | Adam steps/s | ES inner steps/s (x Adam) | PES inner steps/s (x Adam) | "
+             "TBPTT inner steps/s (x Adam) | vmapped SGD ceiling (x Adam) |", "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
+        cells = [(r[f"{k}_inner_steps_per_s"], r[f"{k}_ratio_to_adam"]) for k in ESTIMATOR_NAMES]
+        cells.append((r["sgd_ceiling_steps_per_s"], r["sgd_ceiling_ratio_to_adam"]))
         lines.append(f"| {r['task']} | {r['params']:,} | {r['adam_steps_per_s']:.0f} | "
-                     + " | ".join(f"{r[f'{n}_inner_steps_per_s']:.0f} ({r[f'{n}_ratio_to_adam']:.2f}x)"
-                                  for n in ("es", "pes", "tbptt")) + " |")
-    print("\n".join(lines))
+                     + " | ".join(f"{s:.0f} ({x:.2f}x)" for s, x in cells) + " |")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {out}")
+    lines += ["", f"wrote {out}"]
+    first = rows[0]
+    lines.append("summary: " + " ".join(f"{k}={first[f'{k}_ratio_to_adam']:.2f}x" for k in ESTIMATOR_NAMES))
+    print("\n".join(lines))
     return result
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--population", type=int, default=8)
-    ap.add_argument("--truncation", type=int, default=10)
+    ap.add_argument("--quick", action="store_true", help="digits MLP only, a 50-step inner run")
+    ap.add_argument("--tasks-per-group", type=int, default=None, help="default: the meta-training default")
+    ap.add_argument("--population", type=int, default=None)
+    ap.add_argument("--truncation", type=int, default=None)
+    ap.add_argument("--horizon", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="benchmarks/results/meta_train_throughput.json")
     a = ap.parse_args(argv)
-    return run(a.quick, a.population, a.truncation, a.out)
+    return run(a.quick, a.tasks_per_group, a.population, a.truncation, a.horizon, a.threads, a.out)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ rejected at *save* time, while the previous checkpoint is still intact.
 
 Every checkpoint is a dict with at least::
 
-    {"format": "lopt_graphs.meta_train", "format_version": 1, "step": int, "config": dict, ...}
+    {"format": "lopt_graphs.meta_train", "format_version": 2, "step": int, "config": dict, ...}
 
 :func:`make_checkpoint` fills in the format keys.
 """
@@ -40,8 +40,8 @@ __all__ = [
 
 #: Value of the ``format`` key of every checkpoint.
 CHECKPOINT_FORMAT = "lopt_graphs.meta_train"
-#: Value of the ``format_version`` key this code writes and accepts.
-CHECKPOINT_FORMAT_VERSION = 1
+#: Value of the ``format_version`` key this code writes and accepts (2: inner runs stored as run groups).
+CHECKPOINT_FORMAT_VERSION = 2
 #: File name of the checkpoint inside a run's output directory.
 CHECKPOINT_NAME = "ckpt.pt"
 #: Keys every checkpoint dict must have.

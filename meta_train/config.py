@@ -38,6 +38,11 @@ __all__ = [
 #: Valid values of :attr:`MetaTrainConfig.estimator`.
 ESTIMATORS: tuple[str, ...] = ("es", "pes", "tbptt")
 
+#: Valid values of :attr:`MetaTrainConfig.learned`.
+LEARNED_ARCHS: tuple[str, ...] = ("v1", "v2", "v2_ff")
+#: Valid values of :attr:`MetaTrainConfig.objective` (see :func:`meta_train.unroll.unroll`).
+OBJECTIVES: tuple[str, ...] = ("mean_loss", "log_late")
+
 #: Estimators that sample antithetic perturbation pairs (``population`` must be even and >= 2).
 _ANTITHETIC_ESTIMATORS: frozenset[str] = frozenset({"es", "pes"})
 
@@ -63,8 +68,12 @@ class MetaTrainConfig:
         grad_clip: Maximum global L2 norm of the meta-gradient; ``0`` disables clipping; >= 0.
         truncation: ``K``, the number of inner steps unrolled per outer step; 1 <= K <= ``horizon``.
         horizon: ``T``, the number of inner steps of one inner run before its task is reset; >= 1.
-        num_tasks: Number of inner runs unrolled in parallel; they are reset at staggered times so
-            the outer gradient mixes early and late phases of training; >= 1.
+        groups: Number of run groups per outer step, each of one architecture drawn from ``family``;
+            groups are reset at staggered times so the outer gradient mixes early and late phases of
+            training; >= 1.
+        tasks_per_group: Inner runs per group: tasks sharing the group's architecture, dataset and batch
+            size (own init, init scale and data order), run stacked in one ``vmap`` call with the whole
+            population; >= 1.
         family: Name of the task family inner problems are sampled from (interpreted by the engine).
         seed: Seed of every random number generator of the run; >= 0.
         out: Output directory (config, metrics, checkpoints, report, wandb files).
@@ -84,8 +93,27 @@ class MetaTrainConfig:
         mag_clip: Bound of the learned log step multiplier (``LearnedUpdateConfig.mag_clip``) of the
             learned update being trained: steps stay within ``e**mag_clip`` times Adam's; ``0`` keeps the
             initialisation's (10 for a fresh one, which lets the default PES run diverge after ~150
-            outer steps); >= 0.
+            outer steps); a fresh ``learned=v2``/``v2_ff`` update keeps its own (5); >= 0.
         threads: Number of torch intra-op threads; ``0`` leaves torch's default; >= 0.
+        learned: Architecture of a fresh learned update (when ``init_ckpt`` is empty): ``"v1"`` (the
+            default ``LearnedUpdateConfig``), ``"v2"`` (recipe v2: horizon features, learned per-tensor
+            step size and schedule, small log-magnitude; :func:`lopt_graphs.optim.learned.v2_config`) or
+            ``"v2_ff"`` (v2 without the encoder: the per-parameter "FF" ablation).
+        objective: Meta-loss of a truncation: ``"mean_loss"`` (mean minibatch loss) or ``"log_late"``
+            (``log(L / L_0)`` per task, weighted ``2 t / T`` toward the end of the run); see
+            :func:`meta_train.unroll.unroll`.
+        horizon_min: ``> 0`` samples each group's run length log-uniformly in ``[horizon_min, horizon]``
+            (rounded to whole truncations); ``0`` keeps every run at ``horizon``.
+        hidden_horizon_prob: Probability that a group's learned update is not told its horizon
+            (``total_steps=None``), so it learns to train without one too; in [0, 1].
+        input_scale: ``> 1`` draws each task's input scale log-uniformly in ``[1/x, x]`` (augmentation);
+            ``1`` leaves the data as they are; >= 1.
+        max_group_params: ``> 0`` caps the parameters of a group (tasks x params per task): wide nets come
+            in smaller groups; ``0``: always ``tasks_per_group``; >= 0.
+        validate_every: Score the meta-parameters on the validation tasks (``meta_train.tasks.VALIDATION``,
+            disjoint from the evaluation sets) every this many outer steps and keep the best as
+            ``best.pt``; ``0`` disables; >= 0.
+        validate_steps: Inner steps of each validation run; >= 1.
     """
 
     outer_steps: int = 400
@@ -96,7 +124,8 @@ class MetaTrainConfig:
     grad_clip: float = 1.0
     truncation: int = 10
     horizon: int = 200
-    num_tasks: int = 2
+    groups: int = 2
+    tasks_per_group: int = 16
     family: str = "digits"
     seed: int = 0
     out: str = "runs/meta_train"
@@ -111,6 +140,14 @@ class MetaTrainConfig:
     init_ckpt: str = ""
     mag_clip: float = 3.0
     threads: int = 0
+    learned: str = "v1"
+    objective: str = "mean_loss"
+    horizon_min: int = 0
+    hidden_horizon_prob: float = 0.0
+    input_scale: float = 1.0
+    max_group_params: int = 0
+    validate_every: int = 0
+    validate_steps: int = 300
 
     def __post_init__(self) -> None:
         """Type-check (coercing ints of float fields to float), then :meth:`validate`."""
@@ -151,8 +188,10 @@ class MetaTrainConfig:
             _bad("truncation", self.truncation, "an integer >= 1")
         if self.truncation > self.horizon:
             _bad("truncation", self.truncation, f"an integer <= horizon ({self.horizon})")
-        if self.num_tasks < 1:
-            _bad("num_tasks", self.num_tasks, "an integer >= 1")
+        if self.groups < 1:
+            _bad("groups", self.groups, "an integer >= 1")
+        if self.tasks_per_group < 1:
+            _bad("tasks_per_group", self.tasks_per_group, "an integer >= 1")
         if not self.family.strip():
             _bad("family", self.family, "a non-empty task family name")
         if self.seed < 0:
@@ -173,6 +212,24 @@ class MetaTrainConfig:
             _bad("mag_clip", self.mag_clip, "a finite float >= 0 (0 keeps the initialisation's)")
         if self.threads < 0:
             _bad("threads", self.threads, "an integer >= 0 (0 = torch default)")
+        if self.learned not in LEARNED_ARCHS:
+            _bad("learned", self.learned, f"one of {list(LEARNED_ARCHS)}")
+        if self.objective not in OBJECTIVES:
+            _bad("objective", self.objective, f"one of {list(OBJECTIVES)}")
+        if self.horizon_min < 0 or self.horizon_min > self.horizon:
+            _bad("horizon_min", self.horizon_min, f"an integer in [0, horizon={self.horizon}] (0 = fixed horizon)")
+        if self.horizon_min and self.horizon_min < self.truncation:
+            _bad("horizon_min", self.horizon_min, f"0 or an integer >= truncation ({self.truncation})")
+        if not 0.0 <= self.hidden_horizon_prob <= 1.0:
+            _bad("hidden_horizon_prob", self.hidden_horizon_prob, "a float in [0, 1]")
+        if not (math.isfinite(self.input_scale) and self.input_scale >= 1.0):
+            _bad("input_scale", self.input_scale, "a finite float >= 1 (1 = no augmentation)")
+        if self.max_group_params < 0:
+            _bad("max_group_params", self.max_group_params, "an integer >= 0 (0 = no cap)")
+        if self.validate_every < 0:
+            _bad("validate_every", self.validate_every, "an integer >= 0 (0 disables)")
+        if self.validate_steps < 1:
+            _bad("validate_steps", self.validate_steps, "an integer >= 1")
 
     @property
     def num_pairs(self) -> int:

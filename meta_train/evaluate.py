@@ -84,7 +84,8 @@ def load_any(ckpt: str) -> LearnedUpdate:
     if obj.get("format") != CKPT_FORMAT:
         return load_learned_update(obj)
     config = check_checkpoint(obj, ckpt)["config"]
-    learned = initial_learned_update(config.get("init_ckpt") or "", float(config.get("mag_clip", 0.0)))
+    learned = initial_learned_update(config.get("init_ckpt") or "", float(config.get("mag_clip", 0.0)),
+                                     config.get("learned", "v1"))
     space = ThetaSpace(learned)
     theta = obj["theta"]
     if theta.numel() != space.dim:

@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> MetaTrainer:
     try:
         while trainer.step < cfg.outer_steps:
             metrics = trainer.outer_step()
+            if cfg.validate_every and rank == 0 and (trainer.step % cfg.validate_every == 0
+                                                     or trainer.step == cfg.outer_steps):
+                metrics.update(trainer.validate(out))
             bar.update(1)
             bar.set_postfix(meta_loss=f"{metrics['meta_loss']:.4f}")
             if trainer.step % cfg.log_every == 0 or trainer.step == cfg.outer_steps:

@@ -1,31 +1,46 @@
-"""The outer loop: truncated unrolls over task slots, a gradient estimator, Adam on the meta-parameters,
+"""The outer loop: truncated unrolls over run groups, a gradient estimator, Adam on the meta-parameters,
 atomic checkpoints, exact resume, logging, and torch.distributed population splitting."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from lopt_graphs.optim import LearnedUpdate, load_learned_update, save_checkpoint
+from lopt_graphs.optim.learned import v2_config
 
-from .checkpointing import load_checkpoint, rng_state, save_checkpoint_atomic, set_rng_state
+from .checkpointing import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, load_checkpoint, rng_state, save_checkpoint_atomic, set_rng_state
 from .config import MetaTrainConfig, config_to_dict
-from .estimators import TruncatedBackprop, make_estimator
-from .tasks import Task, TaskConfig, sample_task
-from .unroll import InnerState, Stepper, ThetaSpace
+from .estimators import make_estimator
+from .runs import RunGroup, new_group
+from .tasks import sample_group
+from .unroll import Stepper, ThetaSpace
 
-CKPT_FORMAT, CKPT_VERSION = "lopt_graphs.meta_train", 1
+CKPT_FORMAT, CKPT_VERSION = CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION
 
 
-def initial_learned_update(init_ckpt: str | Mapping = "", mag_clip: float = 0.0) -> LearnedUpdate:
+def fresh_learned_update(arch: str = "v1") -> LearnedUpdate:
+    """A fresh learned update of architecture ``arch`` (``"v1"``, ``"v2"`` or ``"v2_ff"``)."""
+    if arch == "v1":
+        return LearnedUpdate()
+    if arch in ("v2", "v2_ff"):
+        return LearnedUpdate(v2_config(use_graph=arch == "v2"))
+    raise ValueError(f"Unknown learned-update architecture {arch!r}; expected 'v1', 'v2' or 'v2_ff'")
+
+
+def initial_learned_update(init_ckpt: str | Mapping = "", mag_clip: float = 0.0, arch: str = "v1") -> LearnedUpdate:
     """The learned update a run starts from: ``init_ckpt`` (a checkpoint path, shipped name or loaded
-    checkpoint dict; empty for a fresh one), with its ``mag_clip`` replaced when ``mag_clip > 0``."""
-    learned = load_learned_update(init_ckpt) if init_ckpt else LearnedUpdate()
+    checkpoint dict; empty for a fresh one of architecture ``arch``), with its ``mag_clip`` replaced when
+    ``mag_clip > 0`` (not for a fresh v2, which keeps its own)."""
+    learned = load_learned_update(init_ckpt) if init_ckpt else fresh_learned_update(arch)
+    if arch != "v1" and not init_ckpt:
+        return learned  # a fresh v2 keeps its own bound (v2_config)
     if mag_clip > 0 and mag_clip != learned.cfg.mag_clip:
         clipped = LearnedUpdate(replace(learned.cfg, mag_clip=float(mag_clip)))
         clipped.load_state_dict(learned.state_dict())
@@ -35,6 +50,10 @@ def initial_learned_update(init_ckpt: str | Mapping = "", mag_clip: float = 0.0)
 
 class MetaTrainer:
     """Meta-trains a :class:`LearnedUpdate`.
+
+    Each outer step advances ``groups`` run groups by one truncation each (a group: ``tasks_per_group``
+    inner runs of one sampled architecture, stacked in one vmap call), asks the estimator for each group's
+    meta-gradient, averages them, clips the norm and takes one Adam step on the meta-parameters.
 
     Args:
         cfg: the resolved configuration.
@@ -46,54 +65,56 @@ class MetaTrainer:
         if cfg.estimator == "tbptt" and world > 1:
             raise ValueError("estimator='tbptt' runs on one process; use 'es' or 'pes' under torchrun")
         torch.manual_seed(cfg.seed)
-        self.learned = initial_learned_update(cfg.init_ckpt, cfg.mag_clip)
+        self.learned = initial_learned_update(cfg.init_ckpt, cfg.mag_clip, cfg.learned)
         self.space = ThetaSpace(self.learned)
         self.stepper = Stepper(self.learned)
         self.theta = torch.nn.Parameter(self.space.flatten(self.learned))
         self.outer = torch.optim.Adam([self.theta], lr=cfg.outer_lr)
-        self.estimator = make_estimator(cfg.estimator, self.stepper, self.space, cfg.sigma, cfg.loss_clip)
+        self.estimator = make_estimator(cfg.estimator, self.stepper, self.space, cfg.sigma, cfg.loss_clip,
+                                        cfg.objective)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
-        self.slots = [self._new_slot(i, first=True) for i in range(cfg.num_tasks)]
+        self.inner_steps = 0  # inner steps taken, summed over runs and population members
+        self.runs = [self._new_group(i, first=True) for i in range(cfg.groups)]
+        self.validation: dict = {"refs": None, "best_score": float("inf"), "best_step": -1}
 
     # ------------------------------------------------------------------ inner runs
-    def _new_slot(self, i: int, first: bool = False, task_cfg: TaskConfig | None = None) -> InnerState:
+    def _new_group(self, i: int, first: bool = False) -> RunGroup:
         cfg = self.cfg
-        task = Task(task_cfg) if task_cfg is not None else sample_task(cfg.family, self.gen)
-        params = task.init_params(self.gen)
-        # staggered resets: the first run of slot i lasts (i + 1) / num_tasks of the horizon
-        length = cfg.horizon if not first else max(cfg.truncation, cfg.horizon * (i + 1) // cfg.num_tasks)
-        return InnerState(task=task, params=params, states=[{} for _ in params], step=0, length=length)
+        cfgs = sample_group(cfg.family, self.gen, cfg.tasks_per_group, cfg.input_scale, cfg.max_group_params)
+        horizon = cfg.horizon
+        if cfg.horizon_min:  # log-uniform, whole truncations
+            u = float(torch.rand((), generator=self.gen))
+            h = math.exp(math.log(cfg.horizon_min) + u * (math.log(cfg.horizon) - math.log(cfg.horizon_min)))
+            horizon = max(cfg.truncation, round(h / cfg.truncation) * cfg.truncation)
+        known = float(torch.rand((), generator=self.gen)) >= cfg.hidden_horizon_prob
+        # staggered resets: the first runs of group i last (i + 1) / groups of the horizon
+        length = horizon if not first else max(cfg.truncation, horizon * (i + 1) // cfg.groups)
+        return new_group(cfgs, self.gen, length, horizon_known=known)
 
     def _members(self, pairs: int) -> list[int]:
         return list(range(self.rank, pairs, self.world))
 
     def outer_step(self) -> dict[str, float]:
-        """One outer step: one truncation of every slot, one Adam step on theta."""
+        """One outer step: one truncation of every run group, one Adam step on theta."""
         cfg = self.cfg
         theta = self.theta.detach()
+        pairs = cfg.population // 2
         grads, losses = [], []
-        for i, slot in enumerate(self.slots):
-            if slot.step + cfg.truncation > slot.length:
-                slot = self.slots[i] = self._new_slot(i)
-            xs, ys = slot.task.batches(self.gen, cfg.truncation)
-            if isinstance(self.estimator, TruncatedBackprop):
-                g, loss = self.estimator.grad(theta, slot, xs, ys)
-            else:
-                pairs = cfg.population // 2
-                eps = torch.randn(pairs, self.space.dim, generator=self.gen)
-                diffs, loss, _ = self.estimator.pair_diffs(theta, slot, xs, ys, eps, self._members(pairs))
-                if self.world > 1:
-                    dist.all_reduce(diffs)  # each rank filled its own pairs; only [pairs] scalars travel
-                    if cfg.estimator == "pes":
-                        packed = torch.stack([torch.nan_to_num(loss) * len(self._members(pairs)),
-                                              torch.tensor(float(len(self._members(pairs))))])
-                        dist.all_reduce(packed)
-                        loss = packed[0] / packed[1]
-                g = self.estimator.gradient(diffs, eps, slot)
-            slot.step += cfg.truncation
-            grads.append(g)
-            losses.append(float(loss))
+        for i in range(len(self.runs)):
+            if self.runs[i].step + cfg.truncation > self.runs[i].length:
+                self.runs[i] = self._new_group(i)
+            runs = self.runs[i]
+            batches = runs.batches(self.gen, cfg.truncation)
+            eps = None
+            if cfg.estimator != "tbptt":
+                eps = torch.randn(runs.size, pairs, self.space.dim, generator=self.gen)
+            out = self.estimator.estimate(theta, runs, batches, eps, self._members(pairs))
+            self.runs[i] = out.runs
+            members = 1 if cfg.estimator == "tbptt" else cfg.population + (cfg.estimator == "es")
+            self.inner_steps += runs.size * members * cfg.truncation
+            grads.append(out.grad)
+            losses.append(float(out.meta_loss))
         g = torch.stack(grads).mean(0)
         gnorm = float(g.norm())
         if cfg.grad_clip > 0 and gnorm > cfg.grad_clip:
@@ -104,27 +125,30 @@ class MetaTrainer:
         self.space.load_into(self.learned, self.theta.detach())
         self.step += 1
         return {"meta_loss": sum(losses) / len(losses), "grad_norm": gnorm,
-                "theta_norm": float(self.theta.detach().norm())}
+                "theta_norm": float(self.theta.detach().norm()), "inner_steps": float(self.inner_steps)}
+
+    def validate(self, out_dir: str | os.PathLike) -> dict[str, float]:
+        """Score the current meta-parameters on the validation tasks; export ``best.pt`` when they beat the
+        best so far. Returns the metrics to log (``val_score``, ``val_best``)."""
+        from .validate import adam_references, validation_score
+
+        v = self.validation
+        if v["refs"] is None:
+            v["refs"] = adam_references(self.cfg.validate_steps)
+        res = validation_score(self.learned, v["refs"], self.cfg.validate_steps)
+        if res["score"] < v["best_score"]:
+            v["best_score"], v["best_step"] = res["score"], self.step
+            self.export(Path(out_dir) / "best.pt", meta={"validation": res})
+        return {"val_score": res["score"], "val_best": v["best_score"], "val_best_step": float(v["best_step"])}
 
     # ------------------------------------------------------------------ checkpoints
-    def _slot_dict(self, s: InnerState) -> dict:
-        extra = {k: v for k, v in s.extra.items()}
-        return {"task": asdict(s.task.cfg), "params": s.params, "states": s.states, "step": s.step,
-                "length": s.length, "extra": extra}
-
-    def _load_slot(self, d: dict) -> InnerState:
-        tc = dict(d["task"])
-        tc["widths"] = tuple(tc["widths"])
-        task = Task(TaskConfig(**tc))
-        return InnerState(task=task, params=list(d["params"]), states=[dict(s) for s in d["states"]],
-                          step=int(d["step"]), length=int(d["length"]), extra=dict(d["extra"]))
-
     def state_dict(self) -> dict:
         return {
             "format": CKPT_FORMAT, "format_version": CKPT_VERSION, "step": self.step,
             "config": config_to_dict(self.cfg), "theta": self.theta.detach().clone(),
             "outer": self.outer.state_dict(), "gen": self.gen.get_state(), "rng": rng_state(),
-            "slots": [self._slot_dict(s) for s in self.slots], "world": self.world,
+            "runs": [r.to_dict() for r in self.runs], "inner_steps": self.inner_steps, "world": self.world,
+            "validation": self.validation,
         }
 
     def save(self, path: str | os.PathLike) -> None:
@@ -156,8 +180,9 @@ class MetaTrainer:
         self.space.load_into(self.learned, self.theta.detach())
         self.gen.set_state(ck["gen"])
         set_rng_state(ck["rng"])
-        self.slots = [self._load_slot(d) for d in ck["slots"]]
-        self.step = int(ck["step"])
+        self.runs = [RunGroup.from_dict(d) for d in ck["runs"]]
+        self.step, self.inner_steps = int(ck["step"]), int(ck["inner_steps"])
+        self.validation = dict(ck["validation"])
 
     def export(self, path: str | os.PathLike, meta: dict | None = None) -> None:
         """Write the learned update as a ``NeuralGraphOptimizer`` checkpoint."""

@@ -8,14 +8,13 @@ truncated backprop.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value
 
 from lopt_graphs.optim import LearnedUpdate, ngo_update
 
+from .config import OBJECTIVES
 from .tasks import Task
 
 
@@ -49,40 +48,52 @@ class Stepper(nn.Module):
         super().__init__()
         self.learned = learned
 
-    def forward(self, spec, params, grads, states, step: int):
-        return ngo_update(self.learned, spec, params, grads, states, step=step)
+    def forward(self, spec, params, grads, states, step: int, total_steps: int | None = None):
+        return ngo_update(self.learned, spec, params, grads, states, step=step, total_steps=total_steps,
+                          stacked_head=True)
 
 
-@dataclass
-class InnerState:
-    """One inner training run: the optimizee's parameters and optimizer states, and its step count."""
-
-    task: Task
-    params: list[Tensor]
-    states: list[dict[str, Tensor]]
-    step: int = 0
-    length: int = 0  # inner steps this run lasts before a reset
-    extra: dict = field(default_factory=dict)
 
 
 def unroll(stepper: Stepper, space: ThetaSpace, theta: Tensor, task: Task, params: list[Tensor],
-           states: list[dict[str, Tensor]], t0: int, xs: Tensor, ys: Tensor, loss_cap: float
+           states: list[dict[str, Tensor]], t0: int, xs: Tensor, ys: Tensor, loss_cap: float, *,
+           objective: str = "mean_loss", length: int = 0, total_steps: int | None = None,
            ) -> tuple[Tensor, tuple[list[Tensor], list[dict[str, Tensor]]]]:
     """Run ``K = len(xs)`` inner steps from step ``t0``; pure in ``theta`` (and in ``params``/``states``).
 
+    Every step's loss is the loss of its minibatch *before* that minibatch updates the parameters, so no
+    term scores parameters on a batch that produced them (an unbiased estimate of the training loss at
+    that step). Each term is NaN-safe and clipped at ``loss_cap`` so divergence cannot dominate.
+
+    Args:
+        objective: ``"mean_loss"``: the mean loss over the truncation (v1). ``"log_late"``: the mean of
+            ``w(t) log(L_t / L_0)``, with ``L_0 = log(classes)`` the loss of a uniform prediction
+            (so every task counts alike) and ``w(t) = 2 t / length`` (mean 1 over a run of ``length``
+            steps), which weights the end of the run as the final-loss evaluation does.
+        length: the run's length in steps (``log_late`` weights).
+        total_steps: the horizon told to the learned update (``None``: unknown to it).
+
     Returns:
-        ``(meta_loss, (params, states))``: the meta-loss is the mean minibatch training loss over the
-        truncation, each term NaN-safe and clipped at ``loss_cap`` so divergence cannot dominate.
+        ``(meta_loss, (params, states))``.
     """
     weights = space.unflatten(theta)
     losses = []
     for k in range(xs.shape[0]):
         grads, loss = grad_and_value(task.loss)(params, xs[k], ys[k])
-        params, states = functional_call(stepper, weights, (task.spec, params, grads, states, t0 + k + 1))
+        params, states = functional_call(stepper, weights, (task.spec, params, grads, states, t0 + k + 1,
+                                                            total_steps))
         losses.append(loss)
     loss = torch.stack(losses)
     loss = torch.nan_to_num(loss, nan=loss_cap, posinf=loss_cap).clamp(max=loss_cap)
-    return loss.mean(), (params, states)
+    if objective == "mean_loss":
+        return loss.mean(), (params, states)
+    if objective != "log_late":
+        raise ValueError(f"Unknown objective {objective!r}; expected one of {OBJECTIVES}")
+    if length < 1:
+        raise ValueError(f"objective 'log_late' needs the run length (got length={length})")
+    t = torch.arange(t0 + 1, t0 + xs.shape[0] + 1, dtype=loss.dtype)
+    w = 2.0 * t / length
+    return (w * torch.log(loss.clamp(min=1e-8) / task.loss_scale)).mean(), (params, states)
 
 
 def detach_tree(tree):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from typing import Callable
 
@@ -38,6 +38,7 @@ class TaskConfig:
         batch_size: minibatch size.
         init_scale: multiplier of PyTorch's default initialization.
         kernel: conv kernel size.
+        input_scale: multiplier of the inputs (augmentation; 1 = the dataset as it is).
     """
 
     dataset: str
@@ -47,11 +48,13 @@ class TaskConfig:
     batch_size: int = 64
     init_scale: float = 1.0
     kernel: int = 3
+    input_scale: float = 1.0
 
     @property
     def name(self) -> str:
         w = "-".join(map(str, self.widths))
-        return f"{self.dataset}_{self.arch}_{w}_{self.activation}_b{self.batch_size}_s{self.init_scale:.2f}"
+        x = "" if self.input_scale == 1.0 else f"_x{self.input_scale:.2f}"
+        return f"{self.dataset}_{self.arch}_{w}_{self.activation}_b{self.batch_size}_s{self.init_scale:.2f}{x}"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,15 +90,34 @@ def build_module(cfg: TaskConfig, input_shape: tuple[int, ...], num_classes: int
     return nn.Sequential(*layers)
 
 
+def arch_key(cfg: TaskConfig) -> tuple:
+    """What fixes a task's parameter shapes and function (its module and graph spec): dataset, arch, widths,
+    activation, kernel. Tasks with one key can share a module and run stacked in one ``vmap`` call."""
+    return (cfg.dataset, cfg.arch, tuple(cfg.widths), cfg.activation, cfg.kernel)
+
+
+@lru_cache(maxsize=256)
+def _template(key: tuple) -> tuple[nn.Module, tuple[str, ...], GraphSpec]:
+    """Module, parameter names and graph spec of an architecture, built (and traced) once per key."""
+    dataset, arch, widths, activation, kernel = key
+    data = _data(dataset)
+    module = build_module(TaskConfig(dataset, arch, widths, activation, kernel=kernel), data.input_shape,
+                          data.num_classes)
+    return module, tuple(n for n, _ in module.named_parameters()), graph_from_module(module)
+
+
 class Task:
-    """A functional training problem built from a :class:`TaskConfig`."""
+    """A functional training problem built from a :class:`TaskConfig`.
+
+    The module and graph spec are shared by every task of one :func:`arch_key` (traced once, cached): the
+    module's own parameter values are only a template (:meth:`init_params` re-initializes them).
+    """
 
     def __init__(self, cfg: TaskConfig):
         self.cfg = cfg
         self.data = _data(cfg.dataset)
-        self.module = build_module(cfg, self.data.input_shape, self.data.num_classes)
-        self.names = [n for n, _ in self.module.named_parameters()]
-        self.spec: GraphSpec = graph_from_module(self.module)
+        self.module, names, self.spec = _template(arch_key(cfg))
+        self.names: list[str] = list(names)
         self.loss_scale = math.log(self.data.num_classes)  # loss of a uniform prediction
 
     @property
@@ -105,12 +127,13 @@ class Task:
     def init_params(self, gen: torch.Generator) -> list[Tensor]:
         """Fresh parameters (PyTorch's default init, scaled by ``init_scale``), drawn from ``gen``."""
         seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+        module = copy.deepcopy(self.module)  # the cached template is shared: never re-initialize it in place
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            for m in self.module.modules():
-                if hasattr(m, "reset_parameters") and m is not self.module:
+            for m in module.modules():
+                if hasattr(m, "reset_parameters") and m is not module:
                     m.reset_parameters()
-        return [p.detach().clone() * self.cfg.init_scale for p in self.module.parameters()]
+        return [p.detach().clone() * self.cfg.init_scale for p in module.parameters()]
 
     def new_model(self, gen: torch.Generator) -> nn.Module:
         """A fresh copy of :attr:`module` holding :meth:`init_params` drawn from ``gen``."""
@@ -130,7 +153,8 @@ class Task:
     def batches(self, gen: torch.Generator, k: int) -> tuple[Tensor, Tensor]:
         """``k`` minibatches ``(x [k, B, ...], y [k, B])`` sampled with replacement from the training split."""
         idx = torch.randint(0, self.data.num_train, (k, self.cfg.batch_size), generator=gen)
-        return self.data.x_train[idx], self.data.y_train[idx]
+        x = self.data.x_train[idx]
+        return (x if self.cfg.input_scale == 1.0 else x * self.cfg.input_scale), self.data.y_train[idx]
 
     @torch.no_grad()
     def evaluate(self, params: list[Tensor]) -> dict[str, float]:
@@ -189,6 +213,16 @@ FAMILIES["mixture"] = _mixture_of([f"{d}_{a}" for d in sorted(_DATASETS) for a i
 FAMILIES["mixture_broad"] = _mixture_of([f"{d}_{a}_broad" for d in sorted(_DATASETS) for a in ("cnn", "mlp")])
 FAMILIES["digits"] = _mixture_of(["digits_mlp", "digits_cnn"])
 
+
+def _mixture_v2(gen: torch.Generator) -> TaskConfig:
+    """Recipe v2: a narrow family 3 times in 4, a broad one (wide/deep nets, batch 16) otherwise."""
+    broad = float(torch.rand((), generator=gen)) < 0.25
+    return FAMILIES["mixture_broad" if broad else "mixture"](gen)
+
+
+#: ``mixture_v2``: ``mixture`` 3/4 of the time, ``mixture_broad`` 1/4 (wide and narrow nets, small and large batches).
+FAMILIES["mixture_v2"] = _mixture_v2
+
 #: Configurations no family samples (width 48/96/24/12, ELU, batch 256): evaluation only.
 HELD_OUT: tuple[TaskConfig, ...] = (
     TaskConfig("digits", "mlp", (96, 96), "elu", 16, 1.0),
@@ -211,3 +245,42 @@ def sample_task(family: str, gen: torch.Generator) -> Task:
     if family not in FAMILIES:
         raise ValueError(f"Unknown task family {family!r}; expected one of {sorted(FAMILIES)}")
     return Task(FAMILIES[family](gen))
+
+
+def sample_group(family: str, gen: torch.Generator, n: int, input_scale: float = 1.0,
+                 max_params: int = 0) -> list[TaskConfig]:
+    """``n`` task configs that share one architecture, dataset and batch size (one draw of ``family``), so
+    they run stacked in one ``vmap`` call; each has its own init scale (log-uniform in [0.5, 2]; the first
+    keeps the family's draw), and their inits and data orders differ because each draws its own.
+    ``input_scale > 1`` also draws each task's input scale log-uniformly in ``[1/input_scale, input_scale]``;
+    ``max_params > 0`` shrinks the group so that it holds at most that many parameters in all (at least one
+    task: wide nets come in small groups).
+
+    (The embedded datasets have different input shapes, so a group holds one dataset; a batch size is one
+    per group because the stacked minibatches share a shape.)"""
+    if family not in FAMILIES:
+        raise ValueError(f"Unknown task family {family!r}; expected one of {sorted(FAMILIES)}")
+    if n < 1:
+        raise ValueError(f"Invalid group size: {n} (expected >= 1)")
+    first = FAMILIES[family](gen)
+    if max_params > 0:
+        n = max(1, min(n, max_params // num_params(first)))
+    cfgs = [first] + [replace(first, init_scale=_log_uniform(gen, 0.5, 2.0)) for _ in range(n - 1)]
+    if input_scale > 1.0:
+        cfgs = [replace(c, input_scale=_log_uniform(gen, 1.0 / input_scale, input_scale)) for c in cfgs]
+    return cfgs
+
+
+def num_params(cfg: TaskConfig) -> int:
+    """Number of parameters of the task's optimizee."""
+    return sum(p.numel() for p in _template(arch_key(cfg))[0].parameters())
+
+#: Validation configurations: in the families' distribution but disjoint from :data:`IN_DISTRIBUTION` and
+#: :data:`HELD_OUT`. Meta-training scores checkpoints on them (``validate_every``) and promotes the best;
+#: the evaluation sets are never used to choose a checkpoint.
+VALIDATION: tuple[TaskConfig, ...] = (
+    TaskConfig("digits", "mlp", (64,), "tanh", 32, 1.0),
+    TaskConfig("mnist5k", "cnn", (16,), "relu", 64, 1.0),
+    TaskConfig("mnist1d", "mlp", (32, 32), "relu", 128, 1.0, kernel=5),
+    TaskConfig("digits", "cnn", (8, 16), "silu", 128, 1.0),
+)

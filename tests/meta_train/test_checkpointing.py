@@ -100,7 +100,7 @@ def test_unsafe_pickle_rejected(tmp_path: Path) -> None:
         (lambda d: d.pop("config"), "missing required keys"),
         (lambda d: d.pop("format"), "missing required keys"),
         (lambda d: d.update(format="something.else"), "format is"),
-        (lambda d: d.update(format_version=2), "format_version is 2"),
+        (lambda d: d.update(format_version=1), "format_version is 1"),
         (lambda d: d.update(step="3"), "step must be"),
     ],
 )

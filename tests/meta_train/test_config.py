@@ -125,7 +125,8 @@ def test_wrong_types_raise_type_error(tmp_path: Path) -> None:
         ("sigma=0", "sigma"),
         ("outer_lr=-0.5", "outer_lr"),
         ("grad_clip=-1", "grad_clip"),
-        ("num_tasks=0", "num_tasks"),
+        ("groups=0", "groups"),
+        ("tasks_per_group=0", "tasks_per_group"),
         ("seed=-1", "seed"),
         ("log_every=0", "log_every"),
         ("checkpoint_every=-2", "checkpoint_every"),
@@ -161,7 +162,7 @@ def test_shipped_yamls(tmp_path: Path) -> None:
     assert load_config(default_path, []) == MetaTrainConfig()
 
     smoke = load_config(CONFIG_DIR / "smoke.yaml", [])
-    assert (smoke.outer_steps, smoke.population, smoke.truncation, smoke.horizon, smoke.num_tasks) == (3, 4, 3, 12, 1)
+    assert (smoke.outer_steps, smoke.population, smoke.truncation, smoke.horizon, smoke.groups, smoke.tasks_per_group) == (3, 4, 3, 12, 1, 2)
     assert smoke.wandb is False and smoke.report is False and smoke.checkpoint_every == 1
     assert load_config(CONFIG_DIR / "smoke.yaml", ["outer_steps=5"]).outer_steps == 5
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from lopt_graphs.optim import LearnedUpdate
 from meta_train.estimators import PES, AntitheticES, TruncatedBackprop, make_estimator
-from meta_train.tasks import FAMILIES, HELD_OUT, Task, TaskConfig, sample_task
-from meta_train.unroll import InnerState, Stepper, ThetaSpace, unroll
+from meta_train.runs import RunGroup, new_group
+from meta_train.tasks import FAMILIES, HELD_OUT, Task, TaskConfig, arch_key, sample_group, sample_task
+from meta_train.unroll import Stepper, ThetaSpace, unroll
 
 
 def _setup(seed: int = 0):
@@ -18,11 +21,6 @@ def _setup(seed: int = 0):
         learned.w2.normal_(0, 0.3)
     space = ThetaSpace(learned)
     return learned, space, Stepper(learned), space.flatten(learned)
-
-
-def _slot(task: Task, gen: torch.Generator) -> InnerState:
-    p = task.init_params(gen)
-    return InnerState(task=task, params=p, states=[{} for _ in p], step=0, length=100)
 
 
 TINY = TaskConfig("digits", "mlp", (8,), "tanh", 16, 1.0)
@@ -83,45 +81,84 @@ def test_theta_space_round_trip():
 def test_unroll_under_vmap_matches_a_loop_and_meta_loss_is_capped():
     _, space, stepper, theta = _setup()
     task, gen = Task(TINY), torch.Generator().manual_seed(0)
-    slot = _slot(task, gen)
+    params = task.init_params(gen)
     xs, ys = task.batches(gen, 3)
     thetas = theta + 0.01 * torch.randn(3, space.dim, generator=gen)
-    f = lambda th: unroll(stepper, space, th, task, slot.params, slot.states, 0, xs, ys, 10.0)[0]  # noqa: E731
+    f = lambda th: unroll(stepper, space, th, task, params, [{} for _ in params], 0, xs, ys, 10.0)[0]  # noqa: E731
     torch.testing.assert_close(torch.func.vmap(f)(thetas), torch.stack([f(t) for t in thetas]), rtol=1e-5, atol=1e-6)
-    capped = unroll(stepper, space, theta, task, slot.params, slot.states, 0, xs, ys, 0.5)[0]
+    capped = unroll(stepper, space, theta, task, params, [{} for _ in params], 0, xs, ys, 0.5)[0]
     assert capped.item() == pytest.approx(0.5)
+
+
+def _group(n: int, gen: torch.Generator, cfg: TaskConfig = TINY) -> RunGroup:
+    cfgs = [cfg] + [replace(cfg, init_scale=0.5 + 0.5 * i) for i in range(1, n)]
+    return new_group(cfgs, gen, 100)
+
+
+def test_tasks_of_one_architecture_share_one_traced_module_and_spec():
+    a, b = Task(TINY), Task(replace(TINY, init_scale=2.0, batch_size=32))
+    assert a.module is b.module and a.spec is b.spec
+    pa = a.init_params(torch.Generator().manual_seed(0))
+    pb = b.init_params(torch.Generator().manual_seed(0))
+    assert all(torch.allclose(2 * x, y) for x, y in zip(pa, pb))  # same draw, own init scale
+    assert Task(replace(TINY, widths=(9,))).module is not a.module
+    cfgs = sample_group("mixture", torch.Generator().manual_seed(0), 5)
+    assert len({arch_key(c) for c in cfgs}) == 1 and len({c.batch_size for c in cfgs}) == 1
+    assert len({c.init_scale for c in cfgs}) > 1
+    with pytest.raises(ValueError, match="one architecture and batch size"):
+        new_group([TINY, replace(TINY, widths=(9,))], torch.Generator(), 10)
+
+
+@pytest.mark.parametrize("cfg", [TINY, TaskConfig("mnist1d", "cnn", (4,), "relu", 8, 1.0, kernel=5)])
+def test_a_batched_group_gives_the_per_task_losses_of_unbatched_runs(cfg):
+    """N tasks stacked in one vmap call = N separate unrolls (to float tolerance), trajectories included."""
+    _, space, stepper, theta = _setup()
+    gen = torch.Generator().manual_seed(4)
+    runs = _group(3, gen, cfg)
+    xs, ys = runs.batches(gen, 4)
+    tb = TruncatedBackprop(stepper, space, 1e-2, 100.0)
+    out = tb.estimate(theta, runs, (xs, ys), None, [0])
+    single = []
+    for j, task in enumerate(runs.tasks):
+        p = [q[j] for q in runs.params]
+        loss, (p1, _) = unroll(stepper, space, theta, task, p, [{} for _ in p], 0, xs[j], ys[j], 100.0)
+        single.append(loss)
+        for a, b in zip(p1, out.runs.params):
+            torch.testing.assert_close(b[j], a, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.meta_loss, torch.stack(single).mean(), rtol=1e-5, atol=1e-6)
+    es = AntitheticES(stepper, space, 1e-2, 100.0).estimate(theta, runs, (xs, ys), torch.zeros(3, 1, space.dim), [0])
+    torch.testing.assert_close(es.meta_loss, out.meta_loss, rtol=1e-5, atol=1e-6)
+    assert out.runs.step == es.runs.step == 4 and runs.step == 0  # the input record is left as it was
 
 
 def test_es_pair_difference_matches_the_backprop_directional_derivative():
     """(L(theta + s e) - L(theta - s e)) / 2s ~ grad . e: ES and TBPTT see the same meta-loss."""
     _, space, stepper, theta = _setup()
-    task, gen = Task(TINY), torch.Generator().manual_seed(1)
-    xs, ys = task.batches(gen, 3)
-    slot = _slot(task, gen)
-    tb = TruncatedBackprop(stepper, space, 1e-2, 100.0)
-    g, _ = tb.grad(theta, InnerState(task, slot.params, slot.states, 0, 100), xs, ys)
-    e = torch.zeros(1, space.dim)
-    e[0, g.abs().argmax()] = 1.0  # the most sensitive coordinate
-    es = AntitheticES(stepper, space, 1e-2, 100.0)
-    diffs, _, _ = es.pair_diffs(theta, InnerState(task, slot.params, slot.states, 0, 100), xs, ys, e, [0])
-    assert diffs[0].item() / 2e-2 == pytest.approx(g[g.abs().argmax()].item(), rel=0.1)
+    gen = torch.Generator().manual_seed(1)
+    runs = _group(1, gen)
+    batches = runs.batches(gen, 3)
+    g = TruncatedBackprop(stepper, space, 1e-2, 100.0).estimate(theta, runs, batches, None, [0]).grad
+    k = int(g.abs().argmax())  # the most sensitive coordinate
+    e = torch.zeros(1, 1, space.dim)
+    e[0, 0, k] = 1.0
+    es = AntitheticES(stepper, space, 1e-2, 100.0).estimate(theta, runs, batches, e, [0])
+    # ES's gradient along e is the pair difference / 2 sigma
+    assert es.grad[k].item() == pytest.approx(g[k].item(), rel=0.1)
 
 
 def test_pes_accumulates_perturbations_and_keeps_member_states():
     _, space, stepper, theta = _setup()
-    task, gen = Task(TINY), torch.Generator().manual_seed(2)
-    slot = _slot(task, gen)
+    gen = torch.Generator().manual_seed(2)
+    runs = _group(2, gen)
     pes = PES(stepper, space, 1e-2, 100.0)
-    e1, e2 = torch.randn(2, space.dim, generator=gen), torch.randn(2, space.dim, generator=gen)
-    pes.pair_diffs(theta, slot, *task.batches(gen, 2), e1, [0, 1])
-    slot.step += 2
-    mp = [p.clone() for p in slot.extra["member_params"]]
-    pes.pair_diffs(theta, slot, *task.batches(gen, 2), e2, [0, 1])
-    torch.testing.assert_close(slot.extra["xi"], e1 + e2)
-    assert mp[0].shape[0] == 4  # 2 pairs -> 4 members, each with its own trajectory
-    assert not torch.equal(slot.extra["member_params"][0], mp[0])
-    g = pes.gradient(torch.ones(2), e2, slot)
-    torch.testing.assert_close(g, (e1 + e2).sum(0) / (2 * 1e-2 * 2))
+    e1, e2 = torch.randn(2, 2, space.dim, generator=gen), torch.randn(2, 2, space.dim, generator=gen)
+    r1 = pes.estimate(theta, runs, runs.batches(gen, 2), e1, [0, 1]).runs
+    assert r1.step == 2 and r1.member_params[0].shape[:2] == (2, 4)  # 2 runs x (2 pairs -> 4 members)
+    out = pes.estimate(theta, r1, r1.batches(gen, 2), e2, [0, 1])
+    torch.testing.assert_close(out.runs.xi, e1 + e2)
+    assert not torch.equal(out.runs.member_params[0], r1.member_params[0])
+    # members of one pair move apart: + and - perturbations give different trajectories
+    assert not torch.equal(out.runs.member_params[0][:, 0], out.runs.member_params[0][:, 2])
 
 
 def test_make_estimator_rejects_unknown_names():

@@ -1,0 +1,95 @@
+"""Recipe v2 of meta-training: the final-loss-weighted log objective, sampled horizons, augmentation,
+group-size budgets and validation-based selection."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from lopt_graphs.optim import LearnedUpdate, load_learned_update
+from lopt_graphs.optim.learned import v2_config
+from meta_train.config import load_config
+from meta_train.tasks import HELD_OUT, IN_DISTRIBUTION, VALIDATION, Task, TaskConfig, num_params, sample_group
+from meta_train.unroll import Stepper, ThetaSpace, unroll
+
+TINY = TaskConfig("digits", "mlp", (8,), "tanh", 16, 1.0)
+
+
+def test_log_late_objective_is_the_weighted_mean_of_log_losses():
+    learned = LearnedUpdate(v2_config())
+    space, stepper = ThetaSpace(learned), Stepper(learned)
+    theta = space.flatten(learned)
+    task, gen = Task(TINY), torch.Generator().manual_seed(0)
+    params = task.init_params(gen)
+    states = [{} for _ in params]
+    xs, ys = task.batches(gen, 4)
+    got, _ = unroll(stepper, space, theta, task, params, states, 10, xs, ys, 100.0, objective="log_late", length=40,
+                    total_steps=40)
+    losses, p, s = [], params, states  # the same steps one at a time: each one's pre-update loss
+    for k in range(4):
+        loss, (p, s) = unroll(stepper, space, theta, task, p, s, 10 + k, xs[k:k + 1], ys[k:k + 1], 100.0,
+                              total_steps=40)
+        losses.append(loss.item())
+    want = sum(2 * (11 + k) / 40 * math.log(v / math.log(10)) for k, v in enumerate(losses)) / 4
+    assert got.item() == pytest.approx(want, rel=1e-5)
+    with pytest.raises(ValueError, match="needs the run length"):
+        unroll(stepper, space, theta, task, params, states, 0, xs, ys, 100.0, objective="log_late")
+
+
+def test_group_budget_and_input_scale_augmentation():
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(10):
+        cfgs = sample_group("mixture", gen, 8, input_scale=2.0, max_params=20000)
+        assert 1 <= len(cfgs) <= max(1, 20000 // num_params(cfgs[0]))
+        assert all(0.5 <= c.input_scale <= 2.0 for c in cfgs)
+    c = replace(TINY, input_scale=3.0)
+    x1, _ = Task(c).batches(torch.Generator().manual_seed(1), 1)
+    x0, _ = Task(TINY).batches(torch.Generator().manual_seed(1), 1)
+    torch.testing.assert_close(x1, 3.0 * x0)
+    assert "_x3.00" in c.name and "_x" not in TINY.name
+
+
+def test_sampled_and_hidden_horizons():
+    from meta_train.trainer import MetaTrainer
+    cfg = load_config(None, ["learned=v2", "objective=log_late", "horizon=200", "horizon_min=20", "truncation=10",
+                             "groups=6", "tasks_per_group=1", "hidden_horizon_prob=0.5", "wandb=false", "seed=3"])
+    tr = MetaTrainer(cfg)
+    tr.runs = [tr._new_group(i) for i in range(6)]
+    lengths = [r.length for r in tr.runs]
+    assert all(20 <= n <= 200 and n % 10 == 0 for n in lengths) and len(set(lengths)) > 1
+    known = {r.horizon_known for r in tr.runs}
+    assert known == {True, False}
+    assert all((r.total_steps is None) != r.horizon_known for r in tr.runs)
+
+
+def test_validation_set_is_disjoint_from_the_evaluation_sets():
+    assert not set(VALIDATION) & (set(IN_DISTRIBUTION) | set(HELD_OUT))
+
+
+def test_validation_scores_and_exports_the_best(tmp_path):
+    from meta_train.trainer import MetaTrainer
+    from meta_train.validate import adam_references, validation_score
+    tasks = VALIDATION[:1]
+    refs = adam_references(5, tasks)
+    assert refs[0]["adam_lr"] > 0 and math.isfinite(refs[0]["adam_final_loss"])
+    res = validation_score(LearnedUpdate(v2_config()), refs, 5, tasks)
+    row = res["tasks"][0]
+    assert res["score"] == pytest.approx(math.log(row["ngo_final_loss"] / row["adam_final_loss"]))
+    cfg = load_config(None, ["learned=v2_ff", "validate_every=1", "validate_steps=3", "wandb=false",
+                             "groups=1", "tasks_per_group=1", "truncation=2", "horizon=4", "population=2"])
+    tr = MetaTrainer(cfg)
+    m = tr.validate(tmp_path)
+    assert m["val_best"] == m["val_score"] and m["val_best_step"] == 0.0
+    assert load_learned_update(str(tmp_path / "best.pt")).cfg == v2_config(use_graph=False)
+
+
+@pytest.mark.parametrize("override, key", [("learned=v3", "learned"), ("objective=final", "objective"),
+                                           ("horizon_min=5", "horizon_min"), ("hidden_horizon_prob=2", "hidden_horizon_prob"),
+                                           ("input_scale=0.5", "input_scale"), ("max_group_params=-1", "max_group_params"),
+                                           ("validate_every=-1", "validate_every")])
+def test_new_keys_reject_bad_values(override, key):
+    with pytest.raises(ValueError, match=f"{key}="):
+        load_config(None, [override])
