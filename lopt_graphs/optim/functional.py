@@ -161,7 +161,8 @@ def ngo_update(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[Tensor]
                states: Sequence[dict[str, Tensor]], *, lr: float | Tensor = 1.0,
                betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
                encoder_every: int | None = None, step: int | None = None, total_steps: int | None = None,
-               stacked_head: bool = False, _fns: dict | None = None) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
+               stacked_head: bool = False, diagnostics: list | None = None, _fns: dict | None = None,
+               ) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
     """One step of the learned optimizer on one parameter group, without side effects.
 
     Args:
@@ -183,6 +184,8 @@ def ngo_update(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[Tensor]
         stacked_head: evaluate the per-entry head as stacked matmuls
             (:func:`~lopt_graphs.optim.learned.head_stacked`: same maths, fewer ops; meta-training uses it
             under ``vmap``) instead of elementwise sums (what ``torch.compile`` fuses).
+        diagnostics: a list that receives, per updated parameter in order, what the learned step size
+            did (see :func:`apply_update`); eager only (not with ``_fns``).
         _fns: internal: drop-in (for example ``torch.compile``d) versions of ``"features"``
             (:func:`entry_features`), ``"apply"`` (:func:`apply_update`), ``"step"`` (:func:`param_step`)
             and ``"contexts"`` (:func:`node_contexts`), used by the optimizer's ``compile=True``.
@@ -204,6 +207,9 @@ def ngo_update(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[Tensor]
     eta = lr * cfg.base_lr
     if _fns:  # a compiled step specializes on Python floats: pass the (scheduled) step size as a tensor
         eta = torch.as_tensor(eta, dtype=torch.float32, device=params[active[0]].device)
+    if diagnostics is not None and _fns:
+        raise ValueError("diagnostics are recorded in eager mode only; use compile=False")
+    diag = () if diagnostics is None else (diagnostics,)
     out, new_states = list(params), list(states)
     hws = (learned.head_weights(free=False), learned.head_weights(free=True))
 
@@ -218,7 +224,7 @@ def ngo_update(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[Tensor]
         for i in active:
             out[i], new_states[i] = fns["step"](hws[spec.params[i].kind == "free"], params[i], grads[i], states[i],
                                                 spec.params[i].kind, view(i), betas, eps, cfg.momenta, eta,
-                                                weight_decay, stacked_head, total_steps)
+                                                weight_decay, stacked_head, total_steps, *diag)
         return out, new_states
 
     feats: list[list[Tensor] | None] = [None] * len(params)
@@ -234,22 +240,22 @@ def ngo_update(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[Tensor]
             new_states[i] = {**new_states[i], **ctxs[i]}
     for i in active:
         out[i] = fns["apply"](hws[spec.params[i].kind == "free"], params[i], feats[i], dirs[i], new_states[i],
-                              spec.params[i].kind, view(i), eta, weight_decay, stacked_head, total_steps)
+                              spec.params[i].kind, view(i), eta, weight_decay, stacked_head, total_steps, *diag)
     return out, new_states
 
 
 def param_step(hw: HeadWeights, p: Tensor, g: Tensor, st: dict[str, Tensor], kind: str,
                view: tuple[int, ...], betas: tuple[float, float], eps: float, momenta: tuple[float, float],
                eta: float | Tensor, weight_decay: float, stacked: bool = False,
-               total: float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+               total: float | None = None, diagnostics: list | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """:func:`entry_features` then :func:`apply_update` for one parameter (one fused kernel when compiled)."""
     xs, adam_dir, new = entry_features(p, g, st, betas, eps, momenta)
-    return apply_update(hw, p, xs, adam_dir, new, kind, view, eta, weight_decay, stacked, total), new
+    return apply_update(hw, p, xs, adam_dir, new, kind, view, eta, weight_decay, stacked, total, diagnostics), new
 
 
 def apply_update(hw: HeadWeights, p: Tensor, xs: list[Tensor], adam_dir: Tensor, st: dict[str, Tensor],
                  kind: str, view: tuple[int, ...], eta: float | Tensor, weight_decay: float,
-                 stacked: bool = False, total: float | None = None) -> Tensor:
+                 stacked: bool = False, total: float | None = None, diagnostics: list | None = None) -> Tensor:
     """The new value of one parameter from its entry features, Adam direction and (advanced) state.
 
     Args:
@@ -258,16 +264,20 @@ def apply_update(hw: HeadWeights, p: Tensor, xs: list[Tensor], adam_dir: Tensor,
             (``(O, C, S)`` for a weight, ``(numel,)`` for a node parameter, the shape itself when free).
         stacked: use :func:`~lopt_graphs.optim.learned.head_stacked` (same maths, fewer ops).
         total: the run's horizon in steps for the fraction-of-training features (``None``: unknown).
+        diagnostics: a list to append this parameter's ``{"u": flat learned log-magnitude (before the
+            ``mag_clip`` clip), "mag_clip", "sigma": the per-tensor log step (v2) or None, "lr_bound"}`` to.
     """
     wdtype = hw.w1.dtype
     sf = step_features(st["step"], total, hw.taus).to(wdtype)
     sb = torch.nn.functional.linear(sf, hw.step_w, hw.step_b)
+    sigma = None
     if hw.lr_w is not None:  # learned per-tensor log step, softly bounded
         s = (sf * hw.lr_w).sum() + hw.lr_b + st.get("ctx_lr", 0.0)
-        eta = eta * torch.exp(hw.lr_bound * torch.tanh(s / hw.lr_bound))
+        sigma = hw.lr_bound * torch.tanh(s / hw.lr_bound)
+        eta = eta * torch.exp(sigma)
     if stacked:
         o_dir, o_mag = head_stacked([x.to(wdtype).reshape(view) for x in xs], _stacked_ctx(st, kind, view), hw, sb)
-        return _finish(hw, p, adam_dir, o_dir, o_mag, eta, weight_decay)
+        return _finish(hw, p, adam_dir, o_dir, o_mag, eta, weight_decay, sigma, diagnostics)
     if kind == "edge" and len(view) == 2:  # linear weight: [O, C] (a trailing 1 would hinder vectorizing)
         cd, cs = st["ctx_dst"], st["ctx_src"]
         ctx = lambda h: cd[:, h, None] + cs[h][None, :]  # noqa: E731  [O, C]
@@ -280,7 +290,7 @@ def apply_update(hw: HeadWeights, p: Tensor, xs: list[Tensor], adam_dir: Tensor,
     else:
         ctx = lambda h: 0.0  # noqa: E731
     o_dir, o_mag = head([x.to(wdtype).reshape(view) for x in xs], ctx, hw, sb)
-    return _finish(hw, p, adam_dir, o_dir, o_mag, eta, weight_decay)
+    return _finish(hw, p, adam_dir, o_dir, o_mag, eta, weight_decay, sigma, diagnostics)
 
 
 def _stacked_ctx(st: dict[str, Tensor], kind: str, view: tuple[int, ...]) -> Tensor | float:
@@ -294,9 +304,13 @@ def _stacked_ctx(st: dict[str, Tensor], kind: str, view: tuple[int, ...]) -> Ten
 
 
 def _finish(hw: HeadWeights, p: Tensor, adam_dir: Tensor, o_dir: Tensor, o_mag: Tensor, eta: float | Tensor,
-            weight_decay: float) -> Tensor:
+            weight_decay: float, sigma: Tensor | None = None, diagnostics: list | None = None) -> Tensor:
     o_dir, o_mag = o_dir.reshape(p.shape), o_mag.reshape(p.shape)
-    delta = adam_dir * torch.exp((hw.mag_scale * o_mag).clamp(-hw.mag_clip, hw.mag_clip)) + hw.dir_scale * o_dir
+    u = hw.mag_scale * o_mag
+    if diagnostics is not None:
+        diagnostics.append({"u": u.detach().float().expand(p.shape).reshape(-1), "mag_clip": hw.mag_clip,
+                            "sigma": None if sigma is None else float(sigma), "lr_bound": hw.lr_bound})
+    delta = adam_dir * torch.exp(u.clamp(-hw.mag_clip, hw.mag_clip)) + hw.dir_scale * o_dir
     p32 = p.to(compute_dtype(p))
     if weight_decay:
         p32 = p32 * (1 - eta * weight_decay)

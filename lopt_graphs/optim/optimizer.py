@@ -96,6 +96,11 @@ class NeuralGraphOptimizer(Optimizer):
         self.nonfinite_steps = 0
         self._specs: list[GraphSpec] = []
         self.compile = bool(compile)
+        #: set to True to record, at every step, what the learned step size did per updated parameter in
+        #: :attr:`last_diagnostics` (learned log-magnitude ``u`` per entry, its ``mag_clip``, the v2
+        #: per-tensor log step ``sigma``; eager only). Used by ``benchmarks/step_saturation.py``.
+        self.record_diagnostics = False
+        self.last_diagnostics: list[dict] = []
         self._fns: dict[str, Callable] = {}
         self._given_specs = list(_specs or [])
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, encoder_every=encoder_every,
@@ -197,8 +202,12 @@ class NeuralGraphOptimizer(Optimizer):
                           f"no parameter changed (steps skipped so far: {self.nonfinite_steps})",
                           RuntimeWarning, stacklevel=2)
             return loss
+        diag = None
+        if self.record_diagnostics:
+            self.last_diagnostics = []
         for gi, (group, grads) in enumerate(zip(self.param_groups, all_grads)):
             params: list[Tensor] = group["params"]
+            diag = [] if self.record_diagnostics else None
             if all(g is None for g in grads):
                 continue
             device = next(p.device for p, g in zip(params, grads) if g is not None)
@@ -208,7 +217,10 @@ class NeuralGraphOptimizer(Optimizer):
             new_params, new_states = ngo_update(
                 self.learned, self._specs[gi].to(device), [p.detach() for p in params], grads, states,
                 lr=group["lr"], betas=group["betas"], eps=group["eps"], weight_decay=group["weight_decay"],
-                encoder_every=group["encoder_every"], total_steps=group.get("total_steps"), _fns=self._compiled())
+                encoder_every=group["encoder_every"], total_steps=group.get("total_steps"),
+                diagnostics=diag, _fns=self._compiled())
+            if diag is not None:
+                self.last_diagnostics.extend(diag)
             for p, g, n, s in zip(params, grads, new_params, new_states):
                 if g is not None:
                     p.copy_(n)

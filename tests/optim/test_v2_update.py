@@ -104,3 +104,22 @@ def test_v2_config_round_trips_through_a_checkpoint(tmp_path):
     back = load_learned_update(str(tmp_path / "v2.pt"))
     assert back.cfg == learned.cfg and back.cfg.horizon_taus == (0.1, 0.3, 0.5, 0.7, 0.9)
     assert all(torch.equal(a, b) for a, b in zip(learned.parameters(), back.parameters()))
+
+
+def test_diagnostics_report_the_learned_step_per_parameter():
+    model = _mlp()
+    learned = _random_v2()
+    opt = NeuralGraphOptimizer(model.parameters(), learned, total_steps=8)
+    opt.record_diagnostics = True
+    _train(model, opt, steps=2)
+    d = opt.last_diagnostics
+    assert [x["u"].numel() for x in d] == [p.numel() for p in model.parameters()]
+    assert all(x["mag_clip"] == 5.0 and abs(x["sigma"]) < 4.0 for x in d)
+    assert len({round(x["sigma"], 6) for x in d}) > 1  # a step size per tensor
+    opt.record_diagnostics = False
+    _train(model, opt, steps=1)
+    assert opt.last_diagnostics is d  # left as it was
+    with pytest.raises(ValueError, match="eager mode only"):
+        c = NeuralGraphOptimizer(model.parameters(), learned, compile=True)
+        c.record_diagnostics = True
+        _train(model, c, steps=1)
