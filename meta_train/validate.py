@@ -3,7 +3,8 @@
 The validation tasks (:data:`~meta_train.tasks.VALIDATION`) are disjoint from the evaluation sets
 (``IN_DISTRIBUTION``, ``HELD_OUT``). Each is trained for ``steps`` steps by ``NeuralGraphOptimizer`` (told
 ``total_steps``) and by Adam with an lr tuned on a separate tuning seed; the score is the mean over tasks of
-``log(L_ngo / L_adam)`` of the final full-training-set loss (lower is better; below 0 beats tuned Adam).
+``log((L_ngo + c) / (L_adam + c))`` of the final full-training-set loss, ``c = 0.01`` nats (lower is better;
+below 0 beats tuned Adam). The offset keeps a task that Adam drives to 1e-4 from outweighing the others.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from lopt_graphs.optim import LearnedUpdate
 from .evaluate import ADAM_LRS, train_curve
 from .tasks import VALIDATION, Task, TaskConfig
 
+#: Loss offset of the score's log-ratio (nats).
+SCORE_OFFSET = 0.01
 #: Seeds of the validation runs: tuned Adam's lr is chosen on TUNE_SEED, both optimizers are scored on SCORE_SEED.
 TUNE_SEED, SCORE_SEED = 1000, 0
 
@@ -45,12 +48,12 @@ def validation_score(learned: LearnedUpdate, refs: list[dict], steps: int,
     """Score ``learned`` against the references of :func:`adam_references` (same ``tasks`` and ``steps``).
 
     Returns:
-        ``{"score": mean log-ratio, "tasks": [{task, ngo_final_loss, adam_final_loss, log_ratio}, ...]}``.
+        ``{"score": mean offset log-ratio, "tasks": [{task, ngo_final_loss, adam_final_loss, log_ratio}, ...]}``.
     """
     rows = []
     for tc, ref in zip(tasks, refs):
         make = lambda m: NeuralGraphOptimizer.for_module(m, copy.deepcopy(learned), total_steps=steps)  # noqa: E731
         ngo = _final(train_curve(Task(tc), make, steps, SCORE_SEED)["train_loss"])
         rows.append({"task": tc.name, "ngo_final_loss": ngo, "adam_final_loss": ref["adam_final_loss"],
-                     "log_ratio": math.log(max(ngo, 1e-12) / max(ref["adam_final_loss"], 1e-12))})
+                     "log_ratio": math.log((ngo + SCORE_OFFSET) / (ref["adam_final_loss"] + SCORE_OFFSET))})
     return {"score": sum(r["log_ratio"] for r in rows) / len(rows), "tasks": rows}

@@ -77,7 +77,7 @@ def test_validation_scores_and_exports_the_best(tmp_path):
     assert refs[0]["adam_lr"] > 0 and math.isfinite(refs[0]["adam_final_loss"])
     res = validation_score(LearnedUpdate(v2_config()), refs, 5, tasks)
     row = res["tasks"][0]
-    assert res["score"] == pytest.approx(math.log(row["ngo_final_loss"] / row["adam_final_loss"]))
+    assert res["score"] == pytest.approx(math.log((row["ngo_final_loss"] + 0.01) / (row["adam_final_loss"] + 0.01)))
     cfg = load_config(None, ["learned=v2_ff", "validate_every=1", "validate_steps=3", "wandb=false",
                              "groups=1", "tasks_per_group=1", "truncation=2", "horizon=4", "population=2"])
     tr = MetaTrainer(cfg)
