@@ -116,7 +116,7 @@ class MetaTrainConfig:
         validate_steps: Inner steps of each validation run; >= 1.
     """
 
-    outer_steps: int = 400
+    outer_steps: int = 100
     estimator: str = "pes"
     population: int = 8
     sigma: float = 0.01
@@ -125,7 +125,7 @@ class MetaTrainConfig:
     truncation: int = 10
     horizon: int = 200
     groups: int = 2
-    tasks_per_group: int = 16
+    tasks_per_group: int = 4
     family: str = "digits"
     seed: int = 0
     out: str = "runs/meta_train"
@@ -140,13 +140,13 @@ class MetaTrainConfig:
     init_ckpt: str = ""
     mag_clip: float = 3.0
     threads: int = 0
-    learned: str = "v1"
-    objective: str = "mean_loss"
-    horizon_min: int = 0
-    hidden_horizon_prob: float = 0.0
+    learned: str = "v2"
+    objective: str = "log_late"
+    horizon_min: int = 50
+    hidden_horizon_prob: float = 0.2
     input_scale: float = 1.0
-    max_group_params: int = 0
-    validate_every: int = 0
+    max_group_params: int = 20000
+    validate_every: int = 100
     validate_steps: int = 300
 
     def __post_init__(self) -> None:

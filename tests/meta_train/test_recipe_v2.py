@@ -79,7 +79,8 @@ def test_validation_scores_and_exports_the_best(tmp_path):
     row = res["tasks"][0]
     assert res["score"] == pytest.approx(math.log((row["ngo_final_loss"] + 0.01) / (row["adam_final_loss"] + 0.01)))
     cfg = load_config(None, ["learned=v2_ff", "validate_every=1", "validate_steps=3", "wandb=false",
-                             "groups=1", "tasks_per_group=1", "truncation=2", "horizon=4", "population=2"])
+                             "groups=1", "tasks_per_group=1", "truncation=2", "horizon=4", "horizon_min=0",
+                             "population=2"])
     tr = MetaTrainer(cfg)
     m = tr.validate(tmp_path)
     assert m["val_best"] == m["val_score"] and m["val_best_step"] == 0.0
