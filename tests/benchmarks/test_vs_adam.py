@@ -271,3 +271,13 @@ def test_report_rerenders_from_the_json_and_the_side_file(bench: ModuleType, tin
     bench.main(["--report", str(tmp_path / "results.json")])
     assert (tmp_path / "results.md").read_text() == (out / "results.md").read_text()
     assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def test_bench_extra_lists_every_peer_package_and_dev_includes_it() -> None:
+    import configparser
+
+    extras = configparser.ConfigParser()
+    extras.read(ROOT / "setup.cfg")
+    bench = set(extras["options.extras_require"]["bench"].split())
+    assert bench == {p.package for p in peers.PEERS.values() if p.package} == set(PEER_PKGS)
+    assert bench <= set(extras["options.extras_require"]["dev"].split())
