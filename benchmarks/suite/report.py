@@ -39,9 +39,12 @@ def fmt(mean: float | None, std: float | None, digits: int = 3, scale: float = 1
     """``mean ± std`` of a table cell; ``diverged`` for a missing (non-finite) mean."""
     if mean is None or not math.isfinite(mean):
         return "diverged"
-    s = f"{mean * scale:.{digits}f}"
+    spec = f".{digits}f"
+    if 0 < abs(mean * scale) < 10 ** (1 - digits):  # 0.00042 would print as 0.000: keep 2 significant digits
+        spec = ".1e"
+    s = f"{mean * scale:{spec}}"
     if std is not None and math.isfinite(std):
-        s += f" ± {std * scale:.{digits}f}"
+        s += f" ± {std * scale:{spec}}"
     return s
 
 

@@ -281,3 +281,11 @@ def test_bench_extra_lists_every_peer_package_and_dev_includes_it() -> None:
     bench = set(extras["options.extras_require"]["bench"].split())
     assert bench == {p.package for p in peers.PEERS.values() if p.package} == set(PEER_PKGS)
     assert bench <= set(extras["options.extras_require"]["dev"].split())
+
+
+def test_table_cells_keep_small_losses_readable() -> None:
+    from benchmarks.suite.report import fmt, fmt_speedup
+
+    assert fmt(0.0331, 0.0052) == "0.033 ± 0.005" and fmt(0.00042, 0.0001) == "4.2e-04 ± 1.0e-04"
+    assert fmt(0.9712, 0.0104, 1, 100.0) == "97.1 ± 1.0" and fmt(None, None) == "diverged"
+    assert fmt_speedup({"mean": 0.95, "std": 0.09, "reached": [True, False, False]}) == "0.95× ± 0.09 (1/3)"
