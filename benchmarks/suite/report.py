@@ -4,6 +4,7 @@ sentences, and ``curves.png`` from the ``curves.json.gz`` side file."""
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import math
 import os
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lopt_graphs.evaluation import curve_stats, geomean, smooth
-from lopt_graphs.io import atomic_write_text
+from lopt_graphs.io import atomic_write, atomic_write_text
 
 from .tasks import GROUPS
 
@@ -143,6 +144,7 @@ def read_curves(path: str | os.PathLike[str]) -> dict[str, Any]:
     return doc
 
 
+_POINTS = 400  # points per plotted curve at most
 _COLORS = {"ngo": "C3", "adam": "C7", "adam_tuned": "C0", "adam_cosine_tuned": "C9", "sf_adamw": "C4",
            "sf_adamw_tuned": "C6", "prodigy": "C2", "dadapt_adam": "C1", "adamw_tuned": "C5", "sgd_tuned": "C8"}
 
@@ -164,10 +166,11 @@ def plot(doc: dict[str, Any], curves: dict[str, Any], path: Path) -> Path | None
     for ax, t in zip(axes.flat, ran):
         for name, per in sorted(curves[t["name"]]["optimizers"].items(), key=lambda kv: kv[0] == "ngo"):
             sm = [smooth(c, window) for c in per]
-            mean = [m if math.isfinite(m) else math.nan for m in curve_stats(sm)[0]]
-            lo = [min(col) for col in zip(*sm)]
-            hi = [max(col) if math.isfinite(max(col)) else math.nan for col in zip(*sm)]
-            x = range(1, len(mean) + 1)
+            every = max(1, len(sm[0]) // _POINTS)  # long curves: every k-th smoothed point keeps the PNG small
+            mean = [m if math.isfinite(m) else math.nan for m in curve_stats(sm)[0]][::every]
+            lo = [min(col) for col in zip(*sm)][::every]
+            hi = [max(col) if math.isfinite(max(col)) else math.nan for col in zip(*sm)][::every]
+            x = range(1, len(sm[0]) + 1, every)
             o = t["optimizers"][name]
             label = o["label"] + (f" ({o['lr']:g})" if "lr_grid" in o else "")
             ax.plot(x, mean, color=_COLORS.get(name), lw=1.8 if name == "ngo" else 0.9, label=label)
@@ -182,7 +185,18 @@ def plot(doc: dict[str, Any], curves: dict[str, Any], path: Path) -> Path | None
     fig.suptitle(f"smoothed training loss (window {window}), mean over seeds {doc['config']['seeds']} (band: "
                  "min-max over seeds)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    try:  # a 256-colour palette makes the PNG ~3x smaller at no visible cost
+        from PIL import Image
+
+        buf.seek(0)
+        small = io.BytesIO()
+        Image.open(buf).convert("RGB").quantize(256).save(small, format="PNG", optimize=True)
+        buf = small
+    except ImportError:
+        pass
+    atomic_write(path, lambda fh: fh.write(buf.getvalue()))
     return path
 
 
