@@ -3,7 +3,7 @@
 Commands (from the repository root)::
 
     python benchmarks/vs_adam.py --config configs/benchmarks/quick.yaml    # < 3 min on 2 cores
-    python benchmarks/vs_adam.py --config configs/benchmarks/default.yaml  # the README's table (~30 min, 1 thread)
+    python benchmarks/vs_adam.py --config configs/benchmarks/default.yaml  # the README table (18 min, 11 min CPU)
     python benchmarks/vs_adam.py --config configs/benchmarks/default.yaml ckpt=PATH out=DIR   # another checkpoint
     python benchmarks/vs_adam.py ... data_root=~/data/torchvision    # + FashionMNIST / MNIST / CIFAR-10 tasks
     python benchmarks/vs_adam.py --report benchmarks/results/vs_adam/results.json   # re-render md + png only
