@@ -2,7 +2,9 @@
 
 Every optimizer of a comparison starts from the same initial weights and sees the same minibatches for a
 seed: both come from ``torch.Generator().manual_seed(seed)``, the weights first (``task.new_model``), then
-one index tensor ``randint(0, num_train, (steps, batch_size))`` for all minibatches, gathered step by step.
+one index tensor ``randint(0, num_train, (steps, batch_size))`` for all minibatches, as
+``meta_train.tasks.Task.batches`` draws it, but gathered step by step (all 3,000 minibatches of a long run
+at once would not fit in memory for the larger datasets).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ class TrainTask(Protocol):
 
     Attributes:
         data: the splits, with ``x_train [N, ...]``, ``y_train [N]`` and ``num_train``.
-        cfg: has ``batch_size``.
+        cfg: has ``batch_size``, and optionally ``input_scale`` (minibatch inputs are multiplied by it, as
+            ``Task.batches`` does).
     """
 
     data: Any
@@ -98,6 +101,7 @@ def train_run(task: TrainTask, make_opt: MakeOptimizer, steps: int, seed: int) -
     modes = _modes(opt)
     idx = torch.randint(0, task.data.num_train, (steps, task.cfg.batch_size), generator=gen)
     x_train, y_train = task.data.x_train, task.data.y_train
+    scale = float(getattr(task.cfg, "input_scale", 1.0))
     curve: list[float] = []
     opt_time = 0.0
     if modes:
@@ -105,6 +109,8 @@ def train_run(task: TrainTask, make_opt: MakeOptimizer, steps: int, seed: int) -
     t0, c0 = time.perf_counter(), time.process_time()
     for k in range(steps):
         xb, yb = x_train[idx[k]], y_train[idx[k]]
+        if scale != 1.0:
+            xb = xb * scale
         opt.zero_grad(set_to_none=True)
         loss = nn.functional.cross_entropy(model(xb), yb)
         value = loss.item()

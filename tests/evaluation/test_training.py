@@ -151,3 +151,32 @@ def test_tune_lr_mean_over_seeds_and_first_of_ties() -> None:
     assert tune_lr(lambda lr, s: _fake(table[(lr, s)]), (1e-3, 1e-2), [0])[0] == 1e-3
     assert tune_lr(lambda lr, s: _fake(table[(lr, s)]), (1e-3, 1e-2), [0, 1])[0] == 1e-2
     assert tune_lr(lambda lr, s: _fake(1.0), (3e-3, 1e-3), [0])[0] == 3e-3
+
+
+def test_minibatches_are_those_of_task_batches() -> None:
+    from meta_train.tasks.families import Task, TaskConfig
+
+    task, seen = Task(TaskConfig("digits", "mlp", (8,), batch_size=16)), []
+
+    def make(m: nn.Module) -> torch.optim.Optimizer:
+        m.register_forward_pre_hook(lambda _, args: seen.append(args[0].clone()))
+        return torch.optim.SGD(m.parameters(), lr=0.1)
+
+    train_run(task, make, 4, seed=5)
+    gen = torch.Generator().manual_seed(5)
+    task.new_model(gen)
+    xs, _ = task.batches(gen, 4)
+    assert len(seen) == 4 and all(torch.equal(a, b) for a, b in zip(seen, xs))
+
+
+def test_input_scale_multiplies_the_minibatch_inputs() -> None:
+    task, scaled, seen = _Task(), _Task(), []
+    scaled.cfg.input_scale = 2.0
+
+    def make(m: nn.Module) -> torch.optim.Optimizer:
+        m.register_forward_pre_hook(lambda _, args: seen.append(args[0].clone()))
+        return torch.optim.SGD(m.parameters(), lr=0.0)
+
+    train_run(task, make, 2, seed=0)
+    train_run(scaled, make, 2, seed=0)
+    assert torch.equal(seen[2], 2.0 * seen[0]) and torch.equal(seen[3], 2.0 * seen[1])
