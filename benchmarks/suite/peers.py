@@ -20,7 +20,7 @@ from torch import nn
 
 from lopt_graphs import NeuralGraphOptimizer
 
-__all__ = ["PEERS", "Peer", "build", "missing", "ngo_kwargs", "peer_versions", "warmup_cosine"]
+__all__ = ["PEERS", "Peer", "build", "hyper", "missing", "ngo_kwargs", "peer_versions", "warmup_cosine"]
 
 
 @dataclass(frozen=True)
