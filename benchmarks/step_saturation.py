@@ -8,7 +8,8 @@ Command::
 The update's step is ``adam_dir * exp(clip(u, -mag_clip, mag_clip))`` with ``u`` the head's (scaled) log step
 multiplier. Where ``u`` is beyond the bound the step is the bound itself, whatever the features say, and no
 meta-gradient reaches the head through it. For each checkpoint and each evaluation task of
-``meta_train.evaluate`` this repeats its seed-0 ``NeuralGraphOptimizer`` run (``train_curve``) and reports, over
+``meta_train.evaluate`` this repeats its seed-0 ``NeuralGraphOptimizer`` run
+(``lopt_graphs.evaluation.train_run``, the evaluation's own training loop) and reports, over
 the first, middle and last tenth of the steps: the fraction of entries (of all parameters together) with
 ``u >= mag_clip`` (step capped at ``e**mag_clip`` times Adam's) and with ``u <= -mag_clip`` (step floored),
 and the median of ``u`` over the entries (unclipped). Prints a markdown table and writes JSON.
@@ -31,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import lopt_graphs.optim.functional as F  # noqa: E402
 from lopt_graphs import NeuralGraphOptimizer  # noqa: E402
 from lopt_graphs.io import atomic_write_text  # noqa: E402
-from meta_train.evaluate import load_any, train_curve  # noqa: E402
+from lopt_graphs.evaluation import train_run  # noqa: E402
+from meta_train.evaluate import load_any  # noqa: E402
 from meta_train.tasks import HELD_OUT, IN_DISTRIBUTION, Task  # noqa: E402
 
 
@@ -75,7 +77,7 @@ def measure(ckpt: str, steps: int) -> list[dict]:
                 return opt
 
             with record_log_steps(calls):  # the evaluation's own training run (seed 0)
-                train_curve(Task(tc), make_opt, steps, seed=0)
+                train_run(Task(tc), make_opt, steps, seed=0)
             tenth = max(1, steps // 10)
             windows = {"first": per_step[:tenth], "middle": per_step[steps // 2: steps // 2 + tenth],
                        "last": per_step[-tenth:]}

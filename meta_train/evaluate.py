@@ -1,15 +1,22 @@
 """Evaluate a learned update against Adam with a per-task tuned learning rate, through the public
-``NeuralGraphOptimizer`` class (the path users take)."""
+``NeuralGraphOptimizer`` class (the path users take).
+
+The training runs, smoothing and tuning are :mod:`lopt_graphs.evaluation`'s (the same code as
+``benchmarks/vs_adam.py``). Tuned Adam's lr is chosen on a tuning seed (:data:`TUNE_SEED`, 1000, or the next
+seed above it that is not scored) and then scored on the evaluation seeds, never on the run it is scored on.
+"""
 
 from __future__ import annotations
 
 import copy
-import math
+import itertools
+from collections.abc import Sequence
 
 import torch
-from torch import nn
 
 from lopt_graphs import NeuralGraphOptimizer
+from lopt_graphs.evaluation import smooth, train_run, tuned_baseline
+from lopt_graphs.evaluation import steps_to_reach as _steps_to_reach
 from lopt_graphs.io import atomic_write_text
 from lopt_graphs.optim import LearnedUpdate, load_learned_update
 from lopt_graphs.optim.checkpoint import read_checkpoint
@@ -18,60 +25,65 @@ from .tasks import Task, TaskConfig
 from .unroll import ThetaSpace
 
 ADAM_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+#: Seed of tuned Adam's lr grid (never a scored seed: see :func:`tune_seed_for`).
+TUNE_SEED = 1000
+#: Window (steps) of the moving average behind "steps to reach tuned Adam's final loss".
+SMOOTH = 10
 
 
 def train_curve(task: Task, make_opt, steps: int, seed: int) -> dict:
-    """Train ``task``'s module for ``steps`` steps; returns the per-step minibatch losses and the final
-    full-training-set loss / test accuracy."""
-    gen = torch.Generator().manual_seed(seed)
-    model = task.new_model(gen)
-    opt = make_opt(model)
-    xs, ys = task.batches(gen, steps)
-    curve = []
-    for k in range(steps):
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(model(xs[k]), ys[k])
-        loss.backward()
-        opt.step()
-        curve.append(loss.item() if math.isfinite(loss.item()) else float("inf"))
-    final = task.evaluate([p.detach() for p in model.parameters()])
-    return {"curve": curve, **final}
-
-
-def _smooth(curve: list[float], w: int = 10) -> list[float]:
-    out, acc = [], []
-    for v in curve:
-        acc.append(v)
-        if len(acc) > w:
-            acc.pop(0)
-        out.append(sum(acc) / len(acc))
-    return out
+    """Train ``task``'s module for ``steps`` steps (:func:`lopt_graphs.evaluation.train_run`); returns the
+    per-step minibatch losses (``curve``) and the final full-training-set loss / test accuracy."""
+    r = train_run(task, make_opt, steps, seed)
+    return {"curve": r.curve, "train_loss": r.final_loss, "test_accuracy": r.test_acc}
 
 
 def steps_to_reach(curve: list[float], target: float) -> int | None:
-    """First step (1-based) at which the smoothed minibatch loss is at or below ``target``."""
-    for i, v in enumerate(_smooth(curve)):
-        if v <= target:
-            return i + 1
-    return None
+    """First step (1-based) at which the smoothed (window :data:`SMOOTH`) minibatch loss is at or below
+    ``target``."""
+    return _steps_to_reach(curve, target, SMOOTH)
+
+
+def tune_seed_for(seeds: Sequence[int]) -> int:
+    """The tuning seed of tuned Adam when ``seeds`` are scored: :data:`TUNE_SEED`, or the first seed above
+    it that is not in ``seeds``."""
+    return next(s for s in itertools.count(TUNE_SEED) if s not in seeds)
+
+
+def _compare(learned: LearnedUpdate, cfg: TaskConfig, steps: int, seeds: Sequence[int],
+             lrs: tuple[float, ...], tune_seed: int | None) -> list[dict]:
+    """One row per scored seed: NGO against Adam at the lr chosen on the tuning seed."""
+    task = Task(cfg)
+    tune_seed = tune_seed_for(seeds) if tune_seed is None else tune_seed
+
+    def adam(lr: float, seed: int):
+        return train_run(task, lambda m: torch.optim.Adam(m.parameters(), lr=lr), steps, seed)
+
+    tuned = tuned_baseline(adam, lrs, tune_seed, seeds)
+    rows = []
+    for seed, a in zip(seeds, tuned.runs):
+        ngo = train_run(task, lambda m: NeuralGraphOptimizer.for_module(m, copy.deepcopy(learned)), steps, seed)
+        rows.append({
+            "task": cfg.name, "steps": steps, "seed": seed, "adam_lr": tuned.lr, "adam_tune_seed": tune_seed,
+            "adam_final_loss": a.final_loss, "ngo_final_loss": ngo.final_loss,
+            "adam_test_accuracy": a.test_acc, "ngo_test_accuracy": ngo.test_acc,
+            "ngo_steps_to_adam_final": steps_to_reach(ngo.curve, smooth(a.curve, SMOOTH)[-1]),
+            "adam_curve": a.curve, "ngo_curve": ngo.curve,
+        })
+    return rows
 
 
 def compare_with_adam(learned: LearnedUpdate, cfg: TaskConfig, steps: int, seed: int = 0,
-                      lrs: tuple[float, ...] = ADAM_LRS) -> dict:
-    """NeuralGraphOptimizer with ``learned`` against Adam tuned over ``lrs`` (best final training loss)."""
-    task = Task(cfg)
-    adam = {lr: train_curve(task, lambda m, lr=lr: torch.optim.Adam(m.parameters(), lr=lr), steps, seed)
-            for lr in lrs}
-    best_lr = min(adam, key=lambda lr: adam[lr]["train_loss"] if math.isfinite(adam[lr]["train_loss"]) else 1e9)
-    ngo = train_curve(task, lambda m: NeuralGraphOptimizer.for_module(m, copy.deepcopy(learned)), steps, seed)
-    target = _smooth(adam[best_lr]["curve"])[-1]
-    return {
-        "task": cfg.name, "steps": steps, "adam_lr": best_lr,
-        "adam_final_loss": adam[best_lr]["train_loss"], "ngo_final_loss": ngo["train_loss"],
-        "adam_test_accuracy": adam[best_lr]["test_accuracy"], "ngo_test_accuracy": ngo["test_accuracy"],
-        "ngo_steps_to_adam_final": steps_to_reach(ngo["curve"], target),
-        "adam_curve": adam[best_lr]["curve"], "ngo_curve": ngo["curve"],
-    }
+                      lrs: tuple[float, ...] = ADAM_LRS, tune_seed: int | None = None) -> dict:
+    """NeuralGraphOptimizer with ``learned`` against Adam tuned over ``lrs`` on seed ``seed``.
+
+    Adam's lr is the one of the lowest final training loss on ``tune_seed`` (default
+    :func:`tune_seed_for` ``([seed])``), then Adam is run with it on ``seed``.
+
+    Raises:
+        ValueError: if ``tune_seed == seed``.
+    """
+    return _compare(learned, cfg, steps, [seed], lrs, tune_seed)[0]
 
 
 def load_any(ckpt: str) -> LearnedUpdate:
@@ -112,7 +124,8 @@ def evaluate_checkpoint(ckpt: str, steps: int = 300, seeds: tuple[int, ...] = (0
     """The shipped-checkpoint targets: on in-distribution tasks, steps to reach tuned Adam's final loss
     (target: at most half on the median task); on held-out tasks, final loss against tuned Adam (target:
     better on at least 3 of 4). With several seeds, ``summary`` pools all (task, seed) rows and
-    ``per_seed`` gives each seed's own summary.
+    ``per_seed`` gives each seed's own summary. Tuned Adam's lr is chosen per task on the tuning seed
+    ``tune_seed_for(seeds)`` (recorded as ``adam_tune_seed``), which is not scored.
 
     Results depend on torch's intra-op thread count (reduction order changes the float rounding, and noisy
     runs such as batch 16 amplify it); ``threads`` records the count used."""
@@ -120,16 +133,17 @@ def evaluate_checkpoint(ckpt: str, steps: int = 300, seeds: tuple[int, ...] = (0
     from .tasks import HELD_OUT, IN_DISTRIBUTION
 
     learned = load_any(ckpt)
+    tune_seed = tune_seed_for(seeds)
     rows = []
     for group, cfgs in (("in_distribution", IN_DISTRIBUTION), ("held_out", HELD_OUT)):
         for tc in cfgs:
-            for seed in seeds:
-                r = compare_with_adam(learned, tc, steps, seed)
+            for r in _compare(learned, tc, steps, seeds, ADAM_LRS, tune_seed):
                 r = {k: v for k, v in r.items() if not k.endswith("curve")}
-                r["group"], r["seed"] = group, seed
+                r["group"] = group
                 rows.append(r)
     per_seed = {str(s): _summary([r for r in rows if r["seed"] == s], steps) for s in seeds}
-    return {"ckpt": str(ckpt), "steps": steps, "seeds": list(seeds), "threads": torch.get_num_threads(),
+    return {"ckpt": str(ckpt), "steps": steps, "seeds": list(seeds), "adam_tune_seed": tune_seed,
+            "threads": torch.get_num_threads(),
             "rows": rows, "summary": _summary(rows, steps), "per_seed": per_seed}
 
 
@@ -143,6 +157,10 @@ def markdown(result: dict) -> str:
                      f"{r['adam_test_accuracy']:.3f} | {r['ngo_test_accuracy']:.3f} |")
     s = result["summary"]
     lines.append("")
+    if "adam_tune_seed" in result:
+        lines.append(f"Tuned Adam's lr (grid {', '.join(f'{lr:g}' for lr in ADAM_LRS)}) is chosen per task on "
+                     f"seed {result['adam_tune_seed']}, which is not scored; rows are seeds {result['seeds']}.")
+        lines.append("")
     lines.append(f"Median fraction of steps NGO needs to reach tuned Adam's final loss (in-distribution): "
                  f"**{s['median_fraction_of_steps_to_tuned_adam_final_in_dist']:.2f}** (target <= 0.5); held-out "
                  f"tasks where NGO beats tuned Adam's final loss: **{s['held_out_beats_tuned_adam']}/"

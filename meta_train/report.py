@@ -4,6 +4,8 @@
 :class:`meta_train.logging_utils.MetricsLogger`), plots ``meta_loss`` against ``step`` with an
 exponentially smoothed curve to ``meta_loss.png`` and writes ``report.md`` next to it.
 
+Smoothing and the geometric mean are :mod:`lopt_graphs.evaluation`'s (``ema_smooth`` is re-exported here).
+
 The plot uses matplotlib's Agg canvas directly (no ``pyplot``), so it never changes the global
 backend or figure state of the calling process.
 """
@@ -14,10 +16,11 @@ import json
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from lopt_graphs.evaluation import ema_smooth, geomean
 from lopt_graphs.io import atomic_write_text
 
 __all__ = ["EVAL_KEYS", "ema_smooth", "read_metrics", "write_report"]
@@ -53,20 +56,6 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             # Several records may share a step (e.g. train and eval metrics): merge, later keys win.
             by_step.setdefault(step, {}).update(rec)
     return [by_step[s] for s in sorted(by_step)]
-
-
-def ema_smooth(values: Sequence[float], weight: float) -> list[float]:
-    """Debiased exponential moving average of ``values`` (``weight`` in ``[0, 1)``; 0 = no smoothing)."""
-    if not 0.0 <= weight < 1.0:
-        raise ValueError(f"weight must be in [0, 1), got {weight}")
-    out: list[float] = []
-    acc = 0.0
-    norm = 0.0
-    for v in values:
-        acc = weight * acc + (1.0 - weight) * v
-        norm = weight * norm + (1.0 - weight)
-        out.append(acc / norm)
-    return out
 
 
 def _default_smoothing(n: int) -> float:
@@ -127,7 +116,7 @@ def _eval_table(eval_results: Mapping[str, Mapping[str, Any]]) -> list[str]:
         "| NGO steps to Adam final | NGO steps / steps |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    log_ratios: list[float] = []
+    ratios: list[float] = []
     reached = 0
     for task in sorted(eval_results):
         r = eval_results[task]
@@ -136,7 +125,7 @@ def _eval_table(eval_results: Mapping[str, Mapping[str, Any]]) -> list[str]:
         to_adam = r.get("ngo_steps_to_adam_final")
         step_ratio = _ratio(to_adam, steps)
         if loss_ratio is not None and loss_ratio > 0:
-            log_ratios.append(math.log(loss_ratio))
+            ratios.append(loss_ratio)
         if to_adam is not None:
             reached += 1
         cells = [
@@ -155,11 +144,10 @@ def _eval_table(eval_results: Mapping[str, Mapping[str, Any]]) -> list[str]:
         "NGO / Adam final loss < 1 means the learned optimizer ends lower than tuned Adam; "
         "NGO steps / steps < 1 means it reaches Adam's final loss early."
     )
-    if log_ratios:
-        geo = math.exp(sum(log_ratios) / len(log_ratios))
+    if ratios:
         lines.append("")
         lines.append(
-            f"Geometric mean of NGO / Adam final loss over {len(log_ratios)} task(s): **{geo:.3f}**; "
+            f"Geometric mean of NGO / Adam final loss over {len(ratios)} task(s): **{geomean(ratios):.3f}**; "
             f"NGO reached Adam's final loss on **{reached}/{len(eval_results)}** task(s)."
         )
     return lines

@@ -1,0 +1,152 @@
+"""The optimizers of the vs-Adam suite: NGO, Adam (default, tuned, warmup + cosine), and the tuning-free peers.
+
+Each entry of :data:`PEERS` says how to build the optimizer for a model, whether its lr is tuned, and which
+PyPI package it needs. The peers' packages are the ``bench`` extra (``pip install -e ".[bench]"``); an
+optimizer whose package is missing is skipped with a message (:func:`missing`), never an error.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import inspect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from lopt_graphs import NeuralGraphOptimizer
+
+__all__ = ["PEERS", "Peer", "build", "hyper", "missing", "ngo_kwargs", "peer_versions", "warmup_cosine"]
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One optimizer of the suite.
+
+    Attributes:
+        label: name in tables and plots.
+        kind: what is built (runs of equal ``kind``, lr and seed are the same run and are reused).
+        tuned: the lr is chosen on the tuning seed from the config's grid (``lr_grid``).
+        lr: the fixed lr of an untuned optimizer (``None``: the config's ``ngo_lr``).
+        package: the PyPI import name it needs (``None``: torch or this project).
+        lr_grid: config key of the grid a tuned optimizer searches.
+    """
+
+    label: str
+    kind: str
+    tuned: bool = False
+    lr: float | None = None
+    package: str | None = None
+    lr_grid: str = "adam_lrs"
+
+
+PEERS: dict[str, Peer] = {
+    "ngo": Peer("NGO (learned)", "ngo"),
+    "adam": Peer("Adam lr=1e-3", "adam", lr=1e-3),
+    "adam_tuned": Peer("Adam (tuned lr)", "adam", tuned=True),
+    "adam_cosine_tuned": Peer("Adam warmup+cosine (tuned lr)", "adam_cosine", tuned=True),
+    "sf_adamw": Peer("Schedule-free AdamW lr=2.5e-3", "sf_adamw", lr=2.5e-3, package="schedulefree"),
+    "sf_adamw_tuned": Peer("Schedule-free AdamW (tuned lr)", "sf_adamw", tuned=True, package="schedulefree"),
+    "prodigy": Peer("Prodigy lr=1", "prodigy", lr=1.0, package="prodigyopt"),
+    "dadapt_adam": Peer("D-Adaptation Adam lr=1", "dadapt_adam", lr=1.0, package="dadaptation"),
+    "adamw_tuned": Peer("AdamW (tuned lr)", "adamw", tuned=True),
+    "sgd_tuned": Peer("SGD+momentum (tuned lr)", "sgd", tuned=True, lr_grid="sgd_lrs"),
+}
+
+
+def missing(name: str) -> str | None:
+    """``None`` if optimizer ``name`` can run here, else the reason it is skipped (its package is missing)."""
+    pkg = PEERS[name].package
+    if pkg is None:
+        return None
+    try:
+        importlib.import_module(pkg)
+    except ImportError as exc:
+        return f"skipped: {PEERS[name].label} needs {pkg}, which is not installed ({exc}); pip install -e \".[bench]\""
+    return None
+
+
+def peer_versions(names: list[str]) -> dict[str, str | None]:
+    """Installed version of each package the optimizers ``names`` need."""
+    out: dict[str, str | None] = {}
+    for pkg in sorted({PEERS[n].package for n in names if PEERS[n].package}):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def warmup_cosine(steps: int, warmup_fraction: float) -> Callable[[int], float]:
+    """LambdaLR factor: linear warmup over ``max(1, round(warmup_fraction * steps))`` steps (step ``k`` of the
+    warmup uses ``(k + 1) / warmup``), then a cosine from 1 to 0 over the remaining steps."""
+    warm = max(1, round(warmup_fraction * steps))
+    rest = max(1, steps - warm)
+
+    def factor(k: int) -> float:
+        if k < warm:
+            return (k + 1) / warm
+        return 0.5 * (1.0 + math.cos(math.pi * min(k - warm, rest) / rest))
+
+    return factor
+
+
+def ngo_kwargs(steps: int) -> dict[str, Any]:
+    """``{"total_steps": steps}`` when this ``NeuralGraphOptimizer`` takes ``total_steps``, else ``{}``."""
+    return {"total_steps": steps} if "total_steps" in inspect.signature(NeuralGraphOptimizer).parameters else {}
+
+
+def build(kind: str, lr: float, steps: int, cfg: Any, learned: Any = None
+          ) -> Callable[[nn.Module], torch.optim.Optimizer | tuple]:
+    """The ``make_opt(model)`` of :func:`lopt_graphs.evaluation.train_run` for one optimizer kind.
+
+    Args:
+        kind: a :attr:`Peer.kind`.
+        lr: its learning rate.
+        steps: the run's length (warmup + cosine and NGO's ``total_steps`` need it).
+        cfg: the suite's config (``adamw_weight_decay``, ``sgd_momentum``, ``warmup_fraction``, ``ngo_compile``).
+        learned: NGO's learned update.
+    """
+    if kind == "ngo":
+        extra = ngo_kwargs(steps)
+        return lambda m: NeuralGraphOptimizer.for_module(m, learned, lr=lr, compile=cfg.ngo_compile, **extra)
+    if kind == "adam":
+        return lambda m: torch.optim.Adam(m.parameters(), lr=lr)
+    if kind == "adam_cosine":
+        def make(m: nn.Module) -> tuple:
+            opt = torch.optim.Adam(m.parameters(), lr=lr)
+            return opt, torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, cfg.warmup_fraction))
+        return make
+    if kind == "adamw":
+        return lambda m: torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=cfg.adamw_weight_decay)
+    if kind == "sgd":
+        return lambda m: torch.optim.SGD(m.parameters(), lr=lr, momentum=cfg.sgd_momentum)
+    if kind == "sf_adamw":  # train_run calls its train() before training and eval() for the final evaluation
+        sf = importlib.import_module("schedulefree")
+        return lambda m: sf.AdamWScheduleFree(m.parameters(), lr=lr)
+    if kind == "prodigy":
+        prodigyopt = importlib.import_module("prodigyopt")
+        return lambda m: prodigyopt.Prodigy(m.parameters(), lr=lr)
+    if kind == "dadapt_adam":
+        dadaptation = importlib.import_module("dadaptation")
+        return lambda m: dadaptation.DAdaptAdam(m.parameters(), lr=lr)
+    raise ValueError(f"unknown optimizer kind {kind!r}; expected one of {sorted({p.kind for p in PEERS.values()})}")
+
+
+def hyper(kind: str, cfg: Any) -> dict[str, Any]:
+    """The non-lr hyperparameters of a kind, as recorded in the JSON."""
+    if kind == "adamw":
+        return {"weight_decay": cfg.adamw_weight_decay}
+    if kind == "sgd":
+        return {"momentum": cfg.sgd_momentum}
+    if kind == "adam_cosine":
+        return {"warmup_fraction": cfg.warmup_fraction, "schedule": "linear warmup, then cosine to 0"}
+    if kind == "ngo":
+        return {"compile": cfg.ngo_compile, **({"total_steps": True} if ngo_kwargs(1) else {})}
+    if kind in ("sf_adamw", "prodigy", "dadapt_adam"):
+        return {"other": "library defaults"}
+    return {}
