@@ -90,6 +90,7 @@ def load_any(ckpt: str) -> LearnedUpdate:
     """A learned update from a ``NeuralGraphOptimizer`` checkpoint (path or shipped name) or from a
     meta-training checkpoint (``<out>/ckpt.pt`` of a run in progress: its current meta-parameters)."""
     from .checkpointing import check_checkpoint
+    from .config import META_PARAMS
     from .trainer import CKPT_FORMAT, initial_learned_update
 
     obj = read_checkpoint(ckpt)  # one weights_only load; clear CheckpointError when missing or corrupt
@@ -98,7 +99,11 @@ def load_any(ckpt: str) -> LearnedUpdate:
     config = check_checkpoint(obj, ckpt)["config"]
     learned = initial_learned_update(config.get("init_ckpt") or "", float(config.get("mag_clip", 0.0)),
                                      config.get("learned", "v1"))
-    space = ThetaSpace(learned)
+    space = ThetaSpace(learned, META_PARAMS[config.get("meta_params", "all")])
+    with torch.no_grad():  # parameters not meta-trained (meta_params), as the run holds them
+        params = dict(learned.named_parameters())
+        for name, value in obj.get("frozen", {}).items():
+            params[name].copy_(value)
     theta = obj["theta"]
     if theta.numel() != space.dim:
         raise ValueError(f"Meta-training checkpoint {ckpt!r} holds {theta.numel()} meta-parameters, but "

@@ -16,7 +16,7 @@ from lopt_graphs.optim import LearnedUpdate, load_learned_update, save_checkpoin
 from lopt_graphs.optim.learned import v2_config
 
 from .checkpointing import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, load_checkpoint, rng_state, save_checkpoint_atomic, set_rng_state
-from .config import MetaTrainConfig, config_to_dict
+from .config import META_PARAMS, MetaTrainConfig, config_to_dict
 from .estimators import make_estimator
 from .runs import RunGroup, new_group
 from .tasks import sample_group
@@ -66,7 +66,7 @@ class MetaTrainer:
             raise ValueError("estimator='tbptt' runs on one process; use 'es' or 'pes' under torchrun")
         torch.manual_seed(cfg.seed)
         self.learned = initial_learned_update(cfg.init_ckpt, cfg.mag_clip, cfg.learned)
-        self.space = ThetaSpace(self.learned)
+        self.space = ThetaSpace(self.learned, META_PARAMS[cfg.meta_params])
         self.stepper = Stepper(self.learned)
         self.theta = torch.nn.Parameter(self.space.flatten(self.learned))
         self.outer = torch.optim.Adam([self.theta], lr=cfg.outer_lr)
@@ -148,6 +148,8 @@ class MetaTrainer:
             "config": config_to_dict(self.cfg), "theta": self.theta.detach().clone(),
             "outer": self.outer.state_dict(), "gen": self.gen.get_state(), "rng": rng_state(),
             "runs": [r.to_dict() for r in self.runs], "inner_steps": self.inner_steps, "world": self.world,
+            "frozen": {n: p.detach().clone() for n, p in self.learned.named_parameters()
+                       if n not in set(self.space.names)},
             "validation": self.validation,
         }
 

@@ -19,16 +19,28 @@ from .tasks import Task
 
 
 class ThetaSpace:
-    """Flat-vector view of a :class:`LearnedUpdate`'s parameters."""
+    """Flat-vector view of the meta-trained parameters of a :class:`LearnedUpdate`.
 
-    def __init__(self, learned: LearnedUpdate):
-        self.names = [n for n, _ in learned.named_parameters()]
-        self.shapes = [tuple(p.shape) for _, p in learned.named_parameters()]
-        self.numels = [p.numel() for _, p in learned.named_parameters()]
+    Args:
+        learned: the learned update.
+        frozen: name prefixes of parameters that stay at their value (not in ``theta``; ``functional_call``
+            then reads them from the module), for example ``("encoder.",)`` to meta-train only the readouts
+            and head on top of a fixed, seeded encoder.
+    """
+
+    def __init__(self, learned: LearnedUpdate, frozen: tuple[str, ...] = ()):
+        self.frozen = tuple(frozen)
+        named = self._named(learned)
+        self.names = [n for n, _ in named]
+        self.shapes = [tuple(p.shape) for _, p in named]
+        self.numels = [p.numel() for _, p in named]
         self.dim = sum(self.numels)
 
+    def _named(self, learned: LearnedUpdate) -> list[tuple[str, Tensor]]:
+        return [(n, p) for n, p in learned.named_parameters() if not n.startswith(self.frozen or ("\0",))]
+
     def flatten(self, learned: LearnedUpdate) -> Tensor:
-        return torch.cat([p.detach().reshape(-1) for _, p in learned.named_parameters()])
+        return torch.cat([p.detach().reshape(-1) for _, p in self._named(learned)])
 
     def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
         """``{"learned.<name>": tensor}`` views of ``theta`` (for ``functional_call`` on :class:`Stepper`)."""
@@ -37,7 +49,7 @@ class ThetaSpace:
 
     def load_into(self, learned: LearnedUpdate, theta: Tensor) -> None:
         with torch.no_grad():
-            for (_, p), t in zip(learned.named_parameters(), theta.split(self.numels)):
+            for (_, p), t in zip(self._named(learned), theta.split(self.numels)):
                 p.copy_(t.view_as(p))
 
 

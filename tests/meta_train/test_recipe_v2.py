@@ -94,3 +94,20 @@ def test_validation_scores_and_exports_the_best(tmp_path):
 def test_new_keys_reject_bad_values(override, key):
     with pytest.raises(ValueError, match=f"{key}="):
         load_config(None, [override])
+
+
+def test_meta_params_no_encoder_trains_only_the_rest_and_evaluate_rebuilds_it(tmp_path):
+    from meta_train.evaluate import load_any
+    from meta_train.trainer import MetaTrainer
+    cfg = load_config(None, ["meta_params=no_encoder", "wandb=false", "groups=1", "tasks_per_group=1", "truncation=2",
+                             "horizon=4", "horizon_min=0", "population=2", "validate_every=0", "seed=5"])
+    tr = MetaTrainer(cfg)
+    enc0 = {n: p.clone() for n, p in tr.learned.named_parameters() if n.startswith("encoder.")}
+    assert tr.space.dim < 500 and not any(n.startswith("encoder.") for n in tr.space.names)
+    theta0 = tr.theta.detach().clone()
+    tr.outer_step()
+    assert not torch.equal(tr.theta.detach(), theta0)
+    assert all(torch.equal(p, enc0[n]) for n, p in tr.learned.named_parameters() if n.startswith("encoder."))
+    tr.save(tmp_path / "ckpt.pt")
+    back = load_any(str(tmp_path / "ckpt.pt"))
+    assert all(torch.equal(a, b) for a, b in zip(back.parameters(), tr.learned.parameters()))
