@@ -62,7 +62,9 @@ def _compare(learned: LearnedUpdate, cfg: TaskConfig, steps: int, seeds: Sequenc
     tuned = tuned_baseline(adam, lrs, tune_seed, seeds)
     rows = []
     for seed, a in zip(seeds, tuned.runs):
-        ngo = train_run(task, lambda m: NeuralGraphOptimizer.for_module(m, copy.deepcopy(learned)), steps, seed)
+        # told the horizon, as a user gives T_max to a scheduler (ignored by updates without horizon features)
+        ngo = train_run(task, lambda m: NeuralGraphOptimizer.for_module(m, copy.deepcopy(learned), total_steps=steps),
+                        steps, seed)
         rows.append({
             "task": cfg.name, "steps": steps, "seed": seed, "adam_lr": tuned.lr, "adam_tune_seed": tune_seed,
             "adam_final_loss": a.final_loss, "ngo_final_loss": ngo.final_loss,
