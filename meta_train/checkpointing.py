@@ -33,6 +33,7 @@ __all__ = [
     "latest_checkpoint",
     "load_checkpoint",
     "make_checkpoint",
+    "resume_point",
     "rng_state",
     "save_checkpoint_atomic",
     "set_rng_state",
@@ -277,3 +278,26 @@ def set_rng_state(state: dict[str, Any]) -> None:
     cuda_states = state.get("cuda")
     if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all([torch.as_tensor(s, dtype=torch.uint8).cpu() for s in cuda_states])
+
+
+def resume_point(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Write a small copy of the meta-training checkpoint ``src`` without its inner runs (their parameters,
+    optimizer states and PES member trajectories are most of its size): resuming from it continues the
+    meta-parameters, outer optimizer, RNG states and validation record exactly and starts fresh inner runs.
+    Meant to be committed between sessions. Returns ``dst``."""
+    ck = load_checkpoint(src)
+    ck["runs"] = None
+    save_checkpoint_atomic(ck, dst)
+    return Path(dst)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Write a resume point: a meta-training checkpoint without its inner "
+                                             "runs (python -m meta_train.checkpointing SRC DST).")
+    ap.add_argument("src")
+    ap.add_argument("dst")
+    a = ap.parse_args()
+    out = resume_point(a.src, a.dst)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")

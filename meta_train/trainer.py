@@ -166,7 +166,9 @@ class MetaTrainer:
             dist.barrier()
 
     def load(self, path: str | os.PathLike) -> None:
-        """Continue exactly from a checkpoint written by :meth:`save`."""
+        """Continue exactly from a checkpoint written by :meth:`save`; from a resume point (a checkpoint
+        without its inner runs, :func:`~meta_train.checkpointing.resume_point`) the meta-parameters, outer
+        Adam state, RNG states and validation record continue and the inner runs start afresh."""
         path = Path(path)
         if self.world > 1 and self.cfg.estimator == "pes":
             path = path.with_suffix(f".rank{self.rank}.pt")
@@ -182,9 +184,16 @@ class MetaTrainer:
         self.space.load_into(self.learned, self.theta.detach())
         self.gen.set_state(ck["gen"])
         set_rng_state(ck["rng"])
-        self.runs = [RunGroup.from_dict(d) for d in ck["runs"]]
+        with torch.no_grad():
+            params = dict(self.learned.named_parameters())
+            for name, value in ck.get("frozen", {}).items():
+                params[name].copy_(value)
         self.step, self.inner_steps = int(ck["step"]), int(ck["inner_steps"])
         self.validation = dict(ck["validation"])
+        if ck["runs"] is None:  # a resume point (meta_train.checkpointing.resume_point): fresh inner runs
+            self.runs = [self._new_group(i, first=True) for i in range(self.cfg.groups)]
+        else:
+            self.runs = [RunGroup.from_dict(d) for d in ck["runs"]]
 
     def export(self, path: str | os.PathLike, meta: dict | None = None) -> None:
         """Write the learned update as a ``NeuralGraphOptimizer`` checkpoint."""

@@ -111,3 +111,24 @@ def test_meta_params_no_encoder_trains_only_the_rest_and_evaluate_rebuilds_it(tm
     tr.save(tmp_path / "ckpt.pt")
     back = load_any(str(tmp_path / "ckpt.pt"))
     assert all(torch.equal(a, b) for a, b in zip(back.parameters(), tr.learned.parameters()))
+
+
+def test_a_resume_point_is_small_and_continues_the_meta_parameters(tmp_path):
+    from meta_train.checkpointing import load_checkpoint, resume_point
+    from meta_train.trainer import MetaTrainer
+    over = ["wandb=false", "groups=2", "tasks_per_group=2", "truncation=2", "horizon=6", "horizon_min=0",
+            "population=2", "validate_every=0", "meta_params=no_encoder"]
+    cfg = load_config(None, over)
+    a = MetaTrainer(cfg)
+    a.outer_step()
+    a.save(tmp_path / "ckpt.pt")
+    resume_point(tmp_path / "ckpt.pt", tmp_path / "point.pt")
+    assert (tmp_path / "point.pt").stat().st_size < (tmp_path / "ckpt.pt").stat().st_size / 2
+    assert load_checkpoint(tmp_path / "point.pt")["runs"] is None
+    b = MetaTrainer(load_config(None, over + ["seed=9"]))  # another seed: everything comes from the point
+    b.load(tmp_path / "point.pt")
+    assert b.step == 1 and torch.equal(b.theta.detach(), a.theta.detach())
+    assert all(torch.equal(x, y) for x, y in zip(b.learned.parameters(), a.learned.parameters()))
+    assert len(b.runs) == 2 and all(r.step == 0 for r in b.runs)
+    b.outer_step()
+    assert b.step == 2
