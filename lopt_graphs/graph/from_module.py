@@ -34,8 +34,14 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
+from .attention_rules import encoder_layer_rule, encoder_rule, mha_rule
 from .builder import GraphBuildError, GraphBuilder
 from .spec import GraphSpec
+
+
+class _Multi(tuple):
+    """A module's tuple output (``MultiheadAttention`` returns ``(output, weights)``): elements are ``_Val`` or
+    ``None``; ``operator.getitem`` with a constant index picks one."""
 
 
 @dataclass(frozen=True)
@@ -226,7 +232,7 @@ def graph_from_fx(module: nn.Module, graph: torch.fx.Graph, on_unsupported: Lite
     def source(arg: torch.fx.Node, kind: str, conv: bool, ndim: int) -> _Val:
         """The neurons a layer reads: the traced set, or a pinned boundary set when the producer is unknown."""
         v = vals.get(arg)
-        if v is not None:
+        if isinstance(v, _Val):
             return v
         key = (arg, kind)
         if key not in boundary:
@@ -267,14 +273,48 @@ def graph_from_fx(module: nn.Module, graph: torch.fx.Graph, on_unsupported: Lite
             vals[node] = None
             continue
         args = tensor_args(node)
-        ins = [vals[a] for a in args]
+        ins = [vals[a] if isinstance(vals[a], _Val) else None for a in args]
         what = f"{node.op} {node.target!s} ({node.name})"
+        if (node.op == "call_function" and node.target is operator.getitem and node.args
+                and isinstance(vals.get(node.args[0]), _Multi) and isinstance(node.args[1], int)):
+            multi = vals[node.args[0]]
+            vals[node] = multi[node.args[1]] if -len(multi) <= node.args[1] < len(multi) else None
+            continue
         if node.op == "call_module":
             m = modules[node.target]
             has_params = any(True for _ in m.parameters())
             if node.target in shared:
                 unsupported(f"{what}: {shared[node.target]}", ins, m)
                 vals[node] = None
+                continue
+            if isinstance(m, (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerEncoder)):
+                take = lambda p: _take(p, index, placed)  # noqa: E731
+                first = node.args[0] if node.args else next(iter(node.kwargs.values()), None)
+                try:
+                    if isinstance(m, nn.MultiheadAttention):
+                        qkv = [a for a in node.args[:3] if isinstance(a, torch.fx.Node)]
+                        srcs = [source(a, "last", False, 2).set for a in qkv]
+                        vals[node] = _Multi((_Val(mha_rule(b, m, srcs, take, what), conv=False), None))
+                    else:
+                        if not isinstance(first, torch.fx.Node):
+                            raise GraphBuildError("its input is not a traced tensor")
+                        rule = encoder_rule if isinstance(m, nn.TransformerEncoder) else encoder_layer_rule
+                        vals[node] = _Val(rule(b, m, source(first, "last", False, 2).set, take, what), conv=False)
+                except (GraphBuildError, ValueError) as exc:
+                    if on_unsupported == "error":
+                        raise
+                    for sub in m.modules():
+                        unplace(sub)
+                    unsupported(f"{what}: {exc}", ins, m)
+                    vals[node] = None
+                    continue
+                for p in m.parameters():  # the attention's in-projections
+                    if index[id(p)] not in placed:
+                        reasons.setdefault(index[id(p)], f"{what}: attention in-projection (q/k/v) reads its "
+                                                         f"input by position through the attention scores")
+                for v in ins:  # masks and keys/values read by position
+                    if v is not None:
+                        b.pin(v.set)
                 continue
             known = isinstance(m, _WEIGHT_TYPES + _NORM_TYPES) or type(m) in _ACT_MODULES or isinstance(
                 m, _KEEP_MODULES) or isinstance(m, nn.Flatten)

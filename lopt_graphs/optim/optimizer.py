@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ..graph import GraphSpec, graph_from_module, graph_from_parameters
+from ..graph.describe import GraphDescription, describe_spec
 from .checkpoint import load_learned_update
 from .functional import apply_update, count_nonfinite, entry_features, ngo_update, node_contexts, param_step
 from .learned import LearnedUpdate
@@ -63,7 +64,7 @@ class NeuralGraphOptimizer(Optimizer):
                  lr: float | Tensor = 1.0, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, encoder_every: int | None = None,
                  on_unsupported: Literal["free", "error"] = "free", compile: bool = False,
-                 _specs: list[GraphSpec] | None = None):
+                 _specs: list[GraphSpec] | None = None, _names: list[list[str]] | None = None):
         if isinstance(lr, Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
         if not 0.0 <= float(lr):
@@ -89,6 +90,8 @@ class NeuralGraphOptimizer(Optimizer):
         self.compile = bool(compile)
         self._fns: dict[str, Callable] = {}
         self._given_specs = list(_specs or [])
+        self._names: list[list[str]] = []
+        self._given_names: list[list[str]] = list(_names or [])
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, encoder_every=encoder_every)
         super().__init__(params, defaults)
 
@@ -96,10 +99,23 @@ class NeuralGraphOptimizer(Optimizer):
     def for_module(cls, module: nn.Module, ckpt: CkptLike = None, **kwargs) -> "NeuralGraphOptimizer":
         """Optimizer over ``module.parameters()`` with the module's exact wiring (residuals, norms).
 
-        The graph is traced with :func:`~lopt_graphs.graph.graph_from_module`.
+        The graph is traced with :func:`~lopt_graphs.graph.graph_from_module` (``torch.fx``, else the Hugging
+        Face tracer, else a module walk). Layers without a neural-graph rule (embeddings, attention, LSTM/GRU,
+        custom layers) make only their own parameters graph-free; one ``UserWarning`` names them and why
+        (:meth:`describe` lists every parameter).
         """
-        spec = graph_from_module(module, on_unsupported=kwargs.get("on_unsupported", "free"))
-        return cls(module.parameters(), ckpt, _specs=[spec], **kwargs)
+        on_unsupported = kwargs.get("on_unsupported", "free")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            spec = graph_from_module(module, on_unsupported=on_unsupported)
+        names = [n for n, _ in module.named_parameters()]
+        if spec.free_params:
+            warnings.warn(_free_warning(spec, names, type(module).__name__), UserWarning, stacklevel=2)
+        else:
+            for w in caught:  # anything the tracers said, unchanged
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        opt = cls(module.parameters(), ckpt, _specs=[spec], _names=[names], **kwargs)
+        return opt
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group (as :meth:`torch.optim.Optimizer.add_param_group`) and build its graph.
@@ -122,10 +138,21 @@ class NeuralGraphOptimizer(Optimizer):
             raise ValueError(f"Graph spec describes {len(spec.params)} parameters, the group has {len(params)}")
         super().add_param_group(param_group)
         self._specs.append(spec)
+        names = self._given_names[idx] if idx < len(self._given_names) else [f"group{idx}.param{i}"
+                                                                               for i in range(len(params))]
+        self._names.append(names)
 
     def graph_spec(self, group: int = 0) -> GraphSpec:
         """The cached graph spec of parameter group ``group``."""
         return self._specs[group]
+
+    def describe(self) -> GraphDescription:
+        """Where every parameter lives: name, shape, kind (``edge``, ``node``, ``free``), the reason when
+        free, and totals. ``print(opt.describe())`` prints a table.
+
+        Names come from ``module.named_parameters()`` with :meth:`for_module`, else ``group{g}.param{i}``.
+        """
+        return describe_spec(self._specs, self._names)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load optimizer state (as :meth:`torch.optim.Optimizer.load_state_dict`).
@@ -204,3 +231,20 @@ class NeuralGraphOptimizer(Optimizer):
                     p.copy_(n)
                     self.state[p] = s
         return loss
+
+
+def _free_warning(spec: GraphSpec, names: list[str], model: str, limit: int = 6) -> str:
+    """One message naming the graph-free parameters grouped by reason (at most ``limit`` reasons)."""
+    by_reason: dict[str, list[str]] = {}
+    for i in spec.free_params:
+        by_reason.setdefault(spec.params[i].reason, []).append(names[i])
+    parts = []
+    for reason, ns in list(by_reason.items())[:limit]:
+        shown = ", ".join(ns[:3]) + (f" and {len(ns) - 3} more" if len(ns) > 3 else "")
+        parts.append(f"{shown}: {reason}")
+    more = f"; and {len(by_reason) - limit} more reasons" if len(by_reason) > limit else ""
+    free = sum(spec.params[i].numel for i in spec.free_params)
+    total = sum(p.numel for p in spec.params) or 1
+    return (f"NeuralGraphOptimizer.for_module({model}): {len(spec.free_params)} of {len(spec.params)} parameters "
+            f"({100 * free / total:.1f}% of the entries) are graph-free (built by {spec.built_by or 'tracing'}) - "
+            + "; ".join(parts) + more + ". print(opt.describe()) lists every parameter.")
