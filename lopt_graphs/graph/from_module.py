@@ -111,28 +111,82 @@ class _Tracer(torch.fx.Tracer):
     """Standard leaf rules: every ``torch.nn`` layer is a leaf, user modules are traced through."""
 
 
-def trace_module(module: nn.Module) -> tuple[torch.fx.Graph | None, str]:
-    """Trace ``module`` with ``torch.fx``, else with the Hugging Face tracer.
+class _Root(nn.Module):
+    """Wraps a module whose ``forward`` takes ``**kwargs`` (which ``torch.fx`` cannot trace as the root):
+    the wrapper's forward passes one positional tensor (``input_ids`` for Hugging Face models)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)
+
+
+class _LeafRetryTracer(_Tracer):
+    """Records the innermost module whose tracing failed, so it can be retried as a leaf (unknown)."""
+
+    def __init__(self, leaves: set[str]) -> None:
+        super().__init__()
+        self.leaves = leaves
+        self.failed: str | None = None
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return qualname in self.leaves or super().is_leaf_module(m, qualname)
+
+    def call_module(self, m, forward, args, kwargs):
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed is None:
+                self.failed = self.path_of_module(m)
+            raise
+
+
+def _first_line(exc: Exception) -> str:
+    msg = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {msg}"
+
+
+def trace_module(module: nn.Module, max_leaves: int = 64) -> tuple[torch.fx.Graph | None, nn.Module, str]:
+    """Trace ``module``: ``torch.fx``; else ``transformers.utils.fx`` (Hugging Face models, transformers < 5);
+    else ``torch.fx`` again, with every submodule whose code cannot be traced turned into a leaf (an unknown
+    module: its parameters go free, the layers around it stay on the graph).
 
     Returns:
-        ``(graph, how)``: the fx graph and ``"torch.fx"`` / ``"transformers.fx"``, or ``(None, reasons)`` when
-        neither could trace it (the reasons say why).
+        ``(graph, root, how)``: the fx graph, the module it was traced from (``module`` or a wrapper holding
+        it as ``.model``, with the same parameters in the same order) and ``"torch.fx"`` /
+        ``"transformers.fx"`` / ``"torch.fx with leaves ..."``; or ``(None, module, reasons)``.
     """
     try:
-        return _Tracer().trace(module), "torch.fx"
-    except Exception as exc:  # fx raises many types; the caller falls back
-        reasons = [f"torch.fx: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"]
+        return _Tracer().trace(module), module, "torch.fx"
+    except Exception as exc:  # fx raises many types; fall back
+        reasons = [f"torch.fx: {_first_line(exc)}"]
     try:
         from transformers import PreTrainedModel
         from transformers.utils.fx import symbolic_trace as hf_trace
-    except Exception:  # transformers not installed (or broken): nothing more to try
-        return None, "; ".join(reasons)
-    if isinstance(module, PreTrainedModel):
+    except Exception:  # not installed, or transformers >= 5 (no fx tracer)
+        hf_trace = None
+    if hf_trace is not None and isinstance(module, PreTrainedModel):
         try:
-            return hf_trace(module).graph, "transformers.fx"
+            return hf_trace(module).graph, module, "transformers.fx"
         except Exception as exc:
-            reasons.append(f"transformers.fx: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-    return None, "; ".join(reasons)
+            reasons.append(f"transformers.fx: {_first_line(exc)}")
+    root: nn.Module = _Root(module)
+    leaves: set[str] = set()
+    for _ in range(max_leaves):
+        tracer = _LeafRetryTracer(leaves)
+        try:
+            graph = tracer.trace(root)
+        except Exception as exc:
+            if tracer.failed in (None, "", "model"):  # the model's own code: nothing to make a leaf of
+                reasons.append(f"torch.fx (untraceable submodules as leaves): {_first_line(exc)}")
+                break
+            leaves.add(tracer.failed)
+            continue
+        names = ", ".join(sorted(n.removeprefix("model.") for n in leaves)) or "none"
+        return graph, root, f"torch.fx with untraceable submodules as leaves ({names})"
+    return None, module, "; ".join(reasons)
 
 
 def graph_from_module(module: nn.Module, on_unsupported: Literal["error", "free"] = "error",
@@ -154,7 +208,7 @@ def graph_from_module(module: nn.Module, on_unsupported: Literal["error", "free"
     """
     if on_unsupported not in ("error", "free"):
         raise ValueError(f"Invalid on_unsupported: {on_unsupported!r} (expected 'error' or 'free')")
-    graph, how = trace_module(module)
+    graph, root, how = trace_module(module)
     if graph is None:
         if on_unsupported == "free" and fallback:
             from .module_walk import graph_from_module_walk
@@ -168,7 +222,10 @@ def graph_from_module(module: nn.Module, on_unsupported: Literal["error", "free"
         raise GraphBuildError(f"torch.fx could not trace {type(module).__name__} ({how}); build the graph "
                               f"from its parameters (graph_from_parameters) if it is a plain chain, or pass "
                               f"on_unsupported='free' to use the module walk")
-    return graph_from_fx(module, graph, on_unsupported, hidden_positions, built_by=how)
+    if root is not module and on_unsupported == "error":
+        raise GraphBuildError(f"torch.fx could not trace {type(module).__name__} as a whole ({how}). Pass "
+                              f"on_unsupported='free' to optimize the untraceable submodules without a graph")
+    return graph_from_fx(root, graph, on_unsupported, hidden_positions, built_by=how)
 
 
 _WEIGHT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)

@@ -191,11 +191,14 @@ def test_hf_bert_is_traced_with_transformers() -> None:
     torch.manual_seed(0)
     model = transformers.BertForSequenceClassification(cfg).double().eval()
     spec = graph_from_module(model, on_unsupported="free")
-    assert spec.built_by in ("torch.fx", "transformers.fx")
+    # transformers >= 5 has no fx tracer: torch.fx traces it with the untraceable submodules as leaves
+    assert spec.built_by.startswith(("torch.fx", "transformers.fx"))
     names = [n for n, _ in model.named_parameters()]
     free = {names[i] for i in spec.free_params}
     assert {"bert.embeddings.word_embeddings.weight", "bert.embeddings.position_embeddings.weight"} <= free
-    assert "classifier.weight" not in free and "bert.encoder.layer.0.intermediate.dense.weight" not in free
+    assert {"classifier.weight", "bert.pooler.dense.weight", "bert.encoder.layer.0.intermediate.dense.weight",
+            "bert.encoder.layer.1.output.LayerNorm.weight"}.isdisjoint(free)
+    assert spec.hidden_sets()  # the feed-forward hidden neurons are permutable
     # function invariance on the graph part
     randomize(model)
     x = torch.randint(0, 50, (2, 7), generator=torch.Generator().manual_seed(0))

@@ -390,7 +390,7 @@ def _grouped() -> nn.Module:
 # model factory, indices of the parameters that must be free
 BAD_MODULES = {
     "embedding": (_WithEmbedding, [4]),
-    "multihead_attention": (_WithAttention, [2, 3, 4, 5]),  # only the attention's own parameters
+    "multihead_attention": (_WithAttention, [2, 3]),  # only the in-projection; out_proj is on the graph
     "grouped_conv": (_grouped, [2, 3]),  # the Linear after it reads pinned boundary channels
 }
 
