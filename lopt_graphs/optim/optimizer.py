@@ -12,6 +12,7 @@ from torch.optim import Optimizer
 
 from ..graph import GraphSpec, graph_from_module, graph_from_parameters
 from ..graph.describe import GraphDescription, describe_spec
+from .bn_scale import base_step
 from .checkpoint import load_learned_update
 from .functional import apply_update, count_nonfinite, entry_features, ngo_update, node_contexts, param_step
 from .learned import LearnedUpdate
@@ -46,6 +47,10 @@ class NeuralGraphOptimizer(Optimizer):
         compile: fuse the per-entry work (features, head, update) with ``torch.compile`` (one compilation
             per parameter shape, paid during the first steps; raises dynamo's recompile limit to 64).
             Same maths as eager; several times faster per step on large models on CPU.
+        bn_weights: ``"base"`` (default): weights whose output feeds a BatchNorm directly (known from
+            :meth:`for_module`'s trace) take the base Adam-like step instead of the learned one, which keeps
+            the BatchNorm running statistics valid (see :mod:`lopt_graphs.optim.bn_scale`); ``"learned"``
+            applies the learned step to them too.
 
     Example::
 
@@ -64,7 +69,8 @@ class NeuralGraphOptimizer(Optimizer):
                  lr: float | Tensor = 1.0, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, encoder_every: int | None = None,
                  on_unsupported: Literal["free", "error"] = "free", compile: bool = False,
-                 _specs: list[GraphSpec] | None = None, _names: list[list[str]] | None = None):
+                 bn_weights: Literal["base", "learned"] = "base", _specs: list[GraphSpec] | None = None,
+                 _names: list[list[str]] | None = None):
         if isinstance(lr, Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
         if not 0.0 <= float(lr):
@@ -82,6 +88,9 @@ class NeuralGraphOptimizer(Optimizer):
             raise ValueError(f"Invalid encoder_every: {encoder_every!r} (expected a positive int)")
         if on_unsupported not in ("free", "error"):
             raise ValueError(f"Invalid on_unsupported: {on_unsupported!r} (expected 'free' or 'error')")
+        if bn_weights not in ("base", "learned"):
+            raise ValueError(f"Invalid bn_weights: {bn_weights!r} (expected 'base' or 'learned')")
+        self.bn_weights = bn_weights
         self.learned = ckpt if isinstance(ckpt, LearnedUpdate) else load_learned_update(ckpt)
         self.learned.requires_grad_(False)
         self.on_unsupported = on_unsupported
@@ -226,8 +235,12 @@ class NeuralGraphOptimizer(Optimizer):
                 self.learned, self._specs[gi].to(device), [p.detach() for p in params], grads, states,
                 lr=group["lr"], betas=group["betas"], eps=group["eps"], weight_decay=group["weight_decay"],
                 encoder_every=group["encoder_every"], _fns=self._compiled())
-            for p, g, n, s in zip(params, grads, new_params, new_states):
+            base = set(self._specs[gi].scale_invariant) if self.bn_weights == "base" else set()
+            eta = group["lr"] * self.learned.cfg.base_lr
+            for j, (p, g, n, s) in enumerate(zip(params, grads, new_params, new_states)):
                 if g is not None:
+                    if j in base:
+                        n = base_step(p, s, group["betas"], group["eps"], eta, group["weight_decay"])
                     p.copy_(n)
                     self.state[p] = s
         return loss
