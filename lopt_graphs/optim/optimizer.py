@@ -14,6 +14,7 @@ from ..graph import GraphSpec, graph_from_module, graph_from_parameters
 from ..graph.describe import GraphDescription, describe_spec
 from .bn_scale import base_step
 from .checkpoint import load_learned_update
+from .fast_step import fast_param_step
 from .functional import apply_update, count_nonfinite, entry_features, ngo_update, node_contexts, param_step
 from .learned import LearnedUpdate
 
@@ -179,8 +180,8 @@ class NeuralGraphOptimizer(Optimizer):
                     self.state[p][k] = v.to(device=p.device, copy=True)
 
     def _compiled(self) -> dict[str, Callable]:
-        if not self.compile:
-            return {}
+        if not self.compile:  # eager: the usual step with fewer passes over memory (same maths)
+            return {"step": fast_param_step}
         if not self._fns:
             import torch._dynamo
 
