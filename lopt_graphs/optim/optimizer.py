@@ -14,7 +14,7 @@ from ..graph import GraphSpec, graph_from_module, graph_from_parameters
 from ..graph.describe import GraphDescription, describe_spec
 from .bn_scale import base_step
 from .checkpoint import load_learned_update
-from .fast_step import fast_param_step
+from .fast_step import FAST_MIN_NUMEL, eager_param_step
 from .functional import apply_update, count_nonfinite, entry_features, ngo_update, node_contexts, param_step
 from .learned import LearnedUpdate
 
@@ -146,6 +146,13 @@ class NeuralGraphOptimizer(Optimizer):
             params, on_unsupported=self.on_unsupported)
         if len(spec.params) != len(params):
             raise ValueError(f"Graph spec describes {len(spec.params)} parameters, the group has {len(params)}")
+        broken = [i for i in spec.free_params if spec.params[i].reason.startswith("after parameter that broke")]
+        if idx >= len(self._given_specs) and broken:
+            warnings.warn(f"NeuralGraphOptimizer: parameter group {idx} is not a feed-forward chain of "
+                          f"Linear/Conv layers from parameter {broken[0] - 1} on ({spec.params[broken[0] - 1].reason}); "
+                          f"{len(spec.free_params)} of {len(params)} parameters are graph-free. For residual nets, "
+                          f"norms, embeddings or attention use NeuralGraphOptimizer.for_module(model), which "
+                          f"traces the wiring", UserWarning, stacklevel=4)
         super().add_param_group(param_group)
         self._specs.append(spec)
         names = self._given_names[idx] if idx < len(self._given_names) else [f"group{idx}.param{i}"
@@ -179,9 +186,9 @@ class NeuralGraphOptimizer(Optimizer):
                 if isinstance(v, Tensor) and k in self.state[p]:
                     self.state[p][k] = v.to(device=p.device, copy=True)
 
-    def _compiled(self) -> dict[str, Callable]:
-        if not self.compile:  # eager: the usual step with fewer passes over memory (same maths)
-            return {"step": fast_param_step}
+    def _compiled(self, params: list[Tensor] = ()) -> dict[str, Callable]:
+        if not self.compile:  # eager: the usual step with fewer passes over memory for large parameters
+            return {"step": eager_param_step} if any(p.numel() >= FAST_MIN_NUMEL for p in params) else {}
         if not self._fns:
             import torch._dynamo
 
@@ -235,7 +242,7 @@ class NeuralGraphOptimizer(Optimizer):
             new_params, new_states = ngo_update(
                 self.learned, self._specs[gi].to(device), [p.detach() for p in params], grads, states,
                 lr=group["lr"], betas=group["betas"], eps=group["eps"], weight_decay=group["weight_decay"],
-                encoder_every=group["encoder_every"], _fns=self._compiled())
+                encoder_every=group["encoder_every"], _fns=self._compiled(params))
             base = set(self._specs[gi].scale_invariant) if self.bn_weights == "base" else set()
             eta = group["lr"] * self.learned.cfg.base_lr
             for j, (p, g, n, s) in enumerate(zip(params, grads, new_params, new_states)):
