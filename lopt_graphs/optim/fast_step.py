@@ -7,9 +7,9 @@ Adam's. This version computes the same numbers with ~25 passes: moments with ``l
 features stacked once and clipped in one call, the head's two layers as small matmuls over the feature dim
 with the node terms broadcast-added in place. Same maths up to float rounding (checked against the
 reference in ``tests/optim/test_fast_step.py``); used by :class:`NeuralGraphOptimizer` on its usual
-(non-encoder) steps when ``compile=False``, through :func:`eager_param_step`, for parameters of at least
-:data:`FAST_MIN_NUMEL` entries (smaller ones are bound by Python overhead either way and keep the reference,
-so the class stays bit-identical to :func:`~lopt_graphs.optim.functional.ngo_update` on small models). Not
+(non-encoder) steps when ``compile=False``, through :func:`eager_param_step`, in parameter groups holding a parameter of at
+least :data:`FAST_MIN_NUMEL` entries (groups of small parameters keep the reference, so the class stays
+bit-identical to :func:`~lopt_graphs.optim.functional.ngo_update` on small models). Not
 for ``torch.func`` transforms (it reads the step count as a Python number).
 """
 
@@ -20,20 +20,21 @@ import math
 import torch
 from torch import Tensor
 
-from .functional import FEATURE_CLIP, compute_dtype, param_step
+from .functional import FEATURE_CLIP, compute_dtype
 from .learned import HeadWeights
 
 
-#: Parameters with at least this many entries take the fast path.
+#: Parameter groups holding a parameter with at least this many entries take the fast path.
 FAST_MIN_NUMEL = 4096
 
 
 def eager_param_step(hw: HeadWeights, p: Tensor, g: Tensor, st: dict[str, Tensor], kind: str,
                      view: tuple[int, ...], betas: tuple[float, float], eps: float, momenta: tuple[float, float],
                      eta: float | Tensor, weight_decay: float) -> tuple[Tensor, dict[str, Tensor]]:
-    """:func:`fast_param_step` for large parameters, the reference ``param_step`` for small ones."""
-    fn = fast_param_step if p.numel() >= FAST_MIN_NUMEL else param_step
-    return fn(hw, p, g, st, kind, view, betas, eps, momenta, eta, weight_decay)
+    """:func:`fast_param_step` (the optimizer passes it only for groups holding a parameter of at least
+    :data:`FAST_MIN_NUMEL` entries; within such a group small parameters gain too: ~45 operations instead of
+    ~100)."""
+    return fast_param_step(hw, p, g, st, kind, view, betas, eps, momenta, eta, weight_decay)
 
 
 def _rms(x: Tensor) -> Tensor:
