@@ -119,11 +119,11 @@ class NeuralGraphOptimizer(Optimizer):
             warnings.simplefilter("always")
             spec = graph_from_module(module, on_unsupported=on_unsupported)
         names = [n for n, _ in module.named_parameters()]
+        for w in caught:  # what the tracers and models said, unchanged (our own fallback note is folded below)
+            if not (spec.free_params and str(w.message).startswith("lopt_graphs: could not trace")):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         if spec.free_params:
             warnings.warn(_free_warning(spec, names, type(module).__name__), UserWarning, stacklevel=2)
-        else:
-            for w in caught:  # anything the tracers said, unchanged
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         opt = cls(module.parameters(), ckpt, _specs=[spec], _names=[names], **kwargs)
         return opt
 
