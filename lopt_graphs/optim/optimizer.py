@@ -14,7 +14,7 @@ from ..graph import GraphSpec, graph_from_module, graph_from_parameters
 from ..graph.describe import GraphDescription, describe_spec
 from .bn_scale import base_step
 from .checkpoint import load_learned_update
-from .fast_step import FAST_MIN_NUMEL, eager_param_step
+from .fast_step import FAST_MIN_NUMEL, eager_param_step, fast_step_agrees
 from .functional import apply_update, count_nonfinite, entry_features, ngo_update, node_contexts, param_step
 from .learned import LearnedUpdate
 
@@ -99,6 +99,7 @@ class NeuralGraphOptimizer(Optimizer):
         self._specs: list[GraphSpec] = []
         self.compile = bool(compile)
         self._fns: dict[str, Callable] = {}
+        self._fast_ok: bool | None = None
         self._given_specs = list(_specs or [])
         self._names: list[list[str]] = []
         self._given_names: list[list[str]] = list(_names or [])
@@ -188,7 +189,15 @@ class NeuralGraphOptimizer(Optimizer):
 
     def _compiled(self, params: list[Tensor] = ()) -> dict[str, Callable]:
         if not self.compile:  # eager: the usual step with fewer passes over memory for large parameters
-            return {"step": eager_param_step} if any(p.numel() >= FAST_MIN_NUMEL for p in params) else {}
+            if not any(p.numel() >= FAST_MIN_NUMEL for p in params):
+                return {}
+            if self._fast_ok is None:  # once: the fast path must reproduce the reference maths
+                self._fast_ok = fast_step_agrees(self.learned)
+                if not self._fast_ok:
+                    warnings.warn("NeuralGraphOptimizer: the eager fast step does not reproduce the reference "
+                                  "update for this checkpoint; using the reference (slower) step",
+                                  RuntimeWarning, stacklevel=3)
+            return {"step": eager_param_step} if self._fast_ok else {}
         if not self._fns:
             import torch._dynamo
 

@@ -45,3 +45,15 @@ def test_fast_step_matches_reference(kind, shape, view, dtype, weight_decay):
     for k in ref_st:
         torch.testing.assert_close(fast_st[k], ref_st[k], rtol=1e-5, atol=1e-7, msg=lambda m: f"{k}: {m}")
     assert float((ref_p - p).abs().max()) > 1e-3  # the steps did something
+
+
+def test_self_check_accepts_the_shipped_head_and_rejects_a_changed_one(monkeypatch):
+    from lopt_graphs.optim import fast_step
+    from lopt_graphs.optim.checkpoint import load_learned_update
+
+    assert fast_step.fast_step_agrees(load_learned_update(None).requires_grad_(False))
+    learned = random_head_learned(seed=5).requires_grad_(False)
+    assert fast_step.fast_step_agrees(learned)
+    real = fast_step.fast_param_step
+    monkeypatch.setattr(fast_step, "fast_param_step", lambda *a: (lambda p, s: (p * 1.01, s))(*real(*a)))
+    assert not fast_step.fast_step_agrees(learned)
