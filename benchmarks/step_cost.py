@@ -233,7 +233,8 @@ def run_loops(steps: int = 400, chunk: int = 25, out: str | os.PathLike = "bench
               f"(+{res['ngo']['build_s']:.2f}s build) -> {res['ratio']:.2f}x", flush=True)
     result = {"benchmark": "step_cost_loops", "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="minutes"),
               "torch": torch.__version__,
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                          "torch_threads": torch.get_num_threads(),
                           "load_average_1min": os.getloadavg()[0]},
               "chunk": chunk, "rows": rows}
     print(loops_table(result))

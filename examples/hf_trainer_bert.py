@@ -6,7 +6,8 @@ Command::
 
 The BERT (``BertForSequenceClassification``, 2 layers, hidden 32) is built from a ``BertConfig``, so
 nothing is downloaded. The task is synthetic: a sequence of random tokens is labelled by whether its first
-token is in the lower half of the vocabulary (BERT's pooler reads the first position). The optimizer comes from ``NeuralGraphOptimizer.for_module(model)``: torch.fx traces BERT with
+token is in the lower half of the vocabulary (BERT's pooler reads the first position). The optimizer comes
+from ``NeuralGraphOptimizer.for_module(model)``: torch.fx traces BERT with
 its embeddings and self-attention blocks as unknown leaves (graph-free), and its dense and LayerNorm
 layers on the graph (see ``opt.describe()``). Needs ``pip install transformers`` (the ``models`` extra).
 Prints the first and last training losses and the accuracy on held-out sequences.

@@ -150,7 +150,8 @@ class NeuralGraphOptimizer(Optimizer):
         broken = [i for i in spec.free_params if spec.params[i].reason.startswith("after parameter that broke")]
         if idx >= len(self._given_specs) and broken:
             warnings.warn(f"NeuralGraphOptimizer: parameter group {idx} is not a feed-forward chain of "
-                          f"Linear/Conv layers from parameter {broken[0] - 1} on ({spec.params[broken[0] - 1].reason}); "
+                          f"Linear/Conv layers from parameter {broken[0] - 1} on "
+                          f"({spec.params[broken[0] - 1].reason}); "
                           f"{len(spec.free_params)} of {len(params)} parameters are graph-free. For residual nets, "
                           f"norms, embeddings or attention use NeuralGraphOptimizer.for_module(model), which "
                           f"traces the wiring", UserWarning, stacklevel=4)

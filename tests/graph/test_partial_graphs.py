@@ -86,7 +86,8 @@ CASES = {
     "gru_lm": (lambda: RNNLM("gru"), "tokens", ["emb.weight", "rnn.weight_ih_l0", "rnn.weight_hh_l0",
                                                 "rnn.bias_ih_l0", "rnn.bias_hh_l0"], True),
     "transformer_lm": (TransformerLM, "tokens", ["emb.weight"] + [f"enc.layers.{i}.self_attn.in_proj_{k}"
-                                                                   for i in range(2) for k in ("weight", "bias")], True),
+                                                                   for i in range(2) for k in ("weight", "bias")],
+                       True),
     "transformer_lm_norm_first": (lambda: TransformerLM(norm_first=True), "tokens",
                                   ["emb.weight"] + [f"enc.layers.{i}.self_attn.in_proj_{k}" for i in range(2)
                                                     for k in ("weight", "bias")], True),
