@@ -8,9 +8,10 @@ features stacked once and clipped in one call, the head's two layers as small ma
 with the node terms broadcast-added in place. Same maths up to float rounding (checked against the
 reference in ``tests/optim/test_fast_step.py``); used by :class:`NeuralGraphOptimizer` on its usual
 (non-encoder) steps when ``compile=False``, through :func:`eager_param_step`, in parameter groups holding
-a parameter of at least :data:`FAST_MIN_NUMEL` entries (groups of small parameters keep the reference, so the class stays
-bit-identical to :func:`~lopt_graphs.optim.functional.ngo_update` on small models). Not
-for ``torch.func`` transforms (it reads the step count as a Python number).
+a parameter of at least :data:`FAST_MIN_NUMEL` entries (groups of small parameters keep the reference, so
+the class stays bit-identical to :func:`~lopt_graphs.optim.functional.ngo_update` on small models), and only
+after :func:`fast_step_agrees` confirmed it for the checkpoint. Not for ``torch.func`` transforms (it reads
+the step count as a Python number).
 """
 
 from __future__ import annotations
