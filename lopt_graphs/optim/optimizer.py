@@ -14,7 +14,8 @@ from ..graph import GraphSpec, graph_from_module, graph_from_parameters
 from ..graph.describe import GraphDescription, describe_spec
 from .bn_scale import base_step
 from .checkpoint import load_learned_update
-from .fast_step import FAST_MIN_NUMEL, eager_param_step, fast_step_agrees
+from . import fast_step
+from .fast_step import eager_param_step, fast_step_agrees
 from .functional import apply_update, count_nonfinite, entry_features, ngo_update, node_contexts, param_step
 from .learned import LearnedUpdate
 
@@ -190,7 +191,7 @@ class NeuralGraphOptimizer(Optimizer):
 
     def _compiled(self, params: list[Tensor] = ()) -> dict[str, Callable]:
         if not self.compile:  # eager: the usual step with fewer passes over memory for large parameters
-            if not any(p.numel() >= FAST_MIN_NUMEL for p in params):
+            if not any(p.numel() >= fast_step.FAST_MIN_NUMEL for p in params):  # set it to inf to disable
                 return {}
             if self._fast_ok is None:  # once: the fast path must reproduce the reference maths
                 self._fast_ok = fast_step_agrees(self.learned)
