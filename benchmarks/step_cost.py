@@ -4,6 +4,15 @@ Command::
 
     python benchmarks/step_cost.py [--quick] [--steps N] [--encoder-every K] [--no-compile]
                                    [--out benchmarks/results/step_cost.json]
+    python benchmarks/step_cost.py --loops [--loop-steps 400] [--out benchmarks/results/step_cost_loops.json]
+
+``--loops`` measures the two cost targets of issue 15 instead: the wall time of a whole ``--loop-steps``-step
+training loop (forward + backward + step, first steps and every encoder run included) of ResNet-18
+(``torchvision.models.resnet18(num_classes=10)``, 32x32 inputs, batch 32, ``NeuralGraphOptimizer.for_module``
+with default options) and of the 269K-weight 784-256-256-10 MLP (MNIST-5k, batch 128,
+``NeuralGraphOptimizer(model.parameters())`` with default options), each against ``torch.optim.Adam`` on an
+identical copy in this process, in interleaved chunks of 25 steps (so drifts of a shared machine hit both).
+One torch thread.
 
 For each model (an MLP on 8x8 digits, a 784-256-256-10 MLP and a small CNN on 28x28 MNIST-5k images; batch
 128) both optimizers run in this process on identical copies of the model and data. Reported, as medians
@@ -160,14 +169,110 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _loop_models() -> dict[str, tuple[nn.Module, torch.Tensor, torch.Tensor, str]]:
+    """The two models of the loop targets, with fixed batches (8 of them, cycled)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    resnet = torchvision.models.resnet18(num_classes=10)
+    xr = torch.randn(8, 32, 3, 32, 32, generator=g)
+    yr = torch.randint(0, 10, (8, 32), generator=g)
+    data = load_embedded("mnist5k")
+    idx = torch.randint(0, data.num_train, (8, 128), generator=g)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+                        nn.Linear(256, 10))
+    return {"resnet18_32x32_b32": (resnet, xr, yr, "for_module"),
+            "mlp_784-256-256-10": (mlp, data.x_train[idx], data.y_train[idx], "parameters")}
+
+
+def run_loops(steps: int = 400, chunk: int = 25, out: str | os.PathLike = "benchmarks/results/step_cost_loops.json",
+              models: list[str] | None = None) -> dict:
+    """Whole training loops, NGO (default options) against Adam; returns (and writes) the result dict."""
+    torch.set_num_threads(1)
+    rows = []
+    for name, (model, x, y, how) in _loop_models().items():
+        if models and name not in models:
+            continue
+        loss_fn = nn.CrossEntropyLoss()
+        runs = {}
+        for label in ("adam", "ngo"):
+            m = copy.deepcopy(model)
+            t0 = time.perf_counter()
+            if label == "adam":
+                opt = torch.optim.Adam(m.parameters(), lr=1e-3, foreach=True)
+            elif how == "for_module":
+                opt = NeuralGraphOptimizer.for_module(m)
+            else:
+                opt = NeuralGraphOptimizer(m.parameters())
+            runs[label] = {"model": m, "opt": opt, "build_s": time.perf_counter() - t0, "loop_s": 0.0, "done": 0,
+                           "losses": []}
+        while any(r["done"] < steps for r in runs.values()):
+            for r in runs.values():
+                m, opt = r["model"], r["opt"]
+                n = min(chunk, steps - r["done"])
+                t0 = time.perf_counter()
+                for i in range(r["done"], r["done"] + n):
+                    opt.zero_grad(set_to_none=True)
+                    loss = loss_fn(m(x[i % len(x)]), y[i % len(y)])
+                    loss.backward()
+                    opt.step()
+                    r["losses"].append(loss.item())
+                r["loop_s"] += time.perf_counter() - t0
+                r["done"] += n
+        spec = runs["ngo"]["opt"].graph_spec(0)
+        res = {"model": name, "params": sum(p.numel() for p in model.parameters()), "front_end": how,
+               "graph": {"nodes": spec.num_nodes, "edges": spec.num_edges, "free_params": len(spec.free_params)},
+               "steps": steps}
+        for label, r in runs.items():
+            res[label] = {"loop_s": r["loop_s"], "build_s": r["build_s"], "ms_per_step": r["loop_s"] / steps * 1e3,
+                          "final_loss": statistics.fmean(r["losses"][-10:])}
+        res["ratio"] = (res["ngo"]["loop_s"] + res["ngo"]["build_s"]) / res["adam"]["loop_s"]
+        rows.append(res)
+        print(f"{name}: adam {res['adam']['loop_s']:.1f}s, ngo {res['ngo']['loop_s']:.1f}s "
+              f"(+{res['ngo']['build_s']:.2f}s build) -> {res['ratio']:.2f}x", flush=True)
+    result = {"benchmark": "step_cost_loops", "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="minutes"),
+              "torch": torch.__version__,
+              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                          "torch_threads": torch.get_num_threads(),
+                          "load_average_1min": os.getloadavg()[0]},
+              "chunk": chunk, "rows": rows}
+    print(loops_table(result))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {out}")
+    return result
+
+
+def loops_table(result: dict) -> str:
+    """Markdown table of a ``run_loops`` result."""
+    lines = ["| model | params | front end | graph (nodes / edges / free params) | steps | Adam loop s | NGO loop s "
+             "(+ build) | NGO / Adam | target |", "|---|---:|---|---|---:|---:|---:|---:|---|"]
+    targets = {"resnet18_32x32_b32": 3.0, "mlp_784-256-256-10": 2.0}
+    for r in result["rows"]:
+        g, t = r["graph"], targets.get(r["model"])
+        ok = "" if t is None else f"<= {t:.0f}x: {'met' if r['ratio'] <= t else 'NOT met'}"
+        lines.append(f"| {r['model']} | {r['params']:,} | {r['front_end']} | {g['nodes']:,} / {g['edges']:,} / "
+                     f"{g['free_params']} | {r['steps']} | {r['adam']['loop_s']:.1f} | {r['ngo']['loop_s']:.1f} "
+                     f"(+{r['ngo']['build_s']:.2f}) | {r['ratio']:.2f}x | {ok} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smallest model, few steps (smoke test)")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--encoder-every", type=int, default=None)
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
-    ap.add_argument("--out", default="benchmarks/results/step_cost.json")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--loops", action="store_true", help="the 400-step loop targets (ResNet-18, 269K MLP)")
+    ap.add_argument("--loop-steps", type=int, default=400)
+    ap.add_argument("--models", nargs="*", default=None, help="with --loops: only these rows")
     a = ap.parse_args(argv)
+    if a.loops:
+        return run_loops(steps=a.loop_steps, out=a.out or "benchmarks/results/step_cost_loops.json", models=a.models)
+    a.out = a.out or "benchmarks/results/step_cost.json"
     return run(quick=a.quick, steps=a.steps, encoder_every=a.encoder_every, compile=not a.no_compile, out=a.out)
 
 

@@ -10,12 +10,22 @@ The trace follows which *neuron set* every intermediate tensor carries:
   and are permuted together.
 
 Any other operation is unknown: with ``on_unsupported="error"`` the build fails naming it; with ``"free"``
-the parameters that depend on it take the graph-free path. Wiring is never guessed.
+only the parameters of the unknown module (an ``Embedding``, an attention block, an LSTM, a custom layer)
+take the graph-free path. The layers around it stay on the graph: the neurons an unknown operation reads
+or writes are *pinned* (they get positional ids, so no permutation through the unknown operation is
+claimed), and a layer reading an unknown operation's output reads a fresh pinned set of neurons (a
+boundary). Wiring is never guessed.
+
+When ``torch.fx`` cannot trace the module, :func:`trace_module` tries
+``transformers.utils.fx.symbolic_trace`` (for Hugging Face models, if ``transformers`` is installed) and
+then :mod:`.module_walk`, which only wires what each layer proves by itself.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import operator
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -24,8 +34,14 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
+from .attention_rules import encoder_layer_rule, encoder_rule, mha_rule
 from .builder import GraphBuildError, GraphBuilder
 from .spec import GraphSpec
+
+
+class _Multi(tuple):
+    """A module's tuple output (``MultiheadAttention`` returns ``(output, weights)``): elements are ``_Val`` or
+    ``None``; ``operator.getitem`` with a constant index picks one."""
 
 
 @dataclass(frozen=True)
@@ -95,36 +111,169 @@ class _Tracer(torch.fx.Tracer):
     """Standard leaf rules: every ``torch.nn`` layer is a leaf, user modules are traced through."""
 
 
+class _Root(nn.Module):
+    """Wraps a module whose ``forward`` takes ``**kwargs`` (which ``torch.fx`` cannot trace as the root):
+    the wrapper's forward passes one positional tensor (``input_ids`` for Hugging Face models)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)
+
+
+class _LeafRetryTracer(_Tracer):
+    """Records the innermost module whose tracing failed, so it can be retried as a leaf (unknown)."""
+
+    def __init__(self, leaves: set[str]) -> None:
+        super().__init__()
+        self.leaves = leaves
+        self.failed: str | None = None
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return qualname in self.leaves or super().is_leaf_module(m, qualname)
+
+    def call_module(self, m, forward, args, kwargs):
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed is None:
+                self.failed = self.path_of_module(m)
+            raise
+
+
+def _first_line(exc: Exception) -> str:
+    msg = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {msg}"
+
+
+def trace_module(module: nn.Module, max_leaves: int = 64) -> tuple[torch.fx.Graph | None, nn.Module, str]:
+    """Trace ``module``: ``torch.fx``; else ``transformers.utils.fx`` (Hugging Face models, transformers < 5);
+    else ``torch.fx`` again, with every submodule whose code cannot be traced turned into a leaf (an unknown
+    module: its parameters go free, the layers around it stay on the graph).
+
+    Returns:
+        ``(graph, root, how)``: the fx graph, the module it was traced from (``module`` or a wrapper holding
+        it as ``.model``, with the same parameters in the same order) and ``"torch.fx"`` /
+        ``"transformers.fx"`` / ``"torch.fx with leaves ..."``; or ``(None, module, reasons)``.
+    """
+    try:
+        return _Tracer().trace(module), module, "torch.fx"
+    except Exception as exc:  # fx raises many types; fall back
+        reasons = [f"torch.fx: {_first_line(exc)}"]
+    try:
+        from transformers import PreTrainedModel
+        from transformers.utils.fx import symbolic_trace as hf_trace
+    except Exception:  # not installed, or transformers >= 5 (no fx tracer)
+        hf_trace = None
+    if hf_trace is not None and isinstance(module, PreTrainedModel):
+        try:
+            return hf_trace(module).graph, module, "transformers.fx"
+        except Exception as exc:
+            reasons.append(f"transformers.fx: {_first_line(exc)}")
+    root: nn.Module = _Root(module)
+    leaves: set[str] = set()
+    for _ in range(max_leaves):
+        tracer = _LeafRetryTracer(leaves)
+        try:
+            graph = tracer.trace(root)
+        except Exception as exc:
+            if tracer.failed in (None, "", "model"):  # the model's own code: nothing to make a leaf of
+                reasons.append(f"torch.fx (untraceable submodules as leaves): {_first_line(exc)}")
+                break
+            leaves.add(tracer.failed)
+            continue
+        names = ", ".join(sorted(n.removeprefix("model.") for n in leaves)) or "none"
+        return graph, root, f"torch.fx with untraceable submodules as leaves ({names})"
+    return None, module, "; ".join(reasons)
+
+
 def graph_from_module(module: nn.Module, on_unsupported: Literal["error", "free"] = "error",
-                      hidden_positions: bool = False) -> GraphSpec:
+                      hidden_positions: bool = False, fallback: bool = True) -> GraphSpec:
     """Build a :class:`GraphSpec` with the module's exact wiring.
 
     Args:
         module: the network. Parameter ``i`` of the result is ``list(module.parameters())[i]``.
         on_unsupported: ``"error"`` raises :class:`GraphBuildError` naming the first operation or parameter
-            that fits no graph; ``"free"`` routes the parameters it affects to the graph-free path.
+            that fits no graph; ``"free"`` routes the parameters of unsupported modules (and only those) to
+            the graph-free path, pinning the neurons at the boundary.
         hidden_positions: debugging switch, see :meth:`GraphBuilder.build`.
+        fallback: with ``on_unsupported="free"``, when no tracer works use the module walk
+            (:func:`~lopt_graphs.graph.module_walk.graph_from_module_walk`) and warn once.
 
     Raises:
-        GraphBuildError: see ``on_unsupported``; also when ``torch.fx`` cannot trace the module (use
-            :func:`graph_from_parameters` for a plain chain then).
+        GraphBuildError: see ``on_unsupported``; also when the module cannot be traced and there is no
+            fallback (use :func:`graph_from_parameters` for a plain chain then).
     """
     if on_unsupported not in ("error", "free"):
         raise ValueError(f"Invalid on_unsupported: {on_unsupported!r} (expected 'error' or 'free')")
-    try:
-        graph = _Tracer().trace(module)
-    except Exception as exc:  # fx raises many types; the user needs to know it was tracing
-        raise GraphBuildError(f"torch.fx could not trace {type(module).__name__} ({exc}); build the graph "
-                              f"from its parameters (graph_from_parameters) if it is a plain chain") from exc
+    graph, root, how = trace_module(module)
+    if graph is None:
+        if on_unsupported == "free" and fallback:
+            from .module_walk import graph_from_module_walk
+
+            spec = graph_from_module_walk(module, hidden_positions=hidden_positions)
+            warnings.warn(f"lopt_graphs: could not trace {type(module).__name__} ({how}); built its graph by a "
+                          f"module walk: each Linear/Conv layer is wired on its own with pinned (positional) "
+                          f"neurons, {len(spec.free_params)} of {len(spec.params)} parameters are graph-free "
+                          f"(see NeuralGraphOptimizer.describe())", UserWarning, stacklevel=2)
+            return spec
+        raise GraphBuildError(f"torch.fx could not trace {type(module).__name__} ({how}); build the graph "
+                              f"from its parameters (graph_from_parameters) if it is a plain chain, or pass "
+                              f"on_unsupported='free' to use the module walk")
+    if root is not module and on_unsupported == "error":
+        raise GraphBuildError(f"torch.fx could not trace {type(module).__name__} as a whole ({how}). Pass "
+                              f"on_unsupported='free' to optimize the untraceable submodules without a graph")
+    return graph_from_fx(root, graph, on_unsupported, hidden_positions, built_by=how)
+
+
+_WEIGHT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
+_NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
+
+
+def _shared(module: nn.Module, graph: torch.fx.Graph) -> dict[str, str]:
+    """Modules whose parameters cannot have one place on the graph: called twice, or sharing (tying) a
+    parameter with another module. Maps module name -> reason."""
+    out: dict[str, str] = {}
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    owners: dict[int, list[str]] = {}
+    for name, m in module.named_modules(remove_duplicate=False):
+        for p in m.parameters(recurse=False):
+            owners.setdefault(id(p), []).append(name)
+    for name, n in calls.items():
+        if n > 1 and any(True for _ in dict(module.named_modules())[name].parameters()):
+            out[name] = f"module {name} is called {n} times (tied weights): one place per parameter is needed"
+    for names in owners.values():
+        if len(set(names)) > 1:
+            for name in names:
+                out[name] = f"a parameter of {name} is shared with {sorted(set(names) - {name})} (tied weights)"
+    return out
+
+
+def graph_from_fx(module: nn.Module, graph: torch.fx.Graph, on_unsupported: Literal["error", "free"] = "error",
+                  hidden_positions: bool = False, built_by: str = "torch.fx") -> GraphSpec:
+    """Build the spec from an fx graph of ``module`` (see :func:`graph_from_module`)."""
     params = list(module.parameters())
     index = {id(p): i for i, p in enumerate(params)}
     modules = dict(module.named_modules())
     b = GraphBuilder(len(params))
     placed: set[int] = set()
+    reasons: dict[int, str] = {}  # free parameter -> why
     vals: dict[torch.fx.Node, _Val | None] = {}
+    boundary: dict[tuple[torch.fx.Node, str], int] = {}
+    weight_of: dict[torch.fx.Node, int] = {}  # output of a Linear/Conv call -> its weight's index
+    scale_invariant: set[int] = set()
     problems: list[str] = []
+    shared = _shared(module, graph)
+    if shared and on_unsupported == "error":
+        raise GraphBuildError(f"{next(iter(shared.values()))}. Pass on_unsupported='free' to optimize the tied "
+                              f"parameters without a graph")
 
-    def unsupported(msg: str, ins: list[_Val | None] = ()) -> None:
+    def unsupported(msg: str, ins: list[_Val | None] = (), m: nn.Module | None = None) -> None:
         if on_unsupported == "error":
             raise GraphBuildError(f"{msg}. Pass on_unsupported='free' to optimize the affected parameters "
                                   f"without a graph")
@@ -132,14 +281,29 @@ def graph_from_module(module: nn.Module, on_unsupported: Literal["error", "free"
         for v in ins:  # whatever reads these neurons is outside the graph: they are no longer permutable
             if v is not None:
                 b.pin(v.set)
+        if m is not None:
+            for p in m.parameters():
+                if index[id(p)] not in placed:
+                    reasons.setdefault(index[id(p)], msg)
 
-    def pidx(p: torch.Tensor, what: str) -> int:
-        i = index[id(p)]
-        if i in placed:
-            raise GraphBuildError(f"{what}: parameter {i} is used twice (tied weights); a neural graph needs "
-                                  f"one place per parameter")
-        placed.add(i)
-        return i
+    def source(arg: torch.fx.Node, kind: str, conv: bool, ndim: int) -> _Val:
+        """The neurons a layer reads: the traced set, or a pinned boundary set when the producer is unknown."""
+        v = vals.get(arg)
+        if isinstance(v, _Val):
+            return v
+        key = (arg, kind)
+        if key not in boundary:
+            boundary[key] = b.new_set()
+            b.pin(boundary[key])
+        return _Val(boundary[key], conv=conv, ndim=ndim)
+
+    def unplace(m: nn.Module) -> None:
+        # undo a layer rule that failed halfway (a size conflict found while adding its parameters)
+        ids = {index[id(p)] for p in m.parameters(recurse=False)}
+        placed.difference_update(ids)
+        b.weights = [w for w in b.weights if w.param not in ids]
+        for i in ids:
+            b.node_params.pop(i, None)
 
     def tensor_args(node: torch.fx.Node) -> list[torch.fx.Node]:
         # every input that is a tensor of the trace (nested in lists/tuples too); shape queries are skipped
@@ -152,12 +316,13 @@ def graph_from_module(module: nn.Module, on_unsupported: Literal["error", "free"
             vals[node] = _Val(s, conv=False)
             continue
         if node.op == "output":
-            outs = node.args[0]
-            outs = list(outs) if isinstance(outs, (tuple, list)) else [outs]
+            outs: list[Any] = []
+            torch.fx.node.map_aggregate(node.args[0], outs.append)  # tuples, lists, dicts of outputs
             for o in outs:
                 v = vals.get(o) if isinstance(o, torch.fx.Node) else None
                 if v is None:
-                    unsupported(f"output {o} does not carry known neurons")
+                    if isinstance(o, torch.fx.Node):
+                        problems.append(f"output {o} does not carry known neurons")
                 else:
                     b.outputs.append(v.set)
             continue
@@ -165,57 +330,78 @@ def graph_from_module(module: nn.Module, on_unsupported: Literal["error", "free"
             vals[node] = None
             continue
         args = tensor_args(node)
-        ins = [vals[a] for a in args]
+        ins = [vals[a] if isinstance(vals[a], _Val) else None for a in args]
         what = f"{node.op} {node.target!s} ({node.name})"
+        if (node.op == "call_function" and node.target is operator.getitem and node.args
+                and isinstance(vals.get(node.args[0]), _Multi) and isinstance(node.args[1], int)):
+            multi = vals[node.args[0]]
+            vals[node] = multi[node.args[1]] if -len(multi) <= node.args[1] < len(multi) else None
+            continue
         if node.op == "call_module":
             m = modules[node.target]
-            if any(v is None for v in ins) or len(ins) != 1:
-                if any(True for _ in m.parameters(recurse=False)):
-                    unsupported(f"{what}: its input does not carry known neurons", ins)
+            has_params = any(True for _ in m.parameters())
+            if node.target in shared:
+                unsupported(f"{what}: {shared[node.target]}", ins, m)
+                vals[node] = None
+                continue
+            if isinstance(m, (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerEncoder)):
+                take = lambda p: _take(p, index, placed)  # noqa: E731
+                first = node.args[0] if node.args else next(iter(node.kwargs.values()), None)
+                try:
+                    if isinstance(m, nn.MultiheadAttention):
+                        qkv = [a for a in node.args[:3] if isinstance(a, torch.fx.Node)]
+                        srcs = [source(a, "last", False, 2).set for a in qkv]
+                        vals[node] = _Multi((_Val(mha_rule(b, m, srcs, take, what), conv=False), None))
+                    else:
+                        if not isinstance(first, torch.fx.Node):
+                            raise GraphBuildError("its input is not a traced tensor")
+                        rule = encoder_rule if isinstance(m, nn.TransformerEncoder) else encoder_layer_rule
+                        vals[node] = _Val(rule(b, m, source(first, "last", False, 2).set, take, what), conv=False)
+                except (GraphBuildError, ValueError) as exc:
+                    if on_unsupported == "error":
+                        raise
+                    for sub in m.modules():
+                        unplace(sub)
+                    unsupported(f"{what}: {exc}", ins, m)
+                    vals[node] = None
+                    continue
+                for p in m.parameters():  # the attention's in-projections
+                    if index[id(p)] not in placed:
+                        reasons.setdefault(index[id(p)], f"{what}: attention in-projection (q/k/v) reads its "
+                                                         f"input by position through the attention scores")
+                for v in ins:  # masks and keys/values read by position
+                    if v is not None:
+                        b.pin(v.set)
+                continue
+            known = isinstance(m, _WEIGHT_TYPES + _NORM_TYPES) or type(m) in _ACT_MODULES or isinstance(
+                m, _KEEP_MODULES) or isinstance(m, nn.Flatten)
+            if not known or len(args) != 1:
+                if has_params:
+                    why = (f"{what}: module type {type(m).__name__} has no neural-graph rule" if not known
+                           else f"{what}: called with {len(args)} tensor inputs")
+                    unsupported(why, ins, m)
                 else:
                     for v in ins:
                         if v is not None:
                             b.pin(v.set)
                 vals[node] = None
                 continue
-            v = ins[0]
-            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-                if isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.groups != 1:
-                    unsupported(f"{what}: grouped convolution (groups={m.groups})", ins)
-                    vals[node] = None
-                    continue
-                dst = b.new_set()
-                b.add_weight(pidx(m.weight, what), tuple(m.weight.shape), v.set, dst, what,
-                             flatten_ok=v.conv and isinstance(m, nn.Linear))
-                if m.bias is not None:
-                    b.add_node_param(pidx(m.bias, what), tuple(m.bias.shape), dst, "bias", what)
-                vals[node] = (_Val(dst, conv=False) if isinstance(m, nn.Linear)
-                              else _Val(dst, conv=True, ndim=m.weight.dim()))
-            elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)):
-                if isinstance(m, nn.LayerNorm) and (len(m.normalized_shape) != 1 or v.ndim != 2):
-                    unsupported(f"{what}: LayerNorm over {tuple(m.normalized_shape)} is not per neuron", ins)
-                    vals[node] = None
-                    continue
-                if isinstance(m, nn.GroupNorm) and 1 < m.num_groups < m.num_channels:
-                    unsupported(f"{what}: GroupNorm with {m.num_groups} groups of channels only allows "
-                                f"permutations within a group", ins)
-                    vals[node] = None
-                    continue
-                for p, slot in ((m.weight, "norm_weight"), (m.bias, "norm_bias")):
-                    if p is not None:
-                        b.add_node_param(pidx(p, what), tuple(p.shape), v.set, slot, what)
-                vals[node] = v
-            elif type(m) in _ACT_MODULES:
-                b.set_activation(v.set, _ACT_MODULES[type(m)])
-                vals[node] = v
-            elif isinstance(m, _KEEP_MODULES):
-                vals[node] = v
-            elif isinstance(m, nn.Flatten) and m.end_dim == -1:
-                vals[node] = _flatten(v, m.start_dim)
-                if vals[node] is None:
-                    unsupported(f"{what}: flatten from dim {m.start_dim} mixes the neuron dim", ins)
-            else:
-                unsupported(f"{what}: module type {type(m).__name__} has no neural-graph rule", ins)
+            if ins[0] is None and not isinstance(m, _WEIGHT_TYPES + _NORM_TYPES):
+                vals[node] = None  # an activation or pooling of unknown neurons: still unknown
+                continue
+            try:
+                vals[node] = _module_rule(b, m, what, args[0], source, pidx=lambda p: _take(p, index, placed),
+                                          unsupported=unsupported)
+                if isinstance(m, _WEIGHT_TYPES):
+                    weight_of[node] = index[id(m.weight)]
+                elif (isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and args[0] in weight_of
+                      and len(args[0].users) == 1):  # the weight's output goes nowhere but into the BN
+                    scale_invariant.add(weight_of[args[0]])
+            except GraphBuildError as exc:
+                if on_unsupported == "error":
+                    raise
+                unplace(m)
+                unsupported(f"{what}: {exc}", ins, m)
                 vals[node] = None
             continue
         # call_function / call_method
@@ -231,42 +417,112 @@ def graph_from_module(module: nn.Module, on_unsupported: Literal["error", "free"
                     b.pin(v.set)
             vals[node] = None
             continue
-        if (node.op == "call_function" and tgt in _MERGE_FUNCS) or (node.op == "call_method"
-                                                                   and tgt in _MERGE_METHODS):
-            s = ins[0].set
-            for v in ins[1:]:
-                s = b.union(s, v.set, what)
-            vals[node] = _Val(s, conv=any(v.conv for v in ins), ndim=max(v.ndim for v in ins))
-        elif len(ins) == 1 and node.op == "call_function" and tgt in _ACT_FUNCS:
-            b.set_activation(ins[0].set, _ACT_FUNCS[tgt])
-            vals[node] = ins[0]
-        elif len(ins) == 1 and node.op == "call_method" and tgt in _ACT_METHODS:
-            b.set_activation(ins[0].set, _ACT_METHODS[tgt])
-            vals[node] = ins[0]
-        elif len(ins) == 1 and ((node.op == "call_function" and tgt in _KEEP_FUNCS)
-                                or (node.op == "call_method" and tgt in _KEEP_METHODS)):
-            vals[node] = ins[0]
-        elif len(ins) == 1 and ((node.op == "call_function" and tgt is torch.flatten)
-                                or (node.op == "call_method" and tgt == "flatten")) and _arg(node, 2, "end_dim", -1) == -1:
-            vals[node] = _flatten(ins[0], _arg(node, 1, "start_dim", 0))
-            if vals[node] is None:
-                unsupported(f"{what}: flatten that mixes the neuron dim", ins)
-        elif len(ins) == 1 and ((node.op == "call_function" and tgt in _REDUCE_FUNCS)
-                                or (node.op == "call_method" and tgt in _REDUCE_METHODS)):
-            vals[node] = _reduce(ins[0], _arg(node, 1, "dim", None), _arg(node, 2, "keepdim", False))
-            if vals[node] is None:
-                unsupported(f"{what}: reduction over the neuron dim (or over unknown dims)", ins)
-        elif (len(ins) == 1 and node.op == "call_method" and tgt in ("view", "reshape") and ins[0].conv
-              and len(node.args) == 3 and node.args[2] == -1):
-            vals[node] = _Val(ins[0].set, True, ndim=2)  # x.view(B, -1): channel-major flatten of a conv map
-        else:
-            unsupported(f"{what}: operation has no neural-graph rule", ins)
+        try:
+            vals[node] = _function_rule(b, node, ins, what, unsupported)
+        except GraphBuildError as exc:
+            if on_unsupported == "error":
+                raise
+            unsupported(f"{what}: {exc}", ins)
             vals[node] = None
 
     for i, p in enumerate(params):
         if i not in placed:
-            msg = f"parameter {i} of shape {tuple(p.shape)} is not used by any layer with a neural-graph rule"
+            msg = reasons.get(i) or (f"parameter {i} of shape {tuple(p.shape)} is not used by any layer with a "
+                                     f"neural-graph rule (read directly by an operation, or unused)")
             if on_unsupported == "error":
                 raise GraphBuildError(msg + ". Pass on_unsupported='free' to optimize it without a graph")
-            b.add_free(i, tuple(p.shape), "; ".join(problems) or msg)
-    return b.build(hidden_positions=hidden_positions)
+            b.add_free(i, tuple(p.shape), msg)
+    if not b.weights and b.node_params:  # norms without any weight: nothing to build a graph of
+        for i, (_, _, shape) in list(b.node_params.items()):
+            b.add_free(i, shape, "no Linear/Conv weight of the graph touches its neurons")
+        b.node_params.clear()
+    spec = b.build(hidden_positions=hidden_positions)
+    kept = tuple(sorted(i for i in scale_invariant if spec.params[i].kind == "edge"))
+    return dataclasses.replace(spec, built_by=built_by, scale_invariant=kept, _cache={})
+
+
+def _take(p: torch.Tensor, index: dict[int, int], placed: set[int]) -> int:
+    i = index[id(p)]
+    if i in placed:
+        raise GraphBuildError(f"parameter {i} is used twice (tied weights); a neural graph needs one place per "
+                              f"parameter")
+    placed.add(i)
+    return i
+
+
+def _module_rule(b: GraphBuilder, m: nn.Module, what: str, arg: torch.fx.Node, source, pidx, unsupported
+                 ) -> _Val | None:
+    """Neurons out of a known ``torch.nn`` layer applied to ``arg`` (adds its parameters to ``b``)."""
+    if isinstance(m, _WEIGHT_TYPES):
+        conv = not isinstance(m, nn.Linear)
+        v = source(arg, "channel" if conv else "last", conv, m.weight.dim() if conv else 2)
+        if conv and m.groups != 1:
+            raise GraphBuildError(f"grouped convolution (groups={m.groups})")
+        dst = b.new_set()
+        b.add_weight(pidx(m.weight), tuple(m.weight.shape), v.set, dst, what,
+                     flatten_ok=v.conv and isinstance(m, nn.Linear))
+        if m.bias is not None:
+            b.add_node_param(pidx(m.bias), tuple(m.bias.shape), dst, "bias", what)
+        return _Val(dst, conv=False) if not conv else _Val(dst, conv=True, ndim=m.weight.dim())
+    if isinstance(m, _NORM_TYPES):
+        last = isinstance(m, nn.LayerNorm)
+        v = source(arg, "last" if last else "channel", not last, 2 if last else 3)
+        if isinstance(m, nn.LayerNorm) and (len(m.normalized_shape) != 1 or v.ndim != 2):
+            raise GraphBuildError(f"LayerNorm over {tuple(m.normalized_shape)} is not per neuron")
+        if isinstance(m, nn.GroupNorm) and 1 < m.num_groups < m.num_channels:
+            raise GraphBuildError(f"GroupNorm with {m.num_groups} groups of channels only allows permutations "
+                                  f"within a group")
+        for p, slot in ((m.weight, "norm_weight"), (m.bias, "norm_bias")):
+            if p is not None:
+                b.add_node_param(pidx(p), tuple(p.shape), v.set, slot, what)
+        return v
+    v = source(arg, "last", False, 2)
+    if type(m) in _ACT_MODULES:
+        b.set_activation(v.set, _ACT_MODULES[type(m)])
+        return v
+    if isinstance(m, _KEEP_MODULES):
+        return v
+    if isinstance(m, nn.Flatten) and m.end_dim == -1:
+        out = _flatten(v, m.start_dim)
+        if out is None:
+            unsupported(f"{what}: flatten from dim {m.start_dim} mixes the neuron dim", [v])
+        return out
+    unsupported(f"{what}: module type {type(m).__name__} has no neural-graph rule", [v])
+    return None
+
+
+def _function_rule(b: GraphBuilder, node: torch.fx.Node, ins: list[_Val], what: str, unsupported) -> _Val | None:
+    """Neurons out of a function or method call on known neurons."""
+    tgt = node.target
+    if (node.op == "call_function" and tgt in _MERGE_FUNCS) or (node.op == "call_method"
+                                                               and tgt in _MERGE_METHODS):
+        s = ins[0].set
+        for v in ins[1:]:
+            s = b.union(s, v.set, what)
+        return _Val(s, conv=any(v.conv for v in ins), ndim=max(v.ndim for v in ins))
+    if len(ins) == 1 and node.op == "call_function" and tgt in _ACT_FUNCS:
+        b.set_activation(ins[0].set, _ACT_FUNCS[tgt])
+        return ins[0]
+    if len(ins) == 1 and node.op == "call_method" and tgt in _ACT_METHODS:
+        b.set_activation(ins[0].set, _ACT_METHODS[tgt])
+        return ins[0]
+    if len(ins) == 1 and ((node.op == "call_function" and tgt in _KEEP_FUNCS)
+                          or (node.op == "call_method" and tgt in _KEEP_METHODS)):
+        return ins[0]
+    if len(ins) == 1 and ((node.op == "call_function" and tgt is torch.flatten)
+                          or (node.op == "call_method" and tgt == "flatten")) and _arg(node, 2, "end_dim", -1) == -1:
+        out = _flatten(ins[0], _arg(node, 1, "start_dim", 0))
+        if out is None:
+            unsupported(f"{what}: flatten that mixes the neuron dim", ins)
+        return out
+    if len(ins) == 1 and ((node.op == "call_function" and tgt in _REDUCE_FUNCS)
+                          or (node.op == "call_method" and tgt in _REDUCE_METHODS)):
+        out = _reduce(ins[0], _arg(node, 1, "dim", None), _arg(node, 2, "keepdim", False))
+        if out is None:
+            unsupported(f"{what}: reduction over the neuron dim (or over unknown dims)", ins)
+        return out
+    if (len(ins) == 1 and node.op == "call_method" and tgt in ("view", "reshape") and ins[0].conv
+            and len(node.args) == 3 and node.args[2] == -1):
+        return _Val(ins[0].set, True, ndim=2)  # x.view(B, -1): channel-major flatten of a conv map
+    unsupported(f"{what}: operation has no neural-graph rule", ins)
+    return None

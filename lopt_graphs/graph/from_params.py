@@ -16,6 +16,7 @@ residual connections and norms: from shapes alone an embedding ``[V, D]`` looks 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterable, Literal, Sequence
 
 import torch
@@ -92,4 +93,4 @@ def graph_from_parameters(params: Iterable[torch.Tensor | Shape],
         if len(shape) != 1:  # a stray vector cannot mis-wire later layers; a stray matrix can
             broken = reason
     b.outputs.append(cur)
-    return b.build(hidden_positions=hidden_positions)
+    return dataclasses.replace(b.build(hidden_positions=hidden_positions), built_by="parameters", _cache={})

@@ -96,6 +96,11 @@ class GraphSpec:
         node_slot_type: ``[N, P]`` long, ``1 + NODE_SLOTS.index(type)`` of each slot, 0 where empty.
         node_slot_index: ``[M]`` long, flat index ``node * P + slot_pos`` of every node-parameter entry, in
             parameter order (used by ``index_copy``/``index_select``).
+        built_by: how the wiring was found (``"torch.fx"``, ``"transformers.fx"``, ``"module walk"``,
+            ``"parameters"``; empty when unknown).
+        scale_invariant: indices of weights whose output feeds a ``BatchNorm`` directly, so that in training
+            mode the network is invariant to scaling each of their output rows (see
+            :func:`lopt_graphs.optim.bn_scale.keep_row_norms`).
     """
 
     num_nodes: int
@@ -110,6 +115,8 @@ class GraphSpec:
     num_slots: int
     node_slot_type: Tensor
     node_slot_index: Tensor
+    built_by: str = ""
+    scale_invariant: tuple[int, ...] = ()
     _cache: dict = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ basic facts
@@ -153,6 +160,7 @@ class GraphSpec:
                 *(t.to(device) for t in (self.edge_index, self.edge_size, self.node_role, self.node_pos,
                                          self.node_act, self.node_layer)),
                 self.num_slots, self.node_slot_type.to(device), self.node_slot_index.to(device),
+                self.built_by, self.scale_invariant,
             )
         return self._cache[key]
 

@@ -50,9 +50,26 @@ class GraphEmbedding(nn.Module):
         """Per-slot embeddings ``[N, P, hidden]`` (used by the node head too)."""
         return self.slot_lin(x) + self.slot_type(slot_type)
 
+    def mean_positions(self, edge_entries: Tensor) -> Tensor:
+        """``[E, de]`` mean positional embedding of each edge's ``S`` entries (``edge_entries [E]``); entries
+        at or beyond ``max_kernel`` have none."""
+        smax = int(edge_entries.max()) if edge_entries.numel() else 1
+        k = torch.arange(smax, device=edge_entries.device)
+        pos = self.entry_pos(k.clamp(max=self.cfg.max_kernel - 1)) * (k < self.cfg.max_kernel).unsqueeze(-1)
+        table = pos.cumsum(0) / (k + 1).unsqueeze(-1)  # row s-1: mean over the first s entries
+        return table.index_select(0, (edge_entries - 1).clamp(min=0))
+
     def forward(self, x: Tensor, slot_type: Tensor, edge_attr: Tensor, edge_mask: Tensor, node_role: Tensor,
-                node_pos: Tensor, node_act: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Returns ``(h [N, d], e [E, de], slot_emb [N, P, d], entry_emb [E, K, de])``."""
+                node_pos: Tensor, node_act: Tensor, edge_entries: Tensor | None = None,
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Returns ``(h [N, d], e [E, de], slot_emb [N, P, d], entry_emb [E, K, de])``.
+
+        ``edge_entries`` (optional, ``[E]``) marks a pooled graph (see
+        :func:`lopt_graphs.graph.coarsen.pooled_neural_graph`): ``edge_attr [E, 1, F]`` holds each edge's mean
+        entry and ``edge_entries`` its entry count; exact only without ``entry_nonlinearity``."""
+        if edge_entries is not None and self.cfg.entry_nonlinearity:
+            raise ValueError("A pooled graph (edge_entries given) is exact only with entry_nonlinearity=False; "
+                             "build the full graph with lopt_graphs.graph.neural_graph instead")
         if self.cfg.position_overflow == "wrap":
             node_pos = torch.where(node_pos >= 0, node_pos % self.cfg.max_positions, node_pos)
         elif node_pos.numel() and int(node_pos.max()) >= self.cfg.max_positions:
@@ -65,6 +82,10 @@ class GraphEmbedding(nn.Module):
         has_pos = (node_pos >= 0).unsqueeze(-1).to(h.dtype)
         h = h + has_pos * self.pos(node_role * self.cfg.max_positions + node_pos.clamp(min=0))
         h = h + self.node_mlp(h)
+        if edge_entries is not None:
+            entry_emb = self.entry_lin(edge_attr)
+            e = entry_emb[:, 0] + self.mean_positions(edge_entries)
+            return h, e + self.edge_mlp(e), slot_emb, entry_emb
         entry_emb = self.entries(edge_attr)
         m = edge_mask.unsqueeze(-1).to(entry_emb.dtype)
         pooled_in = entry_emb.relu() if self.cfg.entry_nonlinearity else entry_emb

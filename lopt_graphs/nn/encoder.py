@@ -81,7 +81,8 @@ class NeuralGraphEncoder(nn.Module):
             raise ValueError(f"Expected {self.cfg.node_in} node and {self.cfg.edge_in} edge features per entry "
                              f"(got {data.x.shape[-1]} and {data.edge_attr.shape[-1]})")
         h, e, slot_emb, entry_emb = self.embed(data.x, data.node_slot_type, data.edge_attr, data.edge_mask,
-                                               data.node_role, data.node_pos, data.node_act)
+                                               data.node_role, data.node_pos, data.node_act,
+                                               getattr(data, "edge_entries", None))
         ei = data.edge_index
         blocks = getattr(data, "edge_blocks", None)
         # Dense-block aggregation pays off for a few large weights; many small graphs use scatters.

@@ -31,7 +31,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..graph import GraphSpec, neural_graph
+from ..graph import GraphSpec
+from ..graph.coarsen import encoder_graph
 from .learned import FEATURES, HeadWeights, LearnedUpdate, head, head_stacked
 
 FEATURE_CLIP = 10.0
@@ -115,7 +116,7 @@ def node_contexts(learned: LearnedUpdate, spec: GraphSpec, feats: Sequence[Tenso
     if not cfg.use_graph:
         return _constant_contexts(learned, spec, feats)
     dtype = learned.w1.dtype
-    graph = neural_graph(spec, [f.to(dtype) for f in feats])
+    graph = encoder_graph(spec, [f.to(dtype) for f in feats], learned.encoder.cfg.entry_nonlinearity)
     h = learned.encoder(graph).node
     dst, src, node = learned.ctx_dst(h), learned.ctx_src(h), learned.ctx_node(h)
     out: list[dict[str, Tensor]] = []

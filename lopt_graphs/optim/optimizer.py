@@ -11,7 +11,13 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ..graph import GraphSpec, graph_from_module, graph_from_parameters
+from ..graph.describe import GraphDescription, describe_spec
+from .bn_scale import base_step
 from .checkpoint import load_learned_update
+from . import fast_step
+from . import functional as _functional
+from . import learned as _learned
+from .fast_step import eager_param_step, fast_step_agrees
 from .functional import apply_update, count_nonfinite, entry_features, ngo_update, node_contexts, param_step
 from .learned import LearnedUpdate
 
@@ -50,6 +56,10 @@ class NeuralGraphOptimizer(Optimizer):
         compile: fuse the per-entry work (features, head, update) with ``torch.compile`` (one compilation
             per parameter shape, paid during the first steps; raises dynamo's recompile limit to 64).
             Same maths as eager; several times faster per step on large models on CPU.
+        bn_weights: ``"base"`` (default): weights whose output feeds a BatchNorm directly (known from
+            :meth:`for_module`'s trace) take the base Adam-like step instead of the learned one, which keeps
+            the BatchNorm running statistics valid (see :mod:`lopt_graphs.optim.bn_scale`); ``"learned"``
+            applies the learned step to them too.
 
     Example::
 
@@ -68,7 +78,8 @@ class NeuralGraphOptimizer(Optimizer):
                  lr: float | Tensor = 1.0, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, encoder_every: int | None = None, total_steps: int | None = None,
                  on_unsupported: Literal["free", "error"] = "free", compile: bool = False,
-                 _specs: list[GraphSpec] | None = None):
+                 bn_weights: Literal["base", "learned"] = "base", _specs: list[GraphSpec] | None = None,
+                 _names: list[list[str]] | None = None):
         if isinstance(lr, Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
         if not 0.0 <= float(lr):
@@ -90,6 +101,9 @@ class NeuralGraphOptimizer(Optimizer):
                              f"length of training is not known)")
         if on_unsupported not in ("free", "error"):
             raise ValueError(f"Invalid on_unsupported: {on_unsupported!r} (expected 'free' or 'error')")
+        if bn_weights not in ("base", "learned"):
+            raise ValueError(f"Invalid bn_weights: {bn_weights!r} (expected 'base' or 'learned')")
+        self.bn_weights = bn_weights
         self.learned = ckpt if isinstance(ckpt, LearnedUpdate) else load_learned_update(ckpt)
         self.learned.requires_grad_(False)
         self.on_unsupported = on_unsupported
@@ -102,7 +116,10 @@ class NeuralGraphOptimizer(Optimizer):
         self.record_diagnostics = False
         self.last_diagnostics: list[dict] = []
         self._fns: dict[str, Callable] = {}
+        self._fast_ok: bool | None = None
         self._given_specs = list(_specs or [])
+        self._names: list[list[str]] = []
+        self._given_names: list[list[str]] = list(_names or [])
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, encoder_every=encoder_every,
                         total_steps=total_steps)
         super().__init__(params, defaults)
@@ -111,10 +128,23 @@ class NeuralGraphOptimizer(Optimizer):
     def for_module(cls, module: nn.Module, ckpt: CkptLike = None, **kwargs) -> "NeuralGraphOptimizer":
         """Optimizer over ``module.parameters()`` with the module's exact wiring (residuals, norms).
 
-        The graph is traced with :func:`~lopt_graphs.graph.graph_from_module`.
+        The graph is traced with :func:`~lopt_graphs.graph.graph_from_module` (``torch.fx``, else the Hugging
+        Face tracer, else a module walk). Layers without a neural-graph rule (embeddings, attention, LSTM/GRU,
+        custom layers) make only their own parameters graph-free; one ``UserWarning`` names them and why
+        (:meth:`describe` lists every parameter).
         """
-        spec = graph_from_module(module, on_unsupported=kwargs.get("on_unsupported", "free"))
-        return cls(module.parameters(), ckpt, _specs=[spec], **kwargs)
+        on_unsupported = kwargs.get("on_unsupported", "free")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            spec = graph_from_module(module, on_unsupported=on_unsupported)
+        names = [n for n, _ in module.named_parameters()]
+        for w in caught:  # what the tracers and models said, unchanged (our own fallback note is folded below)
+            if not (spec.free_params and str(w.message).startswith("lopt_graphs: could not trace")):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if spec.free_params:
+            warnings.warn(_free_warning(spec, names, type(module).__name__), UserWarning, stacklevel=2)
+        opt = cls(module.parameters(), ckpt, _specs=[spec], _names=[names], **kwargs)
+        return opt
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group (as :meth:`torch.optim.Optimizer.add_param_group`) and build its graph.
@@ -135,12 +165,31 @@ class NeuralGraphOptimizer(Optimizer):
             params, on_unsupported=self.on_unsupported)
         if len(spec.params) != len(params):
             raise ValueError(f"Graph spec describes {len(spec.params)} parameters, the group has {len(params)}")
+        broken = [i for i in spec.free_params if spec.params[i].reason.startswith("after parameter that broke")]
+        if idx >= len(self._given_specs) and broken:
+            warnings.warn(f"NeuralGraphOptimizer: parameter group {idx} is not a feed-forward chain of "
+                          f"Linear/Conv layers from parameter {broken[0] - 1} on "
+                          f"({spec.params[broken[0] - 1].reason}); "
+                          f"{len(spec.free_params)} of {len(params)} parameters are graph-free. For residual nets, "
+                          f"norms, embeddings or attention use NeuralGraphOptimizer.for_module(model), which "
+                          f"traces the wiring", UserWarning, stacklevel=4)
         super().add_param_group(param_group)
         self._specs.append(spec)
+        names = self._given_names[idx] if idx < len(self._given_names) else [f"group{idx}.param{i}"
+                                                                               for i in range(len(params))]
+        self._names.append(names)
 
     def graph_spec(self, group: int = 0) -> GraphSpec:
         """The cached graph spec of parameter group ``group``."""
         return self._specs[group]
+
+    def describe(self) -> GraphDescription:
+        """Where every parameter lives: name, shape, kind (``edge``, ``node``, ``free``), the reason when
+        free, and totals. ``print(opt.describe())`` prints a table.
+
+        Names come from ``module.named_parameters()`` with :meth:`for_module`, else ``group{g}.param{i}``.
+        """
+        return describe_spec(self._specs, self._names)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load optimizer state (as :meth:`torch.optim.Optimizer.load_state_dict`).
@@ -157,9 +206,22 @@ class NeuralGraphOptimizer(Optimizer):
                 if isinstance(v, Tensor) and k in self.state[p]:
                     self.state[p][k] = v.to(device=p.device, copy=True)
 
-    def _compiled(self) -> dict[str, Callable]:
-        if not self.compile:
-            return {}
+    def _compiled(self, params: list[Tensor] = ()) -> dict[str, Callable]:
+        if not self.compile:  # eager: the usual step with fewer passes over memory for large parameters
+            if not any(p.numel() >= fast_step.FAST_MIN_NUMEL for p in params):  # set it to inf to disable
+                return {}
+            cfg = self.learned.cfg
+            if cfg.tensor_lr or cfg.horizon_taus or self.record_diagnostics:  # the fast path is v1 maths only
+                return {}
+            if _functional.head is not _learned.head:  # the reference head is wrapped (instrumentation, e.g.
+                return {}                             # benchmarks/step_saturation.py): keep the reference path
+            if self._fast_ok is None:  # once: the fast path must reproduce the reference maths
+                self._fast_ok = fast_step_agrees(self.learned)
+                if not self._fast_ok:
+                    warnings.warn("NeuralGraphOptimizer: the eager fast step does not reproduce the reference "
+                                  "update for this checkpoint; using the reference (slower) step",
+                                  RuntimeWarning, stacklevel=3)
+            return {"step": eager_param_step} if self._fast_ok else {}
         if not self._fns:
             import torch._dynamo
 
@@ -218,11 +280,32 @@ class NeuralGraphOptimizer(Optimizer):
                 self.learned, self._specs[gi].to(device), [p.detach() for p in params], grads, states,
                 lr=group["lr"], betas=group["betas"], eps=group["eps"], weight_decay=group["weight_decay"],
                 encoder_every=group["encoder_every"], total_steps=group.get("total_steps"),
-                diagnostics=diag, _fns=self._compiled())
+                diagnostics=diag, _fns=self._compiled(params))
             if diag is not None:
                 self.last_diagnostics.extend(diag)
-            for p, g, n, s in zip(params, grads, new_params, new_states):
+            base = set(self._specs[gi].scale_invariant) if self.bn_weights == "base" else set()
+            eta = group["lr"] * self.learned.cfg.base_lr
+            for j, (p, g, n, s) in enumerate(zip(params, grads, new_params, new_states)):
                 if g is not None:
+                    if j in base:
+                        n = base_step(p, s, group["betas"], group["eps"], eta, group["weight_decay"])
                     p.copy_(n)
                     self.state[p] = s
         return loss
+
+
+def _free_warning(spec: GraphSpec, names: list[str], model: str, limit: int = 6) -> str:
+    """One message naming the graph-free parameters grouped by reason (at most ``limit`` reasons)."""
+    by_reason: dict[str, list[str]] = {}
+    for i in spec.free_params:
+        by_reason.setdefault(spec.params[i].reason, []).append(names[i])
+    parts = []
+    for reason, ns in list(by_reason.items())[:limit]:
+        shown = ", ".join(ns[:3]) + (f" and {len(ns) - 3} more" if len(ns) > 3 else "")
+        parts.append(f"{shown}: {reason}")
+    more = f"; and {len(by_reason) - limit} more reasons" if len(by_reason) > limit else ""
+    free = sum(spec.params[i].numel for i in spec.free_params)
+    total = sum(p.numel for p in spec.params) or 1
+    return (f"NeuralGraphOptimizer.for_module({model}): {len(spec.free_params)} of {len(spec.params)} parameters "
+            f"({100 * free / total:.1f}% of the entries) are graph-free (built by {spec.built_by or 'tracing'}) - "
+            + "; ".join(parts) + more + ". print(opt.describe()) lists every parameter.")

@@ -285,7 +285,11 @@ def test_free_mode_hidden_permutation_is_a_symmetry(front: str) -> None:
         spec = graph_from_module(model, on_unsupported="free")
         x = torch.randn(16, 4, 3, 3, dtype=torch.float64)
     randomize(model)
-    assert spec.free_params
+    if front == "module_cat":  # the concatenation is unknown: the last layer reads pinned boundary neurons
+        last = spec.params[4]
+        assert spec.free_params == [] and bool((spec.node_pos[last.src_start: last.src_start + last.cols] >= 0).all())
+    else:
+        assert spec.free_params
     gen = torch.Generator().manual_seed(0)
     for _ in range(5):  # may be the identity if every neuron is pinned
         assert max_change(model, spec, spec.random_node_permutation(gen), x) < 1e-5
@@ -386,9 +390,8 @@ def _grouped() -> nn.Module:
 # model factory, indices of the parameters that must be free
 BAD_MODULES = {
     "embedding": (_WithEmbedding, [4]),
-    "multihead_attention": (_WithAttention, [2, 3, 4, 5, 6, 7]),
-    "grouped_conv": (_grouped, [2, 3, 4, 5]),
-    "cat_of_branches": (_CatNet, [4, 5]),
+    "multihead_attention": (_WithAttention, [2, 3]),  # only the in-projection; out_proj is on the graph
+    "grouped_conv": (_grouped, [2, 3]),  # the Linear after it reads pinned boundary channels
 }
 
 
@@ -430,10 +433,15 @@ class _SharedWeight(nn.Module):
 
 
 @pytest.mark.parametrize("make", [_TwiceCalled, _SharedWeight])
-@pytest.mark.parametrize("mode", ["error", "free"])
-def test_tied_weights_raise(make: type[nn.Module], mode: str) -> None:
+def test_tied_weights_raise_or_go_free(make: type[nn.Module]) -> None:
     with pytest.raises(GraphBuildError, match="tied"):
-        graph_from_module(make(), on_unsupported=mode)  # type: ignore[arg-type]
+        graph_from_module(make())
+    if make is _TwiceCalled:  # the only layer is tied: nothing is left for a graph
+        spec = graph_from_module(make(), on_unsupported="free")
+        assert spec.free_params == [0, 1] and "tied" in spec.params[0].reason
+    else:  # a and b share the weight; b's own bias goes free with it, nothing is left for a graph
+        spec = graph_from_module(make(), on_unsupported="free")
+        assert all(p.kind == "free" for p in spec.params) and "tied" in spec.params[0].reason
 
 
 def test_from_module_invalid_on_unsupported() -> None:

@@ -183,7 +183,7 @@ class MLPWithExtras(nn.Module):
 
 
 class EmbeddingFirst(nn.Module):
-    """A dense embedding before the MLP: from the module's wiring, nothing downstream fits a graph."""
+    """A dense embedding before the MLP: only the embedding (and the 5-D tensor) leave the graph."""
 
     def __init__(self):
         super().__init__()
@@ -206,9 +206,10 @@ def _build(model_cls, how, **kw):
 CASES = [
     # (model, front end, expected kinds)
     (MLPWithExtras, "parameters", ["edge", "node", "edge", "node", "free", "free"]),
-    (MLPWithExtras, "for_module", None),  # tracing: the MLP reads the embedding, so nothing fits
+    # tracing: the MLP reads the embedding's output through pinned boundary neurons; only emb and extra are free
+    (MLPWithExtras, "for_module", ["edge", "node", "edge", "node", "free", "free"]),
     (EmbeddingFirst, "parameters", None),
-    (EmbeddingFirst, "for_module", ["free"] * 6),
+    (EmbeddingFirst, "for_module", ["free", "edge", "node", "edge", "node", "free"]),
 ]
 
 

@@ -1,0 +1,50 @@
+"""``opt.describe()`` and the one warning of ``for_module`` about graph-free parameters."""
+
+from __future__ import annotations
+
+import warnings
+
+from torch import Tensor, nn
+
+from lopt_graphs import NeuralGraphOptimizer
+
+
+class _LM(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, 4)
+        self.rnn = nn.GRU(4, 6, batch_first=True)
+        self.out = nn.Linear(6, 10)
+
+    def forward(self, t: Tensor) -> Tensor:
+        return self.out(self.rnn(self.emb(t))[0])
+
+
+def test_for_module_warns_once_naming_free_parameters() -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        opt = NeuralGraphOptimizer.for_module(_LM())
+    msgs = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    assert len(msgs) == 1
+    assert "emb.weight" in msgs[0] and "Embedding" in msgs[0] and "GRU" in msgs[0] and "describe()" in msgs[0]
+    desc = opt.describe()
+    assert [r.kind for r in desc.rows] == ["free"] * 5 + ["edge", "node"]
+    assert desc.totals() == {"edge": (1, 60), "node": (1, 10), "free": (5, 40 + 72 + 108 + 18 + 18)}
+    text = str(desc)
+    assert "out.weight" in text and "has no neural-graph rule" in text and "1 of 7 parameters" in text
+
+
+def test_describe_without_free_parameters_and_no_warning() -> None:
+    model = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt = NeuralGraphOptimizer.for_module(model)
+        plain = NeuralGraphOptimizer(model.parameters())
+    assert [r.name for r in opt.describe().rows] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert [r.name for r in plain.describe().rows] == [f"group0.param{i}" for i in range(4)]
+    assert opt.describe().totals()["free"] == (0, 0)
+    assert "graph: 10 nodes, 25 edges, built by torch.fx" in str(opt.describe())
+    # a second parameter group shows up too
+    extra = nn.Linear(2, 2)
+    opt.add_param_group({"params": list(extra.parameters())})
+    assert len(opt.describe().rows) == 6 and opt.describe().rows[-1].name == "group1.param1"
