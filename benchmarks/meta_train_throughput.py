@@ -35,10 +35,10 @@ from torch import nn
 from torch.func import grad_and_value, vmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from lopt_graphs.optim import LearnedUpdate  # noqa: E402
 from meta_train.config import MetaTrainConfig  # noqa: E402
 from meta_train.estimators import make_estimator  # noqa: E402
 from meta_train.runs import new_group  # noqa: E402
+from meta_train.trainer import fresh_learned_update  # noqa: E402
 from meta_train.tasks import IN_DISTRIBUTION, Task, TaskConfig, sample_group  # noqa: E402
 from meta_train.unroll import Stepper, ThetaSpace  # noqa: E402
 
@@ -69,7 +69,7 @@ def _group_cfgs(tc: TaskConfig, n: int, gen: torch.Generator) -> list[TaskConfig
 def _estimator_steps_per_s(name: str, cfgs: list[TaskConfig], population: int, truncation: int, horizon: int,
                            gen: torch.Generator) -> float:
     torch.manual_seed(0)
-    learned = LearnedUpdate()
+    learned = fresh_learned_update(MetaTrainConfig().learned)  # the default recipe's learned update
     space, stepper = ThetaSpace(learned), Stepper(learned)
     theta = space.flatten(learned)
     est = make_estimator(name, stepper, space, 0.01, 3.0)
