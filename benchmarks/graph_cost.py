@@ -36,13 +36,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-try:
-    import lopt_graphs  # noqa: F401
-except ImportError:  # run from a clone without installing: the repository root is the parent of benchmarks/
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from lopt_graphs.graph import graph_from_parameters, neural_graph  # noqa: E402
-from lopt_graphs.nn import EncoderConfig, NeuralGraphEncoder  # noqa: E402
+from lopt_graphs.graph import graph_from_parameters, neural_graph
+from lopt_graphs.nn import EncoderConfig, NeuralGraphEncoder
 
 FEATURES = 8
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "graph_cost.json"

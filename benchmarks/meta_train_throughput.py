@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -34,13 +33,12 @@ import torch
 from torch import nn
 from torch.func import grad_and_value, vmap
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from lopt_graphs.optim import LearnedUpdate  # noqa: E402
-from meta_train.config import MetaTrainConfig  # noqa: E402
-from meta_train.estimators import make_estimator  # noqa: E402
-from meta_train.runs import new_group  # noqa: E402
-from meta_train.tasks import IN_DISTRIBUTION, Task, TaskConfig, sample_group  # noqa: E402
-from meta_train.unroll import Stepper, ThetaSpace  # noqa: E402
+from lopt_graphs.optim import LearnedUpdate
+from meta_train.config import MetaTrainConfig
+from meta_train.estimators import make_estimator
+from meta_train.runs import new_group
+from meta_train.tasks import IN_DISTRIBUTION, Task, TaskConfig, sample_group
+from meta_train.unroll import Stepper, ThetaSpace
 
 ESTIMATOR_NAMES = ("es", "pes", "tbptt")
 

@@ -43,14 +43,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-# the repository root first: an editable install of another checkout must not shadow this one
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.suite import VsAdamConfig, load, report, run  # noqa: E402
-from lopt_graphs import config as _cfg  # noqa: E402
+from benchmarks.suite import VsAdamConfig, load, report, run
+from lopt_graphs import config as _cfg
 
 __all__ = ["main"]
 

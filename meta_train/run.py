@@ -18,16 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from meta_train.config import config_to_dict, load_config, save_resolved_config  # noqa: E402
-from meta_train.logging_utils import MetricsLogger, progress  # noqa: E402
-from meta_train.trainer import MetaTrainer  # noqa: E402
+from meta_train.config import config_to_dict, load_config, save_resolved_config
+from meta_train.logging_utils import MetricsLogger, progress
+from meta_train.trainer import MetaTrainer
 
 
 def _dist_setup() -> tuple[int, int]:
