@@ -24,7 +24,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from .builder import GraphBuildError, GraphBuilder
+from .builder import GraphBuilder, GraphBuildError
 from .spec import GraphSpec
 
 

@@ -107,7 +107,7 @@ def test_wandb_offline_run_writes_files(tmp_path: Path):
 
 def test_evaluate_reads_a_meta_training_checkpoint_in_progress(tmp_path: Path):
     from meta_train.evaluate import load_any
-    t = main(["--config", SMOKE, "estimator=es", "wandb=false", "report=false", "outer_steps=2",
+    main(["--config", SMOKE, "estimator=es", "wandb=false", "report=false", "outer_steps=2",
               f"out={tmp_path}"])
     from_run = load_any(str(tmp_path / "ckpt.pt"))  # the run's meta-parameters, as a learned update
     exported = load_any(str(tmp_path / "learned.pt"))
