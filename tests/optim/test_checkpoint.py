@@ -78,7 +78,7 @@ def test_ckpt_forms(tmp_path, form):
     assert (opt.learned is learned) == (form == "learned_update")
 
 
-#: The shipped checkpoint the default is a copy of (see lopt_graphs/checkpoints/README.md).
+#: The shipped checkpoint the default names (see lopt_graphs/checkpoints/README.md).
 DEFAULT_SOURCE = "meta_tbptt_clip3_1875"
 
 
@@ -101,7 +101,8 @@ def test_meta_trained_checkpoint_is_shipped():
 
 def test_shipped_file_loads_with_weights_only():
     import lopt_graphs.optim.checkpoint as ck
-    raw = torch.load(ck.CHECKPOINT_DIR / "default.pt", weights_only=True)
+    assert ck.DEFAULT_CHECKPOINT == DEFAULT_SOURCE and not (ck.CHECKPOINT_DIR / "default.pt").exists()  # a name, no copy
+    raw = torch.load(ck.CHECKPOINT_DIR / f"{ck.DEFAULT_CHECKPOINT}.pt", weights_only=True)
     assert raw["format_version"] == 1 and raw["meta"]["trained"] is True
     raw = torch.load(ck.CHECKPOINT_DIR / "adam_init.pt", weights_only=True)
     assert raw["format_version"] == 1 and raw["meta"]["trained"] is False
