@@ -216,6 +216,7 @@ def keys_help(cls: type) -> str:
     for f in dataclasses.fields(cls):
         d = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         d = ",".join(str(v) for v in d) if isinstance(d, tuple) else d
+        d = str(d).lower() if isinstance(d, bool) else d  # as YAML and key=value write it
         rows.append(f"  {f.name}={d}")
     return f"config keys of {cls.__name__} (key=default):\n" + "\n".join(rows)
 
