@@ -77,7 +77,7 @@ class MetaTrainConfig:
         tasks_per_group: Inner runs per group: tasks sharing the group's architecture, dataset and batch
             size (own init, init scale and data order), run stacked in one ``vmap`` call with the whole
             population; >= 1.
-        family: Name of the task family inner problems are sampled from (interpreted by the engine).
+        family: Name of the task family inner problems are sampled from (a key of :data:`meta_train.tasks.FAMILIES`).
         seed: Seed of every random number generator of the run; >= 0.
         out: Output directory (config, metrics, checkpoints, report, wandb files).
         resume: Path of a checkpoint to resume from; ``""`` starts a fresh run.

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ..nn import EncoderConfig, NeuralGraphEncoder
 
-#: Per-entry input features, in order (see :func:`lopt_graphs.optim.features.entry_features`).
+#: Per-entry input features, in order (see :func:`lopt_graphs.optim.functional.entry_features`).
 FEATURES: tuple[str, ...] = ("g_adam", "m_fast", "m_adam", "m_slow", "param_rms", "g_rms")
 #: Step-count features (see :func:`lopt_graphs.optim.functional.step_features`); a config with
 #: ``horizon_taus`` adds one fraction-of-training feature per tau and a "horizon known" flag.

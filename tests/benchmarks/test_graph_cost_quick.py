@@ -1,4 +1,4 @@
-"""Smoke test of ``benchmarks/graph_cost.py --quick`` (fields only, no timing assertions)."""
+"""Smoke test of ``lopt-graph-cost quick=true`` (fields only, no timing assertions)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def test_quick_run_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str
     out = tmp_path / "nested" / "graph_cost.json"
     threads = torch.get_num_threads()
     try:  # one thread: no spin-waiting when the 2 cores are shared
-        returned = bench.main(["--quick", "--out", str(out), "--reps", "2", "--threads", "1"])
+        returned = bench.main(["quick=true", f"out={out}", "reps=2", "threads=1"])
     finally:
         torch.set_num_threads(threads)
     doc = json.loads(out.read_text())
