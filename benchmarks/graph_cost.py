@@ -1,8 +1,9 @@
 """Cost of the neural-graph path compared with one Adam step, for MLPs and CNNs of ~3K to ~1M parameters.
 
-Command (from the repository root)::
+Commands::
 
-    python benchmarks/graph_cost.py [--quick] [--out benchmarks/results/graph_cost.json]
+    lopt-graph-cost [quick=true] [out=benchmarks/results/graph_cost.json] [reps=7] [warmup=2] [threads=1]
+    python -m benchmarks.graph_cost --help      # the keys and their defaults
 
 For every model, in the same process and on CPU, it measures
 
@@ -12,16 +13,14 @@ For every model, in the same process and on CPU, it measures
     ``node_in = edge_in = 8``, ``edge_out = node_out = 2``) under ``torch.no_grad()``;
 (d) ``adam``: one ``torch.optim.Adam(foreach=True)`` step on the model's parameters with random gradients;
 
-each as the median of ``--reps`` repetitions (``time.perf_counter``) after ``--warmup`` untimed ones (the
+each as the median of ``reps`` repetitions (``time.perf_counter``) after ``warmup`` untimed ones (the
 minimum and every sample are kept in the JSON too: on a shared machine the minimum is the least disturbed
 number). It prints a markdown table and writes every number, the torch version, machine info and the date
-as JSON. Further options: ``--reps N``, ``--warmup N``, ``--threads N``.
-``--quick`` runs only the two smallest models with fewer repetitions (a smoke test).
+as JSON. ``quick=true`` runs only the two smallest models with fewer repetitions (a smoke test).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -36,16 +35,12 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-try:
-    import lopt_graphs  # noqa: F401
-except ImportError:  # run from a clone without installing: the repository root is the parent of benchmarks/
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from lopt_graphs.graph import graph_from_parameters, neural_graph  # noqa: E402
-from lopt_graphs.nn import EncoderConfig, NeuralGraphEncoder  # noqa: E402
+from lopt_graphs import config as _cfg
+from lopt_graphs.graph import graph_from_parameters, neural_graph
+from lopt_graphs.nn import EncoderConfig, NeuralGraphEncoder
 
 FEATURES = 8
-DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "graph_cost.json"
+DEFAULT_OUT = "benchmarks/results/graph_cost.json"
 
 
 @dataclass(frozen=True)
@@ -161,25 +156,30 @@ def machine_info() -> dict[str, Any]:
             "torch_num_threads": torch.get_num_threads()}
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="only the two smallest models, fewer repetitions")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path (default: %(default)s)")
-    ap.add_argument("--reps", type=int, default=None, help="timed repetitions (default 7, quick 3)")
-    ap.add_argument("--warmup", type=int, default=None, help="untimed warm-up runs (default 2, quick 1)")
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    return ap.parse_args(argv)
+@dataclass(frozen=True)
+class GraphCostConfig:
+    """Keys of ``lopt-graph-cost``: ``reps`` ``0`` means 7 (3 with ``quick``), ``warmup`` ``-1`` means 2 (1 with
+    ``quick``)."""
+
+    quick: bool = False
+    out: str = DEFAULT_OUT
+    reps: int = 0
+    warmup: int = -1
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        _cfg.check_types(self)
+        if self.reps < 0 or self.warmup < -1 or self.threads < 0:
+            _cfg.bad_value("reps/warmup/threads", (self.reps, self.warmup, self.threads),
+                           "reps >= 0, warmup >= -1, threads >= 0")
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; returns the JSON document it writes."""
-    args = parse_args(argv)
-    reps = args.reps if args.reps is not None else (3 if args.quick else 7)
-    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
-    if reps < 1 or warmup < 0:
-        raise ValueError(f"Invalid --reps {reps} / --warmup {warmup} (expected reps >= 1, warmup >= 0)")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    args = _cfg.parse_command(GraphCostConfig, argv, (__doc__ or "").split("\n\n")[0])
+    reps = args.reps or (3 if args.quick else 7)
+    warmup = args.warmup if args.warmup >= 0 else (1 if args.quick else 2)
+    _cfg.set_threads(args.threads)
     models = MODELS
     if args.quick:
         sizes = {d.name: sum(p.numel() for p in d.make().parameters()) for d in MODELS}
@@ -191,8 +191,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"  measured {d.name}", file=sys.stderr, flush=True)
     doc = {
         "benchmark": "graph_cost",
-        "command": "python benchmarks/graph_cost.py" + (" --quick" if args.quick else "")
-                   + f" --out {args.out}",
+        "command": "lopt-graph-cost" + (" quick=true" if args.quick else "") + f" out={args.out}",
         "quick": args.quick, "reps": reps, "warmup": warmup, "features": FEATURES,
         "encoder_config": EncoderConfig(variant="gnn", node_in=FEATURES, edge_in=FEATURES, edge_out=2,
                                         node_out=2).to_dict(),
@@ -202,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     table = markdown_table(rows)
     print(table)
-    out: Path = args.out
+    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n")

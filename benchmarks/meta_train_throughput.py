@@ -3,13 +3,13 @@ one plain ``torch.optim.Adam`` training loop of the same task in the same proces
 
 Command::
 
-    python benchmarks/meta_train_throughput.py [--quick] [--tasks-per-group 16] [--population 8]
-                                               [--truncation 10] [--horizon 200] [--threads 1]
-                                               [--out benchmarks/results/meta_train_throughput.json]
+    lopt-throughput [quick=true] [tasks_per_group=16] [population=8] [truncation=10] [horizon=200] [threads=1]
+                    [out=benchmarks/results/meta_train_throughput.json]
+    python -m benchmarks.meta_train_throughput --help      # the keys and their defaults (0: meta-training's)
 
-For each task (the in-distribution configurations; ``--quick``: the digits MLP only) a group of
-``--tasks-per-group`` runs of it (own inits, init scales and data) is unrolled by each estimator for one
-whole inner run of ``--horizon`` steps, truncation by truncation (the encoder runs at its schedule: steps 1,
+For each task (the in-distribution configurations; ``quick``: the digits MLP only) a group of
+``tasks_per_group`` runs of it (own inits, init scales and data) is unrolled by each estimator for one
+whole inner run of ``horizon`` steps, truncation by truncation (the encoder runs at its schedule: steps 1,
 2, 4, ... as in meta-training), after one warm-up truncation. ES counts ``population + 1`` members (the
 unperturbed run advances the state), PES ``population``, TBPTT 1 (backprop through the unroll). Adam: the
 same number of steps of ``torch.optim.Adam`` on one copy of the task (median of 3 repetitions). A
@@ -20,27 +20,26 @@ trained by plain SGD in one vmap call (no learned update). Prints a markdown tab
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import os
 import platform
 import statistics
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.func import grad_and_value, vmap
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from meta_train.config import MetaTrainConfig  # noqa: E402
-from meta_train.estimators import make_estimator  # noqa: E402
-from meta_train.runs import new_group  # noqa: E402
-from meta_train.trainer import fresh_learned_update  # noqa: E402
-from meta_train.tasks import IN_DISTRIBUTION, Task, TaskConfig, sample_group  # noqa: E402
-from meta_train.unroll import Stepper, ThetaSpace  # noqa: E402
+from lopt_graphs import config as _cfg
+from meta_train.config import MetaTrainConfig
+from meta_train.estimators import make_estimator
+from meta_train.runs import new_group
+from meta_train.tasks import IN_DISTRIBUTION, Task, TaskConfig, sample_group
+from meta_train.trainer import fresh_learned_update
+from meta_train.unroll import Stepper, ThetaSpace
 
 ESTIMATOR_NAMES = ("es", "pes", "tbptt")
 
@@ -155,17 +154,31 @@ def run(quick: bool = False, tasks_per_group: int | None = None, population: int
     return result
 
 
+@dataclass(frozen=True)
+class ThroughputConfig:
+    """Keys of ``lopt-throughput``; ``0`` for ``tasks_per_group``/``population``/``truncation``/``horizon``
+    takes meta-training's default (``horizon``: 50 with ``quick``)."""
+
+    quick: bool = False
+    tasks_per_group: int = 0
+    population: int = 0
+    truncation: int = 0
+    horizon: int = 0
+    threads: int = 1
+    out: str = "benchmarks/results/meta_train_throughput.json"
+
+    def __post_init__(self) -> None:
+        _cfg.check_types(self)
+        for key in ("tasks_per_group", "population", "truncation", "horizon", "threads"):
+            if getattr(self, key) < 0:
+                _cfg.bad_value(key, getattr(self, key), "an integer >= 0")
+
+
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="digits MLP only, a 50-step inner run")
-    ap.add_argument("--tasks-per-group", type=int, default=None, help="default: the meta-training default")
-    ap.add_argument("--population", type=int, default=None)
-    ap.add_argument("--truncation", type=int, default=None)
-    ap.add_argument("--horizon", type=int, default=None)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default="benchmarks/results/meta_train_throughput.json")
-    a = ap.parse_args(argv)
-    return run(a.quick, a.tasks_per_group, a.population, a.truncation, a.horizon, a.threads, a.out)
+    """Command-line entry point: ``[--config FILE] [key=value ...]``; returns the result document."""
+    c = _cfg.parse_command(ThroughputConfig, argv, (__doc__ or "").split("\n")[0])
+    return run(c.quick, c.tasks_per_group or None, c.population or None, c.truncation or None, c.horizon or None,
+               c.threads or torch.get_num_threads(), c.out)
 
 
 if __name__ == "__main__":

@@ -32,16 +32,14 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from lopt_graphs import NeuralGraphOptimizer  # noqa: E402
-from lopt_graphs.data import load_embedded  # noqa: E402
+from lopt_graphs import NeuralGraphOptimizer
+from lopt_graphs.data import load_embedded
 
 
 def _models() -> dict[str, tuple[nn.Module, str]]:

@@ -1,83 +1,99 @@
-"""How often a learned update's step-size correction sits at its bound (``mag_clip``).
+"""How often a learned update's step-size correction sits at its bound (``mag_clip``, and v2's ``lr_bound``).
 
-Command::
+Commands::
 
-    python benchmarks/step_saturation.py [--ckpt NAME_OR_PATH ...] [--steps 300]
-                                         [--out benchmarks/results/step_saturation.json]
+    lopt-step-saturation                                       # the default checkpoint, 300 steps
+    lopt-step-saturation ckpts=default,meta_tbptt_1100 steps=300 out=benchmarks/results/step_saturation.json
+    python -m benchmarks.step_saturation --help                # the keys and their defaults
 
 The update's step is ``adam_dir * exp(clip(u, -mag_clip, mag_clip))`` with ``u`` the head's (scaled) log step
 multiplier. Where ``u`` is beyond the bound the step is the bound itself, whatever the features say, and no
 meta-gradient reaches the head through it. For each checkpoint and each evaluation task of
 ``meta_train.evaluate`` this repeats its seed-0 ``NeuralGraphOptimizer`` run
-(``lopt_graphs.evaluation.train_run``, the evaluation's own training loop) and reports, over
-the first, middle and last tenth of the steps: the fraction of entries (of all parameters together) with
-``u >= mag_clip`` (step capped at ``e**mag_clip`` times Adam's) and with ``u <= -mag_clip`` (step floored),
-and the median of ``u`` over the entries (unclipped). Prints a markdown table and writes JSON.
+(``lopt_graphs.evaluation.train_run``, the evaluation's own training loop) with the optimizer's public
+diagnostics on (``record_diagnostics``: per updated parameter ``u`` before the clip, ``mag_clip``, v2's
+per-tensor log step ``sigma`` and its bound ``lr_bound``) and reports, over the first, middle and last tenth of
+the steps: the fraction of entries (of all parameters together) with ``u >= mag_clip`` (step capped at
+``e**mag_clip`` times Adam's) and with ``u <= -mag_clip`` (step floored), the median of ``u`` over the entries
+(unclipped) and, for v2 checkpoints, the fraction of tensors whose ``|sigma| >= 0.95 lr_bound`` (the
+per-tensor step near its tanh bound; ``None`` for v1). Prints a markdown table and writes JSON + markdown.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import copy
 import json
 import statistics
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import lopt_graphs.optim.functional as F  # noqa: E402
-from lopt_graphs import NeuralGraphOptimizer  # noqa: E402
-from lopt_graphs.io import atomic_write_text  # noqa: E402
-from lopt_graphs.evaluation import train_run  # noqa: E402
-from meta_train.evaluate import load_any  # noqa: E402
-from meta_train.tasks import HELD_OUT, IN_DISTRIBUTION, Task  # noqa: E402
+from lopt_graphs import NeuralGraphOptimizer
+from lopt_graphs import config as _cfg
+from lopt_graphs.config import bad_value
+from lopt_graphs.evaluation import train_run
+from lopt_graphs.io import atomic_write_text
+from meta_train.evaluate import load_any
+from meta_train.tasks import HELD_OUT, IN_DISTRIBUTION, Task
+
+#: a tensor's v2 log step counts as saturated at this fraction of ``lr_bound`` (tanh(x) = 0.95 at x = 1.83)
+SIGMA_SATURATED = 0.95
 
 
-@contextlib.contextmanager
-def record_log_steps(out: list):
-    """Append ``(u, mag_clip)`` (``u`` flattened, float32) for every head evaluation inside the block (wraps
-    the module-level ``head`` that ``apply_update`` calls)."""
-    orig = F.head
+@dataclass(frozen=True)
+class StepSaturationConfig:
+    """Keys of ``lopt-step-saturation``.
 
-    def head(xs, ctx, hw, step_bias):
-        o_dir, o_mag = orig(xs, ctx, hw, step_bias)
-        u = (hw.mag_scale * o_mag).detach().float()
-        u = u.expand(xs[0].shape) if u.dim() == 0 else u
-        out.append((u.reshape(-1), hw.mag_clip))
-        return o_dir, o_mag
+    Attributes:
+        ckpts: checkpoints (shipped names, paths, or a meta-training run's ``ckpt.pt``).
+        steps: inner steps per task run (>= 10: the windows are tenths).
+        out: JSON output (the markdown goes next to it, ``.md``).
+        threads: torch intra-op threads (``0`` leaves torch's default).
+    """
 
-    F.head = head
-    try:
-        yield
-    finally:
-        F.head = orig
+    ckpts: tuple[str, ...] = ("default",)
+    steps: int = 300
+    out: str = "benchmarks/results/step_saturation.json"
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        _cfg.check_types(self)
+        if not self.ckpts:
+            bad_value("ckpts", self.ckpts, "at least one checkpoint")
+        if self.steps < 10:
+            bad_value("steps", self.steps, "an integer >= 10")
+        if self.threads < 0:
+            bad_value("threads", self.threads, "an integer >= 0 (0: torch's default)")
+
+
+def step_row(diagnostics: list[dict]) -> tuple[float, float, float, float | None]:
+    """One step's ``(fraction u >= mag_clip, fraction u <= -mag_clip, median u, fraction of tensors with
+    |sigma| >= SIGMA_SATURATED lr_bound or None)`` from ``NeuralGraphOptimizer.last_diagnostics``."""
+    u, clip = torch.cat([d["u"] for d in diagnostics]), diagnostics[0]["mag_clip"]
+    sig = [abs(d["sigma"]) >= SIGMA_SATURATED * d["lr_bound"] for d in diagnostics if d["sigma"] is not None]
+    return ((u >= clip).float().mean().item(), (u <= -clip).float().mean().item(), u.median().item(),
+            statistics.mean(sig) if sig else None)
 
 
 def measure(ckpt: str, steps: int) -> list[dict]:
+    """Rows (one per evaluation task) of saturation fractions for checkpoint ``ckpt``."""
     learned = load_any(ckpt)
     rows = []
     for group, cfgs in (("in_distribution", IN_DISTRIBUTION), ("held_out", HELD_OUT)):
         for tc in cfgs:
-            calls: list = []
-            per_step: list[tuple[float, float, float]] = []
-
-            def step_done(*_) -> None:  # optimizer step post-hook: one row per step from its head calls
-                u, clip = torch.cat([c[0] for c in calls]), calls[0][1]
-                per_step.append(((u >= clip).float().mean().item(), (u <= -clip).float().mean().item(),
-                                 u.median().item()))
-                calls.clear()
+            per_step: list[tuple[float, float, float, float | None]] = []
 
             def make_opt(model: nn.Module) -> NeuralGraphOptimizer:
                 opt = NeuralGraphOptimizer.for_module(model, copy.deepcopy(learned))
-                opt.register_step_post_hook(step_done)
+                opt.record_diagnostics = True
+                opt.register_step_post_hook(lambda o, *_: per_step.append(step_row(o.last_diagnostics)))
                 return opt
 
-            with record_log_steps(calls):  # the evaluation's own training run (seed 0)
-                train_run(Task(tc), make_opt, steps, seed=0)
+            train_run(Task(tc), make_opt, steps, seed=0)  # the evaluation's own training run (seed 0)
             tenth = max(1, steps // 10)
             windows = {"first": per_step[:tenth], "middle": per_step[steps // 2: steps // 2 + tenth],
                        "last": per_step[-tenth:]}
@@ -86,6 +102,8 @@ def measure(ckpt: str, steps: int) -> list[dict]:
                 row[f"at_upper_{w}"] = statistics.mean(v[0] for v in vals)
                 row[f"at_lower_{w}"] = statistics.mean(v[1] for v in vals)
                 row[f"median_u_{w}"] = statistics.mean(v[2] for v in vals)
+                sig = [v[3] for v in vals if v[3] is not None]
+                row[f"sigma_at_bound_{w}"] = statistics.mean(sig) if sig else None
             rows.append(row)
             print(f"  {ckpt} {tc.name}: at +bound {row['at_upper_middle']:.2f}, at -bound "
                   f"{row['at_lower_middle']:.2f}", file=sys.stderr)
@@ -93,30 +111,33 @@ def measure(ckpt: str, steps: int) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
+    """The table of :func:`measure`'s rows (first / middle / last tenth in each cell)."""
     ws = ("first", "middle", "last")
-    lines = ["Fractions of entries and median u over the first / middle / last tenth of the steps.", "",
-             "| checkpoint | group | task | mag_clip | u >= mag_clip | u <= -mag_clip | median u |",
-             "|---|---|---|---:|---|---|---|"]
+    lines = ["Fractions of entries and median u over the first / middle / last tenth of the steps; for v2, the "
+             f"fraction of tensors with |sigma| >= {SIGMA_SATURATED} lr_bound.", "",
+             "| checkpoint | group | task | mag_clip | u >= mag_clip | u <= -mag_clip | median u | sigma at bound |",
+             "|---|---|---|---:|---|---|---|---|"]
+
+    def cell(r: dict, key: str, fmt: str) -> str:
+        return " / ".join("-" if r[f"{key}_{w}"] is None else f"{r[f'{key}_{w}']:{fmt}}" for w in ws)
+
     for r in rows:
-        up, lo, med = (" / ".join(f"{r[f'{k}_{w}']:{f}}" for w in ws)
-                       for k, f in (("at_upper", ".2f"), ("at_lower", ".2f"), ("median_u", ".1f")))
-        lines.append(f"| {r['ckpt']} | {r['group']} | {r['task']} | {r['mag_clip']:g} | {up} | {lo} | {med} |")
+        up, lo, med, sig = (cell(r, k, f) for k, f in (("at_upper", ".2f"), ("at_lower", ".2f"), ("median_u", ".1f"),
+                                                       ("sigma_at_bound", ".2f")))
+        lines.append(f"| {r['ckpt']} | {r['group']} | {r['task']} | {r['mag_clip']:g} | {up} | {lo} | {med} | {sig} |")
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--ckpt", nargs="+", default=["default"], help="checkpoints (names, paths, or a run's ckpt.pt)")
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--out", default="benchmarks/results/step_saturation.json")
-    a = ap.parse_args(argv)
-    if a.steps < 10:
-        raise ValueError(f"Invalid --steps: {a.steps} (expected >= 10)")
-    rows = [r for c in a.ckpt for r in measure(c, a.steps)]
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Command-line entry point: ``[--config FILE] [key=value ...]``; returns the result document."""
+    cfg = _cfg.parse_command(StepSaturationConfig, argv, (__doc__ or "").split("\n")[0])
+    _cfg.set_threads(cfg.threads)
+    rows = [r for c in cfg.ckpts for r in measure(c, cfg.steps)]
     print(markdown(rows))
-    res = {"steps": a.steps, "seed": 0, "rows": rows}
-    atomic_write_text(a.out, json.dumps(res, indent=1))
-    atomic_write_text(Path(a.out).with_suffix(".md"), markdown(rows) + "\n")
+    res = {"steps": cfg.steps, "seed": 0, "threads": torch.get_num_threads(), "sigma_saturated": SIGMA_SATURATED,
+           "rows": rows}
+    atomic_write_text(cfg.out, json.dumps(res, indent=1))
+    atomic_write_text(Path(cfg.out).with_suffix(".md"), markdown(rows) + "\n")
     return res
 
 

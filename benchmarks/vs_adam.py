@@ -40,17 +40,12 @@ per step; per task NGO's speed-up over tuned Adam), ``curves.json.gz`` (per-step
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-# the repository root first: an editable install of another checkout must not shadow this one
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.suite import VsAdamConfig, load, report, run  # noqa: E402
-from lopt_graphs import config as _cfg  # noqa: E402
+from benchmarks.suite import VsAdamConfig, load, report, run
+from lopt_graphs import config as _cfg
 
 __all__ = ["main"]
 
@@ -58,12 +53,9 @@ __all__ = ["main"]
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Command-line entry point: ``[--config YAML] [key=value ...]`` or ``--report RESULTS_JSON``; returns
     the result document."""
-    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0],
-                                 epilog=f"config keys: {', '.join(_cfg.field_names(VsAdamConfig))}")
-    ap.add_argument("--config", default=None, help="YAML config (e.g. configs/benchmarks/quick.yaml)")
+    ap = _cfg.command_parser(VsAdamConfig, (__doc__ or "").split("\n")[0])
     ap.add_argument("--report", default=None, metavar="RESULTS_JSON",
                     help="only re-render results.md (and curves.png) next to an existing results.json")
-    ap.add_argument("overrides", nargs="*", metavar="key=value", help="override a config key")
     args = ap.parse_args(argv)
     if args.report:
         if args.config or args.overrides:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -20,9 +19,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from lopt_graphs import NeuralGraphOptimizer  # noqa: E402
-from lopt_graphs.data import MinibatchStream, load_embedded  # noqa: E402
+from lopt_graphs import NeuralGraphOptimizer
+from lopt_graphs.data import MinibatchStream, load_embedded
 
 
 def train(make_opt, data, steps: int, seed: int, label: str) -> dict:

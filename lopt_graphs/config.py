@@ -14,10 +14,11 @@ also accept a string that Python's :func:`float` parses. Unknown keys are errors
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,8 +26,9 @@ import yaml
 
 from .io import atomic_write_text
 
-__all__ = ["bad_value", "check_types", "config_from_dict", "config_to_dict", "field_names", "load_config", "parse_override",
-           "save_resolved_config"]
+__all__ = ["bad_value", "check_types", "command_parser", "config_from_dict", "config_to_dict", "field_names",
+           "keys_help", "load_config", "parse_command", "parse_override", "save_resolved_config",
+           "set_threads"]
 
 C = TypeVar("C")
 _SCALARS: dict[str, type] = {"bool": bool, "int": int, "float": float, "str": str}
@@ -206,3 +208,39 @@ def save_resolved_config(cfg: Any, path: str | os.PathLike[str], header: str = "
     text += yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=False)
     atomic_write_text(path, text)
     return path
+
+
+def keys_help(cls: type) -> str:
+    """One line per config key of ``cls``: ``key=default`` (the epilog of every command's ``--help``)."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        d = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        d = ",".join(str(v) for v in d) if isinstance(d, tuple) else d
+        d = str(d).lower() if isinstance(d, bool) else d  # as YAML and key=value write it
+        rows.append(f"  {f.name}={d}")
+    return f"config keys of {cls.__name__} (key=default):\n" + "\n".join(rows)
+
+
+def command_parser(cls: type, description: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """The parser of every command: ``[--config FILE] [key=value ...]``, its ``--help`` listing the keys of
+    ``cls`` with their defaults. Commands may add their own flags to it (rarely: prefer a config key)."""
+    ap = argparse.ArgumentParser(description=description, epilog=keys_help(cls),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+    ap.add_argument("--config", default=None, metavar="FILE",
+                    help=f"YAML file of {cls.__name__} keys (default: the built-in defaults)")
+    ap.add_argument("overrides", nargs="*", metavar="key=value", help="override a config key (after the file)")
+    return ap
+
+
+def parse_command(cls: type[C], argv: Sequence[str] | None, description: str) -> C:
+    """Parse ``[--config FILE] [key=value ...]`` into a ``cls`` config (unknown keys are errors)."""
+    args = command_parser(cls, description).parse_args(argv)
+    return load_config(cls, args.config, args.overrides)
+
+
+def set_threads(threads: int) -> None:
+    """Apply a config's ``threads`` key (every command defaults to 1; 0 leaves torch's default)."""
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)

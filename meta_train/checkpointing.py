@@ -59,7 +59,7 @@ def make_checkpoint(step: int, config: dict[str, Any], **payload: Any) -> dict[s
     Args:
         step: Number of completed outer steps.
         config: The resolved config as a plain dict (see :func:`meta_train.config.config_to_dict`).
-        **payload: Further entries, e.g. ``meta_params``, ``outer_opt``, ``rng``, ``engine`` state.
+        **payload: Further entries, e.g. ``theta``, ``outer_opt``, ``rng``, the inner runs' state.
     """
     reserved = set(REQUIRED_KEYS) & set(payload)
     if reserved:

@@ -77,7 +77,7 @@ class MetaTrainConfig:
         tasks_per_group: Inner runs per group: tasks sharing the group's architecture, dataset and batch
             size (own init, init scale and data order), run stacked in one ``vmap`` call with the whole
             population; >= 1.
-        family: Name of the task family inner problems are sampled from (interpreted by the engine).
+        family: Name of the task family inner problems are sampled from (a key of :data:`meta_train.tasks.FAMILIES`).
         seed: Seed of every random number generator of the run; >= 0.
         out: Output directory (config, metrics, checkpoints, report, wandb files).
         resume: Path of a checkpoint to resume from; ``""`` starts a fresh run.
@@ -97,7 +97,7 @@ class MetaTrainConfig:
             learned update being trained: steps stay within ``e**mag_clip`` times Adam's; ``0`` keeps the
             initialisation's (10 for a fresh one, which lets the default PES run diverge after ~150
             outer steps); a fresh ``learned=v2``/``v2_ff`` update keeps its own (5); >= 0.
-        threads: Number of torch intra-op threads; ``0`` leaves torch's default; >= 0.
+        threads: Number of torch intra-op threads (1, as every command; ``0`` leaves torch's default); >= 0.
         learned: Architecture of a fresh learned update (when ``init_ckpt`` is empty): ``"v1"`` (the
             default ``LearnedUpdateConfig``), ``"v2"`` (recipe v2: horizon features, learned per-tensor
             step size and schedule, small log-magnitude; :func:`lopt_graphs.optim.learned.v2_config`) or
@@ -146,7 +146,7 @@ class MetaTrainConfig:
     loss_clip: float = 3.0
     init_ckpt: str = ""
     mag_clip: float = 3.0
-    threads: int = 0
+    threads: int = 1
     learned: str = "v2"
     objective: str = "log_late"
     horizon_min: int = 50

@@ -1,6 +1,12 @@
 """Evaluate a learned update against Adam with a per-task tuned learning rate, through the public
 ``NeuralGraphOptimizer`` class (the path users take).
 
+Commands::
+
+    lopt-evaluate ckpt=meta_tbptt_clip3_1875 steps=300 seeds=0,1,2 out=runs/eval.json
+    python -m meta_train.evaluate ckpt=runs/<run>/ckpt.pt     # a meta-training run in progress
+    lopt-evaluate --help                                       # the keys and their defaults
+
 The training runs, smoothing and tuning are :mod:`lopt_graphs.evaluation`'s (the same code as
 ``benchmarks/vs_adam.py``). Tuned Adam's lr is chosen on a tuning seed (:data:`TUNE_SEED`, 1000, or the next
 seed above it that is not scored) and then scored on the evaluation seeds, never on the run it is scored on.
@@ -11,10 +17,12 @@ from __future__ import annotations
 import copy
 import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from lopt_graphs import NeuralGraphOptimizer
+from lopt_graphs import config as _cfg
 from lopt_graphs.evaluation import smooth, train_run, tuned_baseline
 from lopt_graphs.evaluation import steps_to_reach as _steps_to_reach
 from lopt_graphs.io import atomic_write_text
@@ -180,36 +188,51 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Keys of ``lopt-evaluate`` (``python -m meta_train.evaluate``).
+
+    Attributes:
+        ckpt: learned-update checkpoint path, shipped name, or a meta-training run's ``ckpt.pt``.
+        steps: inner training steps per task.
+        seeds: scored seeds (``seeds=0,1,2``).
+        threads: torch intra-op threads (results depend on it; ``0`` keeps torch's default); restored after.
+        out: JSON output (and a ``.md`` next to it); ``""``: print only.
+    """
+
+    ckpt: str = "default"
+    steps: int = 300
+    seeds: tuple[int, ...] = (0,)
+    threads: int = 1
+    out: str = ""
+
+    def __post_init__(self) -> None:
+        _cfg.check_types(self)
+        if self.steps < 1:
+            _cfg.bad_value("steps", self.steps, "an integer >= 1")
+        if not self.seeds:
+            _cfg.bad_value("seeds", self.seeds, "at least one seed")
+        if self.threads < 0:
+            _cfg.bad_value("threads", self.threads, "an integer >= 0 (0 keeps torch's default)")
+
+
 def main(argv: list[str] | None = None) -> dict:
-    """``python -m meta_train.evaluate --ckpt PATH [--steps 300] [--seeds 0,1,2] [--threads 1] [--out F.json]``
-    (``PATH``: a learned-update checkpoint, a shipped name, or a meta-training run's ``ckpt.pt``)"""
-    import argparse
+    """``lopt-evaluate [--config FILE] [ckpt=PATH] [steps=300] [seeds=0,1,2] [threads=1] [out=F.json]``; returns
+    the result document."""
     import json
     from pathlib import Path
 
-    ap = argparse.ArgumentParser(description="Evaluate a learned-update checkpoint against per-task tuned Adam.")
-    ap.add_argument("--ckpt", default="default",
-                    help="learned-update checkpoint, shipped name, or a meta-training run's ckpt.pt "
-                         "(default: 'default')")
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--seeds", default="0", help="comma-separated seeds")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch intra-op threads (results depend on it; 0 keeps torch's default; default 1)")
-    ap.add_argument("--out", default=None, help="write JSON (and a .md next to it)")
-    a = ap.parse_args(argv)
-    if a.threads < 0:
-        ap.error(f"invalid --threads: {a.threads} (expected >= 0; 0 keeps torch's default)")
+    cfg = _cfg.parse_command(EvaluateConfig, argv, "Evaluate a learned-update checkpoint against per-task tuned Adam.")
     before = torch.get_num_threads()
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    _cfg.set_threads(cfg.threads)
     try:
-        res = evaluate_checkpoint(a.ckpt, a.steps, tuple(int(s) for s in a.seeds.split(",")))
+        res = evaluate_checkpoint(cfg.ckpt, cfg.steps, cfg.seeds)
     finally:
         torch.set_num_threads(before)
     print(markdown(res))
-    if a.out:
-        atomic_write_text(a.out, json.dumps(res, indent=1))
-        atomic_write_text(Path(a.out).with_suffix(".md"), markdown(res) + "\n")
+    if cfg.out:
+        atomic_write_text(cfg.out, json.dumps(res, indent=1))
+        atomic_write_text(Path(cfg.out).with_suffix(".md"), markdown(res) + "\n")
     return res
 
 

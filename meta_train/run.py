@@ -15,19 +15,16 @@ Writes to ``out``: ``config.yaml`` (resolved), ``ckpt.pt`` (atomic, every ``chec
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from meta_train.config import config_to_dict, load_config, save_resolved_config  # noqa: E402
-from meta_train.logging_utils import MetricsLogger, progress  # noqa: E402
-from meta_train.trainer import MetaTrainer  # noqa: E402
+from lopt_graphs.config import command_parser, set_threads
+from meta_train.config import MetaTrainConfig, config_to_dict, load_config, save_resolved_config
+from meta_train.logging_utils import MetricsLogger, progress
+from meta_train.trainer import MetaTrainer
 
 
 def _dist_setup() -> tuple[int, int]:
@@ -42,15 +39,11 @@ def _dist_setup() -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> MetaTrainer:
-    ap = argparse.ArgumentParser(description="Meta-train the learned update of NeuralGraphOptimizer.",
-                                 epilog="Overrides: key=value pairs for any config key (see configs/meta_train/"
-                                        "default.yaml).")
-    ap.add_argument("--config", default=None, help="YAML config (default: built-in defaults)")
-    ap.add_argument("overrides", nargs="*", help="key=value overrides")
-    a = ap.parse_args(argv)
+    """Command-line entry point (``lopt-meta-train``, ``python meta_train/run.py``): ``[--config FILE]
+    [key=value ...]``; returns the trainer."""
+    a = command_parser(MetaTrainConfig, "Meta-train the learned update of NeuralGraphOptimizer.").parse_args(argv)
     cfg = load_config(a.config, a.overrides)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)
     rank, world = _dist_setup()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

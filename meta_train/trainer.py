@@ -15,7 +15,14 @@ import torch.distributed as dist
 from lopt_graphs.optim import LearnedUpdate, load_learned_update, save_checkpoint
 from lopt_graphs.optim.learned import v2_config
 
-from .checkpointing import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, load_checkpoint, rng_state, save_checkpoint_atomic, set_rng_state
+from .checkpointing import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_FORMAT_VERSION,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint_atomic,
+    set_rng_state,
+)
 from .config import META_PARAMS, MetaTrainConfig, config_to_dict
 from .estimators import make_estimator
 from .runs import RunGroup, new_group

@@ -19,7 +19,7 @@ from lopt_graphs import config as _cfg
 from lopt_graphs.data import DatasetSplits, load_torchvision
 from lopt_graphs.evaluation import RunResult, curve_stats, mean_std, smooth, speedup, train_run, tuned_baseline
 from lopt_graphs.io import atomic_write, atomic_write_text
-from lopt_graphs.optim.checkpoint import CHECKPOINT_DIR, DEFAULT_CHECKPOINT, load_learned_update
+from lopt_graphs.optim.checkpoint import DEFAULT_ALIAS, load_learned_update, shipped_path
 from meta_train.tasks.families import Task
 
 from . import peers
@@ -121,9 +121,7 @@ def run_task(task: Task, steps: int, cfg: VsAdamConfig, learned: Any, names: lis
 
 def ckpt_info(ckpt: str) -> dict[str, Any]:
     """Resolved path, sha256 and ``meta`` of the NGO checkpoint (as ``load_learned_update`` resolves it)."""
-    name = ckpt or DEFAULT_CHECKPOINT
-    shipped = CHECKPOINT_DIR / f"{name}.pt"
-    path = shipped if (os.sep not in name and not name.endswith(".pt") and shipped.exists()) else Path(name)
+    path = shipped_path(ckpt or DEFAULT_ALIAS) or Path(ckpt)
     info: dict[str, Any] = {"arg": ckpt, "path": str(path), "sha256": None, "meta": None}
     if path.is_file():
         info["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()

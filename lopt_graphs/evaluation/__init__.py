@@ -6,8 +6,7 @@
 is anything with the :class:`TrainTask` interface.
 """
 
-from .metrics import (curve_stats, ema_smooth, first_step_at_or_below, geomean, mean_std, smooth, speedup,
-                      steps_to_reach)
+from .metrics import curve_stats, ema_smooth, first_step_at_or_below, geomean, mean_std, smooth, speedup, steps_to_reach
 from .training import MakeOptimizer, RunResult, TrainTask, train_run
 from .tuning import TunedBaseline, tune_lr, tuned_baseline
 

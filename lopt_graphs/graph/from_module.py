@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention_rules import encoder_layer_rule, encoder_rule, mha_rule
-from .builder import GraphBuildError, GraphBuilder
+from .builder import GraphBuilder, GraphBuildError
 from .spec import GraphSpec
 
 

@@ -21,7 +21,7 @@ from typing import Iterable, Literal, Sequence
 
 import torch
 
-from .builder import GraphBuildError, GraphBuilder
+from .builder import GraphBuilder, GraphBuildError
 from .spec import GraphSpec
 
 Shape = Sequence[int]

@@ -6,12 +6,14 @@ import torch
 from torch import Tensor, nn
 
 from .aggr import pna_aggregate, pna_aggregate_blocks
+from .edge_update import edge_update
 
 
 class NGGNNLayer(nn.Module):
     """One NG-GNN layer.
 
-    Edge update (node terms are computed on the ``N`` nodes before they are gathered to the ``E`` edges)::
+    Edge update (:func:`~lopt_graphs.nn.edge_update.edge_update`; node terms are computed on the ``N`` nodes
+    before they are gathered to the ``E`` edges)::
 
         e_ij <- e_ij + W2 relu(W1 e_ij + A h_i + B h_j)
 
@@ -46,7 +48,7 @@ class NGGNNLayer(nn.Module):
         src, dst = edge_index[0], edge_index[1]
         n = h.shape[0]
         a, b, c, d = self.node_terms(h).chunk(4, dim=-1)
-        e = e + self.e2((self.e1(e) + a.index_select(0, dst) + b.index_select(0, src)).relu())
+        e = edge_update(e, a, b, edge_index, self.e1, self.e2)
         gf, bf, gb, bb = self.film(e).chunk(4, dim=-1)
         m_fwd = ((1 + gf) * c.index_select(0, src) + bf).relu()
         m_bwd = ((1 + gb) * d.index_select(0, dst) + bb).relu()

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .aggr import scatter_sum, segment_softmax
+from .edge_update import edge_update
 
 
 class NGTransformerLayer(nn.Module):
@@ -20,8 +21,8 @@ class NGTransformerLayer(nn.Module):
         h_i <- h_i + O [sum_j a_ij v_ij (forward), same over backward neighbours]
         h_i <- h_i + FFN(LN(h_i))
 
-    followed by the same edge update as NG-GNN. Attention is restricted to graph edges (not all pairs),
-    which keeps the cost linear in the number of weights.
+    followed by the same edge update as NG-GNN (:func:`~lopt_graphs.nn.edge_update.edge_update`). Attention
+    is restricted to graph edges (not all pairs), which keeps the cost linear in the number of weights.
     """
 
     def __init__(self, hidden: int, edge_hidden: int, heads: int):
@@ -66,5 +67,5 @@ class NGTransformerLayer(nn.Module):
         h = h + self.out(torch.cat([fwd, bwd], dim=-1))
         h = h + self.ffn(self.norm2(h))
         a, b = self.node_terms(h).chunk(2, dim=-1)
-        e = e + self.e2((self.e1(e) + a.index_select(0, dst) + b.index_select(0, src)).relu())
+        e = edge_update(e, a, b, edge_index, self.e1, self.e2)
         return h, e

@@ -1,12 +1,11 @@
 """The learned optimizer: :class:`NeuralGraphOptimizer`, its pure update and its checkpoints."""
 
-from .checkpoint import (CheckpointError, checkpoint_dict, load_learned_update, save_checkpoint,
-                         shipped_checkpoints)
+from . import higher_hook  # noqa: F401,E402  (registers NeuralGraphOptimizer with higher)
+from .checkpoint import CheckpointError, checkpoint_dict, load_learned_update, save_checkpoint, shipped_checkpoints
 from .functional import init_state, ngo_update
+from .higher_hook import DifferentiableNeuralGraphOptimizer
 from .learned import FEATURES, LearnedUpdate, LearnedUpdateConfig
 from .optimizer import NeuralGraphOptimizer
-from . import higher_hook  # noqa: F401,E402  (registers NeuralGraphOptimizer with higher)
-from .higher_hook import DifferentiableNeuralGraphOptimizer
 
 __all__ = [
     "FEATURES", "CheckpointError", "DifferentiableNeuralGraphOptimizer", "LearnedUpdate", "LearnedUpdateConfig", "NeuralGraphOptimizer",

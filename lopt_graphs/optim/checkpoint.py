@@ -21,7 +21,9 @@ from .learned import LearnedUpdate, LearnedUpdateConfig
 FORMAT = "lopt_graphs.learned_update"
 FORMAT_VERSION = 1
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
-DEFAULT_CHECKPOINT = "default"
+#: The shipped checkpoint that ``ckpt=None`` and the name ``"default"`` load (change the default here: one line).
+DEFAULT_CHECKPOINT = "meta_tbptt_clip3_1875"
+DEFAULT_ALIAS = "default"
 
 
 class CheckpointError(RuntimeError):
@@ -29,8 +31,17 @@ class CheckpointError(RuntimeError):
 
 
 def shipped_checkpoints() -> list[str]:
-    """Names of the checkpoints shipped in ``lopt_graphs/checkpoints/``."""
-    return sorted(p.stem for p in CHECKPOINT_DIR.glob("*.pt"))
+    """Names of the checkpoints shipped in ``lopt_graphs/checkpoints/``, and the alias ``"default"``."""
+    return sorted({p.stem for p in CHECKPOINT_DIR.glob("*.pt")} | {DEFAULT_ALIAS})
+
+
+def shipped_path(name: str | os.PathLike) -> Path | None:
+    """The file of shipped checkpoint ``name`` (``"default"``: :data:`DEFAULT_CHECKPOINT`), or ``None`` when
+    ``name`` is not a bare shipped name (a path, a name ending in ``.pt``, or no such shipped file)."""
+    if not isinstance(name, str) or os.sep in name or name.endswith(".pt"):
+        return None
+    path = CHECKPOINT_DIR / f"{DEFAULT_CHECKPOINT if name == DEFAULT_ALIAS else name}.pt"
+    return path if path.exists() else None
 
 
 def checkpoint_dict(learned: LearnedUpdate, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -48,9 +59,8 @@ def save_checkpoint(learned: LearnedUpdate, path: str | os.PathLike, meta: Mappi
 
 def read_checkpoint(source: str | os.PathLike) -> dict[str, Any]:
     """The raw dict of a checkpoint file or shipped name (``weights_only`` load, no format checks)."""
-    name = str(source)
-    shipped = CHECKPOINT_DIR / f"{name}.pt"
-    if isinstance(source, str) and os.sep not in name and not name.endswith(".pt") and shipped.exists():
+    shipped = shipped_path(source)
+    if shipped is not None:
         path = shipped  # a shipped name wins over a same-named file in the working directory
     else:
         path = Path(source)
@@ -72,7 +82,8 @@ def load_learned_update(ckpt: str | os.PathLike | Mapping[str, Any] | None = Non
 
     Args:
         ckpt: a path, a checkpoint dict, the name of a shipped checkpoint (a bare name such as ``"default"``
-            always means the shipped one; write ``"./default"`` for a file), or ``None`` for the default.
+            always means the shipped one; write ``"./default"`` for a file), or ``None`` for the default
+            (:data:`DEFAULT_CHECKPOINT`, also the name ``"default"``).
         map_location: device of the returned module.
 
     Raises:

@@ -18,7 +18,7 @@ class DifferentiableNeuralGraphOptimizer(higher.optim.DifferentiableOptimizer):
 
     def __init__(self, other: NeuralGraphOptimizer, reference_params, *args, **kwargs):
         self.learned = other.learned
-        self._specs = list(other._specs)
+        self.specs = [other.graph_spec(gi) for gi in range(len(other.param_groups))]  # public accessor
         super().__init__(other, reference_params, *args, **kwargs)
 
     def _update(self, grouped_grads, **kwargs) -> None:
@@ -26,7 +26,7 @@ class DifferentiableNeuralGraphOptimizer(higher.optim.DifferentiableOptimizer):
             params = group["params"]
             states = [dict(self.state[gi][pi]) if pi in self.state[gi] else {} for pi in range(len(params))]
             new_params, new_states = ngo_update(
-                self.learned, self._specs[gi].to(params[0].device), params, list(grads), states,
+                self.learned, self.specs[gi].to(params[0].device), params, list(grads), states,
                 lr=group["lr"], betas=group["betas"], eps=group["eps"], weight_decay=group["weight_decay"],
                 encoder_every=group["encoder_every"], total_steps=group.get("total_steps"))
             for pi, (g, n, s) in enumerate(zip(grads, new_params, new_states)):

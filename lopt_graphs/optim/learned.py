@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ..nn import EncoderConfig, NeuralGraphEncoder
 
-#: Per-entry input features, in order (see :func:`lopt_graphs.optim.features.entry_features`).
+#: Per-entry input features, in order (see :func:`lopt_graphs.optim.functional.entry_features`).
 FEATURES: tuple[str, ...] = ("g_adam", "m_fast", "m_adam", "m_slow", "param_rms", "g_rms")
 #: Step-count features (see :func:`lopt_graphs.optim.functional.step_features`); a config with
 #: ``horizon_taus`` adds one fraction-of-training feature per tau and a "horizon known" flag.
@@ -171,6 +171,23 @@ class LearnedUpdate(nn.Module):
         return HeadWeights(self.w1_free if free else self.w1, self.w2, self.b2, self.step_proj.weight,
                            self.step_proj.bias, cfg.mag_scale, cfg.dir_scale, cfg.mag_clip, *sched,
                            cfg.lr_bound, cfg.horizon_taus)
+
+    @torch.no_grad()
+    def affine_log_step_(self, scale: float, shift: float) -> "LearnedUpdate":
+        """Map the head's (scaled) learned log step ``u = mag_scale * o_mag`` to ``scale * u + shift`` in place
+        (rescales the magnitude row of the output layer), e.g. to bring a head clipped at ``mag_clip``
+        everywhere back inside the bound; the direction output is unchanged. Returns ``self``.
+
+        Raises:
+            ValueError: unless ``scale`` is finite and > 0 and ``shift`` finite.
+        """
+        scale, shift = float(scale), float(shift)
+        if not (scale > 0 and math.isfinite(scale) and math.isfinite(shift)):
+            raise ValueError(f"Invalid log-step affine map: ({scale}, {shift}) (expected a finite scale > 0 and a "
+                             "finite shift)")
+        self.w2[1].mul_(scale)  # u = mag_scale * (w2[1] . relu(z) + b2[1])  ->  scale * u + shift
+        self.b2[1].mul_(scale).add_(shift / self.cfg.mag_scale)
+        return self
 
     def extra_repr(self) -> str:
         return f"head_hidden={self.cfg.head_hidden}, encoder_every={self.cfg.encoder_every}"

@@ -1,7 +1,18 @@
 """Task families of the meta-training harness."""
 
-from .families import (FAMILIES, HELD_OUT, IN_DISTRIBUTION, VALIDATION, Task, TaskConfig, arch_key, build_module,
-                       num_params, sample_group, sample_task)
+from .families import (
+                       FAMILIES,
+                       HELD_OUT,
+                       IN_DISTRIBUTION,
+                       VALIDATION,
+                       Task,
+                       TaskConfig,
+                       arch_key,
+                       build_module,
+                       num_params,
+                       sample_group,
+                       sample_task,
+)
 
 __all__ = ["FAMILIES", "HELD_OUT", "IN_DISTRIBUTION", "VALIDATION", "Task", "TaskConfig", "arch_key", "build_module",
            "num_params", "sample_group", "sample_task"]

@@ -1,26 +1,19 @@
-"""Smoke test of ``benchmarks/graph_cost.py --quick`` (fields only, no timing assertions)."""
+"""Smoke test of ``lopt-graph-cost quick=true`` (fields only, no timing assertions)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "graph_cost.py"
+from benchmarks import graph_cost
 
 
 def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("graph_cost_bench", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look the module up by name
-    spec.loader.exec_module(mod)
-    return mod
+    return graph_cost
 
 
 def test_quick_run_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -28,7 +21,7 @@ def test_quick_run_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str
     out = tmp_path / "nested" / "graph_cost.json"
     threads = torch.get_num_threads()
     try:  # one thread: no spin-waiting when the 2 cores are shared
-        returned = bench.main(["--quick", "--out", str(out), "--reps", "2", "--threads", "1"])
+        returned = bench.main(["quick=true", f"out={out}", "reps=2", "threads=1"])
     finally:
         torch.set_num_threads(threads)
     doc = json.loads(out.read_text())

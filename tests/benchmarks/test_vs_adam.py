@@ -3,7 +3,6 @@ skipped), fair lr tuning, schedule-free's eval mode, warmup+cosine, summaries-on
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import json
 import math
@@ -15,11 +14,11 @@ from typing import Any
 import pytest
 import torch
 
+from benchmarks import vs_adam
 from benchmarks.suite import peers, runner
 from lopt_graphs.evaluation import train_run
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "vs_adam.py"
 TINY = ["suite=tiny", "steps=20", "long_steps=24,30", "seeds=0,1", "adam_lrs=1e-3,1e-2,3e-2", "smooth=5",
         "only=tiny_digits_mlp", "plot=false"]
 SUMMARY = {"final_loss_mean", "final_loss_std", "final_loss_per_seed", "test_acc_mean", "test_acc_std", "ms_per_step",
@@ -28,12 +27,7 @@ PEER_PKGS = ("prodigyopt", "dadaptation", "schedulefree")
 
 
 def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("vs_adam_bench", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return vs_adam
 
 
 @pytest.fixture(scope="module")

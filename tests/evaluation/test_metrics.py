@@ -6,8 +6,16 @@ import math
 
 import pytest
 
-from lopt_graphs.evaluation import (curve_stats, ema_smooth, first_step_at_or_below, geomean, mean_std, smooth,
-                                    speedup, steps_to_reach)
+from lopt_graphs.evaluation import (
+    curve_stats,
+    ema_smooth,
+    first_step_at_or_below,
+    geomean,
+    mean_std,
+    smooth,
+    speedup,
+    steps_to_reach,
+)
 
 
 def test_smooth_is_a_trailing_mean_over_the_available_steps() -> None:

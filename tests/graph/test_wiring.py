@@ -19,7 +19,6 @@ from torch import Tensor, nn
 
 from lopt_graphs.graph import GraphBuildError, GraphSpec, graph_from_module, graph_from_parameters
 
-
 ACTS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid}
 
 

@@ -1,4 +1,4 @@
-"""The meta-training engine: tasks, unrolls and gradient estimators."""
+"""The meta-training harness's parts: tasks, unrolls and gradient estimators."""
 
 from __future__ import annotations
 

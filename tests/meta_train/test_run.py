@@ -107,7 +107,7 @@ def test_wandb_offline_run_writes_files(tmp_path: Path):
 
 def test_evaluate_reads_a_meta_training_checkpoint_in_progress(tmp_path: Path):
     from meta_train.evaluate import load_any
-    t = main(["--config", SMOKE, "estimator=es", "wandb=false", "report=false", "outer_steps=2",
+    main(["--config", SMOKE, "estimator=es", "wandb=false", "report=false", "outer_steps=2",
               f"out={tmp_path}"])
     from_run = load_any(str(tmp_path / "ckpt.pt"))  # the run's meta-parameters, as a learned update
     exported = load_any(str(tmp_path / "learned.pt"))
@@ -126,8 +126,7 @@ def test_evaluate_records_threads_and_per_seed_summaries(tmp_path: Path):
 
     from meta_train.evaluate import main as evaluate_main
     before = torch.get_num_threads()
-    res = evaluate_main(["--ckpt", "adam_init", "--steps", "12", "--seeds", "0,1", "--threads", "1",
-                         "--out", str(tmp_path / "e.json")])
+    res = evaluate_main(["ckpt=adam_init", "steps=12", "seeds=0,1", "threads=1", f"out={tmp_path / 'e.json'}"])
     assert torch.get_num_threads() == before  # restored
     assert res["threads"] == 1 and set(res["per_seed"]) == {"0", "1"}
     assert len(res["rows"]) == 16 and {r["seed"] for r in res["rows"]} == {0, 1}
@@ -137,5 +136,5 @@ def test_evaluate_records_threads_and_per_seed_summaries(tmp_path: Path):
         assert s["held_out_beats_tuned_adam"] == sum(r["ngo_final_loss"] < r["adam_final_loss"] for r in held)
     assert json.loads((tmp_path / "e.json").read_text())["per_seed"] == res["per_seed"]
     assert "Per seed: seed 0:" in (tmp_path / "e.md").read_text()
-    with pytest.raises(SystemExit):
-        evaluate_main(["--ckpt", "adam_init", "--threads", "-1"])
+    with pytest.raises(ValueError, match="threads=-1"):
+        evaluate_main(["ckpt=adam_init", "threads=-1"])

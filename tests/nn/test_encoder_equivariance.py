@@ -16,7 +16,6 @@ from torch import Tensor, nn
 from lopt_graphs.graph import GraphSpec, graph_from_module, neural_graph
 from lopt_graphs.nn import EncoderConfig, EncoderOutput, NeuralGraphEncoder
 
-
 FEATS = 2
 
 

@@ -16,7 +16,7 @@ from torch.optim import lr_scheduler as S
 
 from lopt_graphs.optim import NeuralGraphOptimizer
 
-from .optim_infos import mse, random_head_learned, regression_data, snapshot, tiny_mlp, train_steps
+from .optim_infos import mse, random_head_learned, regression_data, snapshot, tiny_mlp
 
 STEPS = 12
 BASE_LR = 1.0

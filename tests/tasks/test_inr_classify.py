@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from lopt_graphs.tasks.inr.classify import ClassifyConfig, NGClassifier, main, quick_overrides
-from lopt_graphs.tasks.inr.data import fit_inrs, inr_seeds, load_images, INRDataConfig
+from lopt_graphs.tasks.inr.data import INRDataConfig, fit_inrs, inr_seeds, load_images
 from lopt_graphs.tasks.inr.graphs import siren_spec
-
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,15 @@ import torch
 
 from lopt_graphs.graph import collate, graph_from_module
 from lopt_graphs.tasks.inr.data import (
-    INRDataConfig, cache_path, fit_inrs, inr_seeds, load_images, load_inr_dataset,
+    INRDataConfig,
+    cache_path,
+    fit_inrs,
+    inr_seeds,
+    load_images,
+    load_inr_dataset,
 )
 from lopt_graphs.tasks.inr.graphs import INRGraphBatcher, build_graphs, siren_spec
 from lopt_graphs.tasks.inr.siren import make_siren, param_shapes, pixel_grid, siren_forward
-
 
 
 @pytest.fixture(scope="module")

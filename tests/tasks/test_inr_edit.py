@@ -13,7 +13,6 @@ from lopt_graphs.tasks.inr.graphs import INRGraphBatcher, siren_spec
 from lopt_graphs.tasks.inr.siren import pixel_grid, siren_forward
 
 
-
 @pytest.fixture(scope="module")
 def params() -> list[torch.Tensor]:
     images, _ = load_images(INRDataConfig(dataset="digits", val_size=10))

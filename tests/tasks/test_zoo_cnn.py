@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from lopt_graphs.graph import graph_from_module, neural_graph
+from lopt_graphs.graph import graph_from_module
 from lopt_graphs.tasks.cnn_zoo import CNNArch, ZooCNN, ZooTaskConfig, batched_forward, build_zoo, load_task_config
 from lopt_graphs.tasks.cnn_zoo.predict import AccuracyPredictor, checkpoint_graph, kendall_tau, run_task
 from lopt_graphs.tasks.cnn_zoo.zoo import load_or_build_zoo, load_tensors, sample_archs, zoo_cache_path

@@ -60,7 +60,7 @@ class ZooTaskConfig:
         name: task name; results go to ``{out_dir}/zoo_{name}``.
         cache_dir: zoo cache directory (``""``: ``default_cache_dir()/cnn_zoo``).
         out_dir: parent directory of the results.
-        threads: torch intra-op threads (``0`` leaves torch's default).
+        threads: torch intra-op threads (1, as every command; ``0`` leaves torch's default).
 
     Prediction:
         models: predictors to train: ``"gnn"`` (NG-GNN), ``"transformer"`` (NG-T), ``"statnn"``.
@@ -110,7 +110,7 @@ class ZooTaskConfig:
     name: str = "small"
     cache_dir: str = ""
     out_dir: str = "runs/tasks"
-    threads: int = 0
+    threads: int = 1
     models: tuple[str, ...] = ("gnn", "statnn")
     hidden: int = 32
     edge_hidden: int = 16

@@ -12,30 +12,23 @@ the config), written atomically; a summary goes to ``{out_dir}/zoo_{name}/zoo_su
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-import torch
-
-from lopt_graphs.config import save_resolved_config
+from lopt_graphs.config import command_parser, save_resolved_config, set_threads
 from lopt_graphs.io import atomic_write_text
 
-from .config import load_task_config
+from .config import ZooTaskConfig, load_task_config
 from .zoo import Zoo, load_or_build_zoo
 
 
 def main(argv: list[str] | None = None) -> Zoo:
     """Parse arguments, build or load the zoo, write its summary; returns the zoo."""
-    ap = argparse.ArgumentParser(description="Train a zoo of small CNNs (cached on disk).",
-                                 epilog="Overrides: key=value pairs for any key of ZooTaskConfig.")
-    ap.add_argument("--config", default=None, help="YAML task config (default: built-in defaults)")
+    ap = command_parser(ZooTaskConfig, "Train a zoo of small CNNs (cached on disk).")
     ap.add_argument("--rebuild", action="store_true", help="rebuild even if the zoo is cached")
-    ap.add_argument("overrides", nargs="*", help="key=value overrides")
     a = ap.parse_args(argv)
     cfg = load_task_config(a.config, a.overrides)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)
     zoo, path, cached = load_or_build_zoo(cfg, progress=True, rebuild=a.rebuild)
     summary = {"cache": str(path), "loaded_from_cache": cached, **zoo.summary(),
                "models_per_second": zoo.meta.get("models_per_second")}

@@ -21,7 +21,6 @@ Writes ``{out_dir}/zoo_{name}/``: ``config.yaml`` (resolved), ``results.json``, 
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
@@ -35,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lopt_graphs.config import config_to_dict, save_resolved_config
+from lopt_graphs.config import command_parser, config_to_dict, save_resolved_config, set_threads
 from lopt_graphs.graph import GraphSpec, graph_from_module, neural_graph, pad_graph
 from lopt_graphs.io import atomic_write_text
 from lopt_graphs.nn import EncoderConfig, NeuralGraphEncoder
@@ -342,8 +341,7 @@ def run_task(cfg: ZooTaskConfig, progress: bool = True, write: bool = True) -> d
     Returns:
         The results dict (also written to ``{out}/results.json`` with ``write``).
     """
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)
     out = cfg.out
     if write:
         save_resolved_config(cfg, out / "config.yaml", header="Resolved CNN-zoo task config")
@@ -378,11 +376,7 @@ def run_task(cfg: ZooTaskConfig, progress: bool = True, write: bool = True) -> d
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     """Parse arguments and run :func:`run_task`."""
-    ap = argparse.ArgumentParser(description="Predict CNN test accuracy from weights (NG encoder vs StatNN).",
-                                 epilog="Overrides: key=value pairs for any key of ZooTaskConfig.")
-    ap.add_argument("--config", default=None, help="YAML task config (default: built-in defaults)")
-    ap.add_argument("overrides", nargs="*", help="key=value overrides")
-    a = ap.parse_args(argv)
+    a = command_parser(ZooTaskConfig, "Predict CNN test accuracy from weights (NG encoder vs StatNN).").parse_args(argv)
     cfg = load_task_config(a.config, a.overrides)
     res = run_task(cfg)
     print(json.dumps({"task": res["task"], "kendall_tau": res["kendall_tau"],

@@ -29,13 +29,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-
-from lopt_graphs.io import atomic_write
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lopt_graphs.data import default_cache_dir, load_embedded
 from lopt_graphs.data.embedded import DatasetSplits
+from lopt_graphs.io import atomic_write
 
 from .config import ZooTaskConfig
 

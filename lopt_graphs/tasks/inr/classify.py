@@ -37,8 +37,8 @@ from .cli import parse_command, setup_run, write_json
 from .common import NG_MODELS, TrainFields, encoder_config, make_batcher, new_encoder, param_scales, train_loop
 from .data import INRDataset, data_config_of, load_inr_dataset, validate_data_config
 from .graphs import INRGraphBatcher, probe_coords
-from .siren import siren_forward
 from .make_dataset import quick_data_overrides
+from .siren import siren_forward
 
 
 @dataclass(frozen=True)

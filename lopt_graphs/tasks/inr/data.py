@@ -27,12 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
-from lopt_graphs.io import atomic_write
 from torch import Tensor
 
 from lopt_graphs.config import bad_value, check_types
 from lopt_graphs.data import default_cache_dir, load_embedded, load_torchvision
+from lopt_graphs.io import atomic_write
 
 from .siren import param_shapes, pixel_grid, psnr, siren_forward, siren_init
 

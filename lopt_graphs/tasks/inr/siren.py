@@ -69,7 +69,7 @@ def siren_init(count: int, seeds: Tensor, hidden: int = 32, w0: float = 30.0, de
     """
     shapes = param_shapes(hidden, depth, in_dim, out_dim)
     bounds: list[float] = []
-    for j, shape in enumerate(shapes):
+    for j in range(len(shapes)):
         fan_in = shapes[2 * (j // 2)][1]
         if j % 2 == 1:
             bounds.append(1.0 / math.sqrt(fan_in))
