@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from lopt_graphs import NeuralGraphOptimizer  # noqa: E402
-
 import transformers  # noqa: E402
+
+from lopt_graphs import NeuralGraphOptimizer  # noqa: E402
 
 
 class FirstToken(torch.utils.data.Dataset):

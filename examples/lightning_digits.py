@@ -22,10 +22,10 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import lightning as L  # noqa: E402
+
 from lopt_graphs import NeuralGraphOptimizer  # noqa: E402
 from lopt_graphs.data import load_embedded  # noqa: E402
-
-import lightning as L  # noqa: E402
 
 
 class DigitsMLP(L.LightningModule):

@@ -24,7 +24,6 @@ from torch import Tensor
 from .functional import FEATURE_CLIP, compute_dtype
 from .learned import HeadWeights
 
-
 #: Parameter groups holding a parameter with at least this many entries take the fast path.
 FAST_MIN_NUMEL = 4096
 

@@ -12,11 +12,11 @@ from torch.optim import Optimizer
 
 from ..graph import GraphSpec, graph_from_module, graph_from_parameters
 from ..graph.describe import GraphDescription, describe_spec
-from .bn_scale import base_step
-from .checkpoint import load_learned_update
 from . import fast_step
 from . import functional as _functional
 from . import learned as _learned
+from .bn_scale import base_step
+from .checkpoint import load_learned_update
 from .fast_step import eager_param_step, fast_step_agrees
 from .functional import apply_update, count_nonfinite, entry_features, ngo_update, node_contexts, param_step
 from .learned import LearnedUpdate

@@ -13,13 +13,12 @@ import warnings
 
 import pytest
 import torch
+from test_wiring import max_change, permuted_model, randomize  # same directory (rootdir-relative import)
 from torch import Tensor, nn
 
 from lopt_graphs.graph import GraphBuildError, graph_from_module
 from lopt_graphs.graph.describe import describe_spec
 from lopt_graphs.graph.module_walk import graph_from_module_walk
-
-from test_wiring import max_change, permuted_model, randomize  # same directory (rootdir-relative import)
 
 V, D = 11, 6
 
