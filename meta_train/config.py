@@ -123,7 +123,7 @@ class MetaTrainConfig:
             ~350 dimensions instead of ~11,000 for v2, which PES can estimate on a small budget).
     """
 
-    outer_steps: int = 100
+    outer_steps: int = 300
     estimator: str = "pes"
     population: int = 8
     sigma: float = 0.01
