@@ -3,8 +3,8 @@ budget without it (``learned=v2_ff``, a per-parameter learned optimizer: the pap
 
 Command::
 
-    python benchmarks/ablation_ff.py [--graph runs/v2] [--ff runs/v2_ff] [--seeds 0,1,2] [--steps 300]
-                                     [--out benchmarks/results/ablation_ff]
+    python benchmarks/ablation_ff.py [--config FILE] [graph=runs/v2] [ff=runs/v2_ff] [seeds=0,1,2]
+                                     [steps=300] [threads=1] [out=benchmarks/results/ablation_ff]
 
 Reads both runs' ``metrics.jsonl`` (validation score every ``validate_every`` outer steps, the same scorer for
 both: mean over the validation tasks of ``log((L + 0.01) / (L_adam + 0.01))``, lower is better) and compares
@@ -16,11 +16,13 @@ seed that is not scored). Prints markdown tables, writes ``results.json``, ``res
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from lopt_graphs import config as _cfg
 
 
 def validation_curve(run: Path) -> list[tuple[int, float]]:
@@ -28,15 +30,25 @@ def validation_curve(run: Path) -> list[tuple[int, float]]:
     return [(int(r["step"]), float(r["val_score"])) for r in rows if "val_score" in r]
 
 
+@dataclass(frozen=True)
+class AblationConfig:
+    """Keys of ``benchmarks/ablation_ff.py``: the two run directories, the evaluation seeds and steps."""
+
+    graph: str = "runs/v2"
+    ff: str = "runs/v2_ff"
+    seeds: str = "0,1,2"
+    steps: int = 300
+    threads: int = 1
+    out: str = "benchmarks/results/ablation_ff"
+
+    def __post_init__(self) -> None:
+        _cfg.check_types(self)
+        if self.steps < 1:
+            _cfg.bad_value("steps", self.steps, "an integer >= 1")
+
+
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--graph", default="runs/v2")
-    ap.add_argument("--ff", default="runs/v2_ff")
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default="benchmarks/results/ablation_ff")
-    a = ap.parse_args(argv)
+    a = _cfg.parse_command(AblationConfig, argv, (__doc__ or "").split("\n")[0])
     torch.set_num_threads(a.threads)
     from meta_train.evaluate import evaluate_checkpoint
 
