@@ -101,7 +101,7 @@ def load_any(ckpt: str) -> LearnedUpdate:
     meta-training checkpoint (``<out>/ckpt.pt`` of a run in progress: its current meta-parameters)."""
     from .checkpointing import check_checkpoint
     from .config import META_PARAMS
-    from .trainer import CKPT_FORMAT, initial_learned_update
+    from .trainer import CKPT_FORMAT, initial_learned_update, restore_frozen
 
     obj = read_checkpoint(ckpt)  # one weights_only load; clear CheckpointError when missing or corrupt
     if obj.get("format") != CKPT_FORMAT:
@@ -110,10 +110,7 @@ def load_any(ckpt: str) -> LearnedUpdate:
     learned = initial_learned_update(config.get("init_ckpt") or "", float(config.get("mag_clip", 0.0)),
                                      config.get("learned", "v1"))
     space = ThetaSpace(learned, META_PARAMS[config.get("meta_params", "all")])
-    with torch.no_grad():  # parameters not meta-trained (meta_params), as the run holds them
-        params = dict(learned.named_parameters())
-        for name, value in obj.get("frozen", {}).items():
-            params[name].copy_(value)
+    restore_frozen(learned, obj.get("frozen", {}))  # parameters not meta-trained (meta_params)
     theta = obj["theta"]
     if theta.numel() != space.dim:
         raise ValueError(f"Meta-training checkpoint {ckpt!r} holds {theta.numel()} meta-parameters, but "

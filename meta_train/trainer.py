@@ -55,6 +55,15 @@ def initial_learned_update(init_ckpt: str | Mapping = "", mag_clip: float = 0.0,
     return learned
 
 
+def restore_frozen(learned: LearnedUpdate, frozen: Mapping[str, torch.Tensor]) -> None:
+    """Copy the values of parameters that a run does not meta-train (``meta_params``), as its checkpoint
+    holds them under ``"frozen"``, into ``learned``."""
+    with torch.no_grad():
+        params = dict(learned.named_parameters())
+        for name, value in frozen.items():
+            params[name].copy_(value)
+
+
 class MetaTrainer:
     """Meta-trains a :class:`LearnedUpdate`.
 
@@ -191,10 +200,7 @@ class MetaTrainer:
         self.space.load_into(self.learned, self.theta.detach())
         self.gen.set_state(ck["gen"])
         set_rng_state(ck["rng"])
-        with torch.no_grad():
-            params = dict(self.learned.named_parameters())
-            for name, value in ck.get("frozen", {}).items():
-                params[name].copy_(value)
+        restore_frozen(self.learned, ck.get("frozen", {}))
         self.step, self.inner_steps = int(ck["step"]), int(ck["inner_steps"])
         self.validation = dict(ck["validation"])
         if ck["runs"] is None:  # a resume point (meta_train.checkpointing.resume_point): fresh inner runs

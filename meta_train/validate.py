@@ -15,9 +15,10 @@ import math
 import torch
 
 from lopt_graphs import NeuralGraphOptimizer
+from lopt_graphs.evaluation import train_run, tuned_baseline
 from lopt_graphs.optim import LearnedUpdate
 
-from .evaluate import ADAM_LRS, train_curve
+from .evaluate import ADAM_LRS
 from .tasks import VALIDATION, Task, TaskConfig
 
 #: Loss offset of the score's log-ratio (nats).
@@ -35,11 +36,9 @@ def adam_references(steps: int, tasks: tuple[TaskConfig, ...] = VALIDATION) -> l
     refs = []
     for tc in tasks:
         task = Task(tc)
-        adam = lambda lr: lambda m: torch.optim.Adam(m.parameters(), lr=lr)  # noqa: E731
-        tuned = {lr: _final(train_curve(task, adam(lr), steps, TUNE_SEED)["train_loss"]) for lr in ADAM_LRS}
-        lr = min(tuned, key=tuned.get)
-        refs.append({"task": tc.name, "adam_lr": lr,
-                     "adam_final_loss": _final(train_curve(task, adam(lr), steps, SCORE_SEED)["train_loss"])})
+        adam = lambda lr, seed: train_run(task, lambda m: torch.optim.Adam(m.parameters(), lr=lr), steps, seed)  # noqa: E731
+        tuned = tuned_baseline(adam, ADAM_LRS, TUNE_SEED, [SCORE_SEED])
+        refs.append({"task": tc.name, "adam_lr": tuned.lr, "adam_final_loss": _final(tuned.runs[0].final_loss)})
     return refs
 
 
@@ -53,7 +52,7 @@ def validation_score(learned: LearnedUpdate, refs: list[dict], steps: int,
     rows = []
     for tc, ref in zip(tasks, refs):
         make = lambda m: NeuralGraphOptimizer.for_module(m, copy.deepcopy(learned), total_steps=steps)  # noqa: E731
-        ngo = _final(train_curve(Task(tc), make, steps, SCORE_SEED)["train_loss"])
+        ngo = _final(train_run(Task(tc), make, steps, SCORE_SEED).final_loss)
         rows.append({"task": tc.name, "ngo_final_loss": ngo, "adam_final_loss": ref["adam_final_loss"],
                      "log_ratio": math.log((ngo + SCORE_OFFSET) / (ref["adam_final_loss"] + SCORE_OFFSET))})
     return {"score": sum(r["log_ratio"] for r in rows) / len(rows), "tasks": rows}
