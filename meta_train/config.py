@@ -39,7 +39,7 @@ __all__ = [
 ESTIMATORS: tuple[str, ...] = ("es", "pes", "tbptt")
 
 #: Valid values of :attr:`MetaTrainConfig.learned`.
-LEARNED_ARCHS: tuple[str, ...] = ("v1", "v2", "v2_ff")
+LEARNED_ARCHS: tuple[str, ...] = ("v1", "v2", "v2_ff", "v2_cosine", "v2_ff_cosine")
 #: Valid values of :attr:`MetaTrainConfig.objective` (see :func:`meta_train.unroll.unroll`).
 OBJECTIVES: tuple[str, ...] = ("mean_loss", "log_late")
 
@@ -101,7 +101,9 @@ class MetaTrainConfig:
         learned: Architecture of a fresh learned update (when ``init_ckpt`` is empty): ``"v1"`` (the
             default ``LearnedUpdateConfig``), ``"v2"`` (recipe v2: horizon features, learned per-tensor
             step size and schedule, small log-magnitude; :func:`lopt_graphs.optim.learned.v2_config`) or
-            ``"v2_ff"`` (v2 without the encoder: the per-parameter "FF" ablation).
+            ``"v2_ff"`` (v2 without the encoder: the per-parameter "FF" ablation); ``"v2_cosine"`` /
+            ``"v2_ff_cosine"``: the same with a step bound of ``e**5`` and a warmup-cosine schedule prior when
+            the horizon is known (:func:`meta_train.trainer.fresh_learned_update`).
         objective: Meta-loss of a truncation: ``"mean_loss"`` (mean minibatch loss) or ``"log_late"``
             (``log(L / L_0)`` per task, weighted ``2 t / T`` toward the end of the run); see
             :func:`meta_train.unroll.unroll`.

@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> MetaTrainer:
     if cfg.resume:
         logger.drop_after(trainer.step)  # records logged after the checkpoint will be logged again
     bar = progress(cfg.outer_steps, trainer.step, disable=rank != 0)
+    if cfg.validate_every and rank == 0 and trainer.step == 0:
+        # score the starting point too, so best.pt is never worse on validation than where the run began
+        logger.log(0, trainer.validate(out))
     try:
         while trainer.step < cfg.outer_steps:
             metrics = trainer.outer_step()

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from lopt_graphs.optim import LearnedUpdate, load_learned_update, save_checkpoint
-from lopt_graphs.optim.learned import v2_config
+from lopt_graphs.optim.learned import v2_config, warmup_cosine
 
 from .checkpointing import (
     CHECKPOINT_FORMAT,
@@ -23,22 +23,30 @@ from .checkpointing import (
     save_checkpoint_atomic,
     set_rng_state,
 )
-from .config import META_PARAMS, MetaTrainConfig, config_to_dict
+from .config import LEARNED_ARCHS, META_PARAMS, MetaTrainConfig, config_to_dict
 from .estimators import make_estimator
 from .runs import RunGroup, new_group
 from .tasks import sample_group
 from .unroll import Stepper, ThetaSpace
 
 CKPT_FORMAT, CKPT_VERSION = CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION
+#: Peak step of the warmup-cosine schedule prior of ``learned=v2_cosine`` (chosen on the validation tasks).
+COSINE_PEAK = 0.05
 
 
 def fresh_learned_update(arch: str = "v1") -> LearnedUpdate:
-    """A fresh learned update of architecture ``arch`` (``"v1"``, ``"v2"`` or ``"v2_ff"``)."""
+    """A fresh learned update of architecture ``arch`` (one of :data:`~meta_train.config.LEARNED_ARCHS`):
+    ``"v1"``, ``"v2"``, ``"v2_ff"``, or ``"v2_cosine"`` / ``"v2_ff_cosine"``: v2 with a step bound of
+    ``e**5`` whose schedule starts as a warmup-cosine prior (peak :data:`COSINE_PEAK`) when told its horizon
+    (Adam at 0.01 without one)."""
     if arch == "v1":
         return LearnedUpdate()
     if arch in ("v2", "v2_ff"):
         return LearnedUpdate(v2_config(use_graph=arch == "v2"))
-    raise ValueError(f"Unknown learned-update architecture {arch!r}; expected 'v1', 'v2' or 'v2_ff'")
+    if arch in ("v2_cosine", "v2_ff_cosine"):
+        learned = LearnedUpdate(v2_config(use_graph=arch == "v2_cosine", lr_bound=5.0))
+        return learned.fit_schedule_(warmup_cosine(COSINE_PEAK))
+    raise ValueError(f"Unknown learned-update architecture {arch!r}; expected one of {list(LEARNED_ARCHS)}")
 
 
 def initial_learned_update(init_ckpt: str | Mapping = "", mag_clip: float = 0.0, arch: str = "v1") -> LearnedUpdate:
@@ -146,9 +154,12 @@ class MetaTrainer:
     def validate(self, out_dir: str | os.PathLike) -> dict[str, float]:
         """Score the current meta-parameters on the validation tasks; export ``best.pt`` when they beat the
         best so far. Returns the metrics to log (``val_score``, ``val_best``)."""
-        from .validate import adam_references, validation_score
+        from .validate import adam_references, references_match, validation_score
 
         v = self.validation
+        if v["refs"] is not None and not references_match(v["refs"], self.cfg.validate_steps):
+            # resumed after the validation set changed: old scores are not comparable, the record restarts
+            v.update(refs=None, best_score=math.inf, best_step=-1)
         if v["refs"] is None:
             v["refs"] = adam_references(self.cfg.validate_steps)
         res = validation_score(self.learned, v["refs"], self.cfg.validate_steps)

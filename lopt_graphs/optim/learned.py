@@ -109,17 +109,33 @@ class LearnedUpdateConfig:
         return cls(**d)
 
 
-def v2_config(use_graph: bool = True) -> LearnedUpdateConfig:
+def v2_config(use_graph: bool = True, lr_bound: float = 4.0) -> LearnedUpdateConfig:
     """The recipe-v2 learned update: horizon features, a learned per-tensor step size and schedule, a small
     learned log-magnitude (``mag_scale`` 0.05, so the hard ``mag_clip`` of 5 sits 100 head units away) and
     a narrower encoder (hidden 16) than v1; starts as Adam with step ``0.01`` (``lr_init`` is set so that
-    ``base_lr * exp(lr_bound * tanh(lr_init / lr_bound)) = 0.01``)."""
+    ``base_lr * exp(lr_bound * tanh(lr_init / lr_bound)) = 0.01``). ``lr_bound`` is the soft bound of the
+    per-tensor log step: steps stay below ``base_lr * e**lr_bound`` (0.055 at 4, 0.148 at 5)."""
     enc = EncoderConfig(node_in=len(FEATURES), edge_in=len(FEATURES), hidden=16, edge_hidden=8, layers=2,
                         max_positions=64, position_overflow="wrap", max_kernel=16, entry_nonlinearity=False)
     return LearnedUpdateConfig(encoder=enc, head_hidden=4, base_lr=1e-3, mag_scale=0.05, mag_clip=5.0,
                                dir_scale=0.1, encoder_every=100, horizon_taus=(0.1, 0.3, 0.5, 0.7, 0.9),
-                               tensor_lr=True, lr_bound=4.0, lr_init=4.0 * math.atanh(math.log(10.0) / 4.0),
-                               use_graph=use_graph)
+                               tensor_lr=True, lr_bound=lr_bound,
+                               lr_init=lr_bound * math.atanh(math.log(10.0) / lr_bound), use_graph=use_graph)
+
+
+def warmup_cosine(peak: float, warmup: float = 0.05, final: float = 0.02) -> Callable[[Tensor], Tensor]:
+    """The step size as a function of the fraction of training ``f`` in [0, 1]: a linear warmup over the
+    first ``warmup`` of training (from ``peak / 6``), then a cosine decay from ``peak`` to ``final * peak``."""
+    if not (peak > 0 and 0 <= warmup < 1 and 0 < final <= 1):
+        raise ValueError(f"Invalid warmup-cosine schedule: peak={peak}, warmup={warmup}, final={final} "
+                         "(expected peak > 0, 0 <= warmup < 1, 0 < final <= 1)")
+
+    def lr(f: Tensor) -> Tensor:
+        ramp = (f + warmup / 5) / (warmup + warmup / 5) if warmup > 0 else torch.ones_like(f)
+        decay = ((f - warmup) / (1 - warmup)).clamp(0, 1)
+        cos = final + (1 - final) * 0.5 * (1 + torch.cos(math.pi * decay))
+        return peak * torch.where(f < warmup, ramp, cos)
+    return lr
 
 
 class LearnedUpdate(nn.Module):
@@ -171,6 +187,48 @@ class LearnedUpdate(nn.Module):
         return HeadWeights(self.w1_free if free else self.w1, self.w2, self.b2, self.step_proj.weight,
                            self.step_proj.bias, cfg.mag_scale, cfg.dir_scale, cfg.mag_clip, *sched,
                            cfg.lr_bound, cfg.horizon_taus)
+
+    @torch.no_grad()
+    def fit_schedule_(self, lr_of_fraction: Callable[[Tensor], Tensor], points: int = 201) -> "LearnedUpdate":
+        """Set the learned step-size schedule (``tensor_lr``) so that, when the optimizer is told its horizon
+        ``T``, the per-tensor step (at a zero readout) follows ``lr_of_fraction(t / T)`` as closely as the
+        fraction-of-training features allow (least squares in the schedule's pre-bound space; the weights of
+        the step-count features are set to zero, so the fit is the same for every ``T``). The schedule without
+        a horizon (its bias: ``lr_init``) is unchanged. A prior for meta-training to refine: for example
+        :func:`warmup_cosine`. Returns ``self``.
+
+        Raises:
+            ValueError: if the update has no learned schedule (``tensor_lr=False``) or no horizon features.
+        """
+        cfg = self.cfg
+        if not (cfg.tensor_lr and cfg.horizon_taus):
+            raise ValueError("fit_schedule_ needs a learned update with tensor_lr=True and horizon_taus "
+                             f"(got tensor_lr={cfg.tensor_lr}, horizon_taus={cfg.horizon_taus}); use v2_config()")
+        from .functional import step_features  # functional imports this module
+
+        total = 1000.0
+        frac = torch.linspace(0.0, 1.0, points, dtype=torch.float64)
+        lim = cfg.lr_bound * (1 - 1e-3)
+        sigma = torch.log(lr_of_fraction(frac) / cfg.base_lr).clamp(-lim, lim)
+        target = cfg.lr_bound * torch.atanh(sigma / cfg.lr_bound) - float(self.lr_sched.bias)
+        feats = torch.stack([step_features(f * total, total, cfg.horizon_taus) for f in frac])[:, STEP_FEATURES:]
+        w = torch.linalg.lstsq(feats, target[:, None]).solution[:, 0]
+        self.lr_sched.weight.zero_()
+        self.lr_sched.weight[0, STEP_FEATURES:] = w.to(self.lr_sched.weight.dtype)
+        return self
+
+    def schedule(self, fractions: Tensor, total: int | None = 1000) -> Tensor:
+        """The per-tensor step (``base_lr * e**sigma`` at a zero readout) at these fractions of a run of
+        ``total`` steps (``None``: the horizon is not known); for reports and tests."""
+        from .functional import step_features
+
+        cfg = self.cfg
+        if not cfg.tensor_lr:
+            raise ValueError("schedule() needs a learned update with tensor_lr=True")
+        t = fractions.to(torch.float32) * (1000 if total is None else total)
+        feats = torch.stack([step_features(x, total, cfg.horizon_taus) for x in t]).to(self.lr_sched.weight.dtype)
+        s = self.lr_sched(feats)[:, 0].detach()
+        return cfg.base_lr * torch.exp(cfg.lr_bound * torch.tanh(s / cfg.lr_bound))
 
     @torch.no_grad()
     def affine_log_step_(self, scale: float, shift: float) -> "LearnedUpdate":

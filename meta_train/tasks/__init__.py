@@ -5,6 +5,7 @@ from .families import (
                        HELD_OUT,
                        IN_DISTRIBUTION,
                        VALIDATION,
+                       VALIDATION_LONG,
                        Task,
                        TaskConfig,
                        arch_key,
@@ -14,5 +15,5 @@ from .families import (
                        sample_task,
 )
 
-__all__ = ["FAMILIES", "HELD_OUT", "IN_DISTRIBUTION", "VALIDATION", "Task", "TaskConfig", "arch_key", "build_module",
+__all__ = ["FAMILIES", "HELD_OUT", "IN_DISTRIBUTION", "VALIDATION", "VALIDATION_LONG", "Task", "TaskConfig", "arch_key", "build_module",
            "num_params", "sample_group", "sample_task"]

@@ -283,4 +283,14 @@ VALIDATION: tuple[TaskConfig, ...] = (
     TaskConfig("mnist5k", "cnn", (16,), "relu", 64, 1.0),
     TaskConfig("mnist1d", "mlp", (32, 32), "relu", 128, 1.0, kernel=5),
     TaskConfig("digits", "cnn", (8, 16), "silu", 128, 1.0),
+    # wide, deep and small-batch nets (the broad families' range): a checkpoint that only fits narrow nets
+    # should not win here
+    TaskConfig("mnist5k", "mlp", (128, 128), "relu", 64, 1.0),
+    TaskConfig("digits", "mlp", (32, 32, 32), "gelu", 32, 1.0),
+    TaskConfig("mnist1d", "mlp", (64,), "silu", 16, 1.0, kernel=5),
+)
+#: Long validation runs, ``(config, k)``: trained for ``k`` times the run's ``validate_steps`` (1,500 steps at
+#: the usual 300), so selection sees how a schedule carries over to long training.
+VALIDATION_LONG: tuple[tuple[TaskConfig, int], ...] = (
+    (TaskConfig("digits", "mlp", (16, 16), "tanh", 64, 1.0), 5),
 )

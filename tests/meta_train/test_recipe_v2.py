@@ -12,7 +12,16 @@ import torch
 from lopt_graphs.optim import LearnedUpdate, load_learned_update
 from lopt_graphs.optim.learned import v2_config
 from meta_train.config import load_config
-from meta_train.tasks import HELD_OUT, IN_DISTRIBUTION, VALIDATION, Task, TaskConfig, num_params, sample_group
+from meta_train.tasks import (
+    HELD_OUT,
+    IN_DISTRIBUTION,
+    VALIDATION,
+    VALIDATION_LONG,
+    Task,
+    TaskConfig,
+    num_params,
+    sample_group,
+)
 from meta_train.unroll import Stepper, ThetaSpace, unroll
 
 TINY = TaskConfig("digits", "mlp", (8,), "tanh", 16, 1.0)
@@ -66,7 +75,36 @@ def test_sampled_and_hidden_horizons():
 
 
 def test_validation_set_is_disjoint_from_the_evaluation_sets():
-    assert not set(VALIDATION) & (set(IN_DISTRIBUTION) | set(HELD_OUT))
+    from benchmarks.suite.tasks import suite_tasks
+    val = set(VALIDATION) | {c for c, _ in VALIDATION_LONG}
+    assert len(val) == len(VALIDATION) + len(VALIDATION_LONG)
+    assert not val & (set(IN_DISTRIBUTION) | set(HELD_OUT))
+    suite = {replace(t.config, init_scale=1.0) for t in suite_tasks("default")}
+    assert not {replace(c, init_scale=1.0) for c in val} & suite
+    # wide, deep, small-batch and long runs are represented
+    assert any(max(c.widths) >= 128 for c in val) and any(len(c.widths) >= 3 for c in val)
+    assert any(c.batch_size <= 16 for c in val) and VALIDATION_LONG
+
+
+def test_validation_references_must_match_the_tasks(tmp_path):
+    from meta_train.trainer import MetaTrainer
+    from meta_train.validate import adam_references, references_match, validation_score
+    tasks = (VALIDATION[0], (TINY, 3))
+    refs = adam_references(4, tasks)
+    assert [r["task"] for r in refs] == [f"{VALIDATION[0].name}@4", f"{TINY.name}@12"]  # the long one: 3 x 4 steps
+    assert references_match(refs, 4, tasks) and not references_match(refs, 5, tasks)
+    assert [r["steps"] for r in validation_score(LearnedUpdate(v2_config()), refs, 4, tasks)["tasks"]] == [4, 12]
+    with pytest.raises(ValueError, match="recompute them"):
+        validation_score(LearnedUpdate(v2_config()), refs, 4, tasks[:1])
+    # a run resumed after the validation set changed recomputes its references and restarts its record
+    cfg = load_config(None, ["learned=v2_ff", "validate_every=1", "validate_steps=2", "wandb=false",
+                             "groups=1", "tasks_per_group=1", "truncation=2", "horizon=4", "horizon_min=0",
+                             "population=2"])
+    tr = MetaTrainer(cfg)
+    tr.validation = {"refs": refs, "best_score": -100.0, "best_step": 7}
+    m = tr.validate(tmp_path)
+    assert references_match(tr.validation["refs"], 2)
+    assert m["val_best"] == m["val_score"] > -100.0 and m["val_best_step"] == 0.0
 
 
 def test_validation_scores_and_exports_the_best(tmp_path):

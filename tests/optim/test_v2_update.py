@@ -123,3 +123,43 @@ def test_diagnostics_report_the_learned_step_per_parameter():
         c = NeuralGraphOptimizer(model.parameters(), learned, compile=True)
         c.record_diagnostics = True
         _train(model, c, steps=1)
+
+
+def test_warmup_cosine_values_and_errors():
+    from lopt_graphs.optim.learned import warmup_cosine
+    lr = warmup_cosine(0.05, warmup=0.1, final=0.02)
+    f = torch.tensor([0.0, 0.1, 0.55, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(lr(f), torch.tensor([0.05 / 6, 0.05, 0.05 * 0.51, 0.001], dtype=torch.float64))
+    for bad in ({"peak": 0.0}, {"peak": 0.1, "warmup": 1.0}, {"peak": 0.1, "final": 0.0}):
+        with pytest.raises(ValueError, match="Invalid warmup-cosine schedule"):
+            warmup_cosine(**bad)
+
+
+def test_fit_schedule_follows_the_prior_for_every_horizon_and_keeps_the_unknown_horizon_step():
+    from lopt_graphs.optim.learned import warmup_cosine
+    learned = LearnedUpdate(v2_config(lr_bound=5.0))
+    assert learned.cfg.lr_bound == 5.0
+    unknown = learned.schedule(torch.linspace(0, 1, 5), total=None)
+    torch.testing.assert_close(unknown, torch.full((5,), 0.01))  # fresh: Adam at 0.01, with or without a horizon
+    learned.fit_schedule_(warmup_cosine(0.05))
+    torch.testing.assert_close(learned.schedule(torch.linspace(0, 1, 5), total=None), unknown)  # bias untouched
+    f = torch.linspace(0, 1, 21)
+    curves = [learned.schedule(f, total) for total in (300, 3000)]
+    torch.testing.assert_close(curves[0], curves[1])  # a function of t / T only
+    c = curves[0]
+    assert 0.04 < c[5] < 0.06 and c[-1] < 0.005  # near the peak at a quarter of training, decayed at the end
+    assert bool((c[8:].diff() < 0).all())  # decreasing over the second half (cosine)
+    assert float(learned.lr_sched.weight.detach()[0, :3].abs().sum()) == 0.0  # no step-count terms
+    with pytest.raises(ValueError, match="tensor_lr=True and horizon_taus"):
+        LearnedUpdate().fit_schedule_(warmup_cosine(0.05))
+
+
+def test_fresh_v2_cosine_starts_at_the_prior():
+    from meta_train.trainer import COSINE_PEAK, fresh_learned_update
+    learned = fresh_learned_update("v2_cosine")
+    assert learned.cfg.lr_bound == 5.0 and learned.cfg.use_graph
+    peak = float(learned.schedule(torch.linspace(0, 1, 41), total=1000).max())
+    assert 0.8 * COSINE_PEAK < peak < 1.2 * COSINE_PEAK
+    assert not fresh_learned_update("v2_ff_cosine").cfg.use_graph
+    with pytest.raises(ValueError, match="Unknown learned-update architecture 'v3'"):
+        fresh_learned_update("v3")
