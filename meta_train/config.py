@@ -44,7 +44,12 @@ LEARNED_ARCHS: tuple[str, ...] = ("v1", "v2", "v2_ff", "v2_cosine", "v2_ff_cosin
 OBJECTIVES: tuple[str, ...] = ("mean_loss", "log_late")
 
 #: Valid values of :attr:`MetaTrainConfig.meta_params`, and the parameter-name prefixes each freezes.
-META_PARAMS: dict[str, tuple[str, ...]] = {"all": (), "no_encoder": ("encoder.",)}
+META_PARAMS: dict[str, tuple[str, ...]] = {
+    "all": (),
+    "no_encoder": ("encoder.",),
+    # only the per-tensor step size: its schedule (lr_sched) and its readout of the encoder (lr_readout)
+    "step_size": ("encoder.", "ctx_", "slot_type.", "w1", "w2", "b2", "step_proj."),
+}
 
 #: Estimators that sample antithetic perturbation pairs (``population`` must be even and >= 2).
 _ANTITHETIC_ESTIMATORS: frozenset[str] = frozenset({"es", "pes"})
@@ -122,7 +127,9 @@ class MetaTrainConfig:
         meta_params: Which parameters of the learned update are meta-trained: ``"all"``, or
             ``"no_encoder"`` (the encoder's message-passing weights stay at their seeded initialisation, a
             fixed equivariant feature map; its readouts, the head and the step-size schedule are trained:
-            ~350 dimensions instead of ~11,000 for v2, which PES can estimate on a small budget).
+            ~350 dimensions instead of ~11,000 for v2, which PES can estimate on a small budget), or
+            ``"step_size"`` (only the learned per-tensor step size of a v2 update: its schedule and its
+            readout of the fixed encoder, 43 dimensions; the per-entry head stays Adam's direction).
     """
 
     outer_steps: int = 300

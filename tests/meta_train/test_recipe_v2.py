@@ -151,6 +151,19 @@ def test_meta_params_no_encoder_trains_only_the_rest_and_evaluate_rebuilds_it(tm
     assert all(torch.equal(a, b) for a, b in zip(back.parameters(), tr.learned.parameters()))
 
 
+def test_meta_params_step_size_trains_only_the_schedule_and_its_readout():
+    from meta_train.trainer import MetaTrainer
+    cfg = load_config(None, ["learned=v2_cosine", "meta_params=step_size", "wandb=false", "groups=1",
+                             "tasks_per_group=1", "truncation=2", "horizon=4", "horizon_min=0", "population=2",
+                             "validate_every=0", "seed=5"])
+    tr = MetaTrainer(cfg)
+    assert tr.space.names == ["lr_readout.weight", "lr_readout.bias", "lr_sched.weight", "lr_sched.bias"]
+    before = {n: p.detach().clone() for n, p in tr.learned.named_parameters()}
+    tr.outer_step()
+    moved = {n for n, p in tr.learned.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert moved and moved <= set(tr.space.names)
+
+
 def test_a_resume_point_is_small_and_continues_the_meta_parameters(tmp_path):
     from meta_train.checkpointing import load_checkpoint, resume_point
     from meta_train.trainer import MetaTrainer
