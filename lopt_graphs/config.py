@@ -26,8 +26,8 @@ import yaml
 
 from .io import atomic_write_text
 
-__all__ = ["bad_value", "check_types", "command_parser", "config_from_dict", "config_to_dict", "field_names",
-           "keys_help", "load_config", "parse_command", "parse_override", "save_resolved_config",
+__all__ = ["TrainKeys", "bad_value", "check_types", "command_parser", "config_from_dict", "config_to_dict",
+           "field_names", "keys_help", "load_config", "parse_command", "parse_override", "save_resolved_config",
            "set_threads"]
 
 C = TypeVar("C")
@@ -244,3 +244,26 @@ def set_threads(threads: int) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainKeys:
+    """The keys of a command that trains for ``steps`` from ``seed`` (the examples): subclass it as a frozen
+    dataclass, re-declare a key to change its default, add the command's own keys after these.
+
+    Attributes:
+        steps: training steps (>= 1).
+        seed: the run's seed.
+        threads: torch intra-op threads (1, as every command; ``0`` keeps torch's default).
+    """
+
+    steps: int = 100
+    seed: int = 0
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        if self.steps < 1:
+            bad_value("steps", self.steps, "an integer >= 1")
+        if self.threads < 0:
+            bad_value("threads", self.threads, "an integer >= 0 (0 keeps torch's default)")
