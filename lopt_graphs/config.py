@@ -27,8 +27,8 @@ import yaml
 from .io import atomic_write_text
 
 __all__ = ["TrainKeys", "bad_value", "check_types", "command_parser", "config_from_dict", "config_to_dict",
-           "field_names", "keys_help", "load_config", "parse_command", "parse_override", "save_resolved_config",
-           "set_threads"]
+           "field_names", "keys_help", "load_config", "parse_command", "parse_override", "reject_unknown_keys",
+           "save_resolved_config", "set_threads"]
 
 C = TypeVar("C")
 _SCALARS: dict[str, type] = {"bool": bool, "int": int, "float": float, "str": str}
@@ -115,6 +115,15 @@ def _unknown_key_error(cls: type, key: str, source: str) -> ValueError:
     close = difflib.get_close_matches(key, names, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return ValueError(f"unknown config key {key!r} in {source}{hint}; valid keys: {', '.join(names)}")
+
+
+def reject_unknown_keys(cls: type, data: Mapping[str, Any], what: str) -> None:
+    """Raise ``ValueError("Unknown {what} config keys [...]; valid keys: [...]")`` when ``data`` holds a key that
+    is not a field of the dataclass ``cls`` (the ``from_dict`` of the configs stored in checkpoints)."""
+    known = set(field_names(cls))
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"Unknown {what} config keys {unknown}; valid keys: {sorted(known)}")
 
 
 def config_from_dict(cls: type[C], data: Mapping[str, Any], base: C | None = None,

@@ -13,6 +13,7 @@ from lopt_graphs.config import (
     field_names,
     keys_help,
     load_config,
+    reject_unknown_keys,
     save_resolved_config,
 )
 
@@ -77,3 +78,9 @@ def test_train_keys_subclass_keeps_the_order_takes_new_defaults_and_checks():
         _Train(threads=-2)
     with pytest.raises(TypeError, match="seed"):
         _Train(seed="0")
+
+
+def test_reject_unknown_keys_names_them_and_the_valid_ones():
+    reject_unknown_keys(_Cfg, {"steps": 1, "lr": 2}, "test")
+    with pytest.raises(ValueError, match=r"Unknown test config keys \['stpes'\]; valid keys: \['fast', 'lr', "):
+        reject_unknown_keys(_Cfg, {"stpes": 1}, "test")
