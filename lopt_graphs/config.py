@@ -26,7 +26,7 @@ import yaml
 
 from .io import atomic_write_text
 
-__all__ = ["TrainKeys", "bad_value", "check_types", "command_parser", "config_from_dict", "config_to_dict",
+__all__ = ["CheckedConfig", "TrainKeys", "bad_value", "check_types", "command_parser", "config_from_dict", "config_to_dict",
            "field_names", "keys_help", "load_config", "parse_command", "parse_override", "reject_unknown_keys",
            "save_resolved_config", "set_threads"]
 
@@ -255,8 +255,24 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+class CheckedConfig:
+    """Base of the frozen config dataclasses: ``__post_init__`` type-checks every key (:func:`check_types`,
+    coercing ints of float fields and lists of tuple fields), then calls :meth:`validate`."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        self.validate()
+
+    def validate(self) -> None:
+        """Check value constraints (a config overrides it).
+
+        Raises:
+            ValueError: naming the first offending key, its value and what is expected (:func:`bad_value`).
+        """
+
+
 @dataclasses.dataclass(frozen=True)
-class TrainKeys:
+class TrainKeys(CheckedConfig):
     """The keys of a command that trains for ``steps`` from ``seed`` (the examples): subclass it as a frozen
     dataclass, re-declare a key to change its default, add the command's own keys after these.
 
@@ -270,8 +286,8 @@ class TrainKeys:
     seed: int = 0
     threads: int = 1
 
-    def __post_init__(self) -> None:
-        check_types(self)
+    def validate(self) -> None:
+        """``steps >= 1`` and ``threads >= 0``."""
         if self.steps < 1:
             bad_value("steps", self.steps, "an integer >= 1")
         if self.threads < 0:
