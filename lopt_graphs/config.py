@@ -10,6 +10,9 @@ override's raw text is used as-is for them), and ``tuple[int, ...]`` / ``tuple[f
 ``tuple[str, ...]`` fields YAML lists (or a comma-separated override such as ``seeds=0,1,2``). One
 deliberate leniency: PyYAML follows YAML 1.1, where ``3e-3`` (no dot) is a *string*, so ``float`` fields
 also accept a string that Python's :func:`float` parses. Unknown keys are errors that list the valid keys.
+
+A config subclasses :class:`CheckedConfig` (type-check, then its ``validate``); a command that trains for
+``steps`` from ``seed`` can start from :class:`TrainKeys`. :func:`parse_command` is every command's line.
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ import yaml
 
 from .io import atomic_write_text
 
-__all__ = ["CheckedConfig", "TrainKeys", "bad_value", "check_types", "command_parser", "config_from_dict", "config_to_dict",
-           "field_names", "keys_help", "load_config", "parse_command", "parse_override", "reject_unknown_keys",
-           "save_resolved_config", "set_threads"]
+__all__ = ["CheckedConfig", "TrainKeys", "bad_value", "check_types", "command_parser", "config_from_dict",
+           "config_to_dict", "field_names", "keys_help", "load_config", "parse_command", "parse_override",
+           "reject_unknown_keys", "save_resolved_config", "set_threads"]
 
 C = TypeVar("C")
 _SCALARS: dict[str, type] = {"bool": bool, "int": int, "float": float, "str": str}

@@ -198,7 +198,8 @@ def test_report_command_tabulates_result_dirs(tmp_path, capsys) -> None:
            "archs": 3, "build_seconds": 1.5}
     for name, tau in (("a", 0.5), ("b", 0.25)):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "results.json").write_text(json.dumps({"task": name, "zoo": zoo, "kendall_tau": {"gnn": tau}}))
+        doc = {"task": name, "zoo": zoo, "kendall_tau": {"gnn": tau}}
+        (tmp_path / name / "results.json").write_text(json.dumps(doc))
     text = report_main([f"dirs={tmp_path / 'a'},{tmp_path / 'b'}", f"out={tmp_path / 'table.md'}"])
     assert (tmp_path / "table.md").read_text() == text and capsys.readouterr().out == text
     rows = text.splitlines()
