@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from lopt_graphs import config as _cfg
+from lopt_graphs.plotting import new_figure, save_figure
 
 
 def validation_curve(run: Path) -> list[tuple[int, float]]:
@@ -81,20 +82,14 @@ def main(argv: list[str] | None = None) -> dict:
               "best_validation_within_budget": best, "evaluation": evals, "seeds": list(seeds), "steps": a.steps}
     (out / "results.json").write_text(json.dumps(result, indent=1))
     (out / "results.md").write_text(text + "\n")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = new_figure(figsize=(6, 3.5))
     for k, c in curves.items():
         ax.plot([s for s, _ in c], [v for _, v in c], marker="o", label=k)
     ax.axhline(0.0, color="gray", lw=0.8, ls="--", label="tuned Adam")
     ax.set_xlabel("outer step")
     ax.set_ylabel("validation score (log ratio)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "validation.png", dpi=100)
+    save_figure(fig, out / "validation.png", dpi=100)
     print(f"wrote {out}")
     return result
 

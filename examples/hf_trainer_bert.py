@@ -2,7 +2,7 @@
 
 Command::
 
-    python examples/hf_trainer_bert.py [--steps 60] [--seed 0]
+    python examples/hf_trainer_bert.py [steps=60] [seed=0] [threads=1]     # --help: the keys and defaults
 
 The BERT (``BertForSequenceClassification``, 2 layers, hidden 32) is built from a ``BertConfig``, so
 nothing is downloaded. The task is synthetic: a sequence of random tokens is labelled by whether its first
@@ -15,10 +15,11 @@ Prints the first and last training losses and the accuracy on held-out sequences
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import transformers  # noqa: E402
 
 from lopt_graphs import NeuralGraphOptimizer  # noqa: E402
+from lopt_graphs.config import TrainKeys, parse_command, set_threads  # noqa: E402
 
 
 class FirstToken(torch.utils.data.Dataset):
@@ -84,12 +86,19 @@ def train(steps: int = 60, seed: int = 0, quiet: bool = False) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args(argv)
-    return train(a.steps, a.seed)
+@dataclass(frozen=True)
+class HFExampleConfig(TrainKeys):
+    """Keys of ``examples/hf_trainer_bert.py``: ``steps``, ``seed`` (of the initialisation, the data and the
+    ``Trainer``) and ``threads``."""
+
+    steps: int = 60
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """``[--config FILE] [key=value ...]`` (keys of :class:`HFExampleConfig`); returns what :func:`train` returns."""
+    cfg = parse_command(HFExampleConfig, argv, __doc__.split("\n")[0])
+    set_threads(cfg.threads)
+    return train(cfg.steps, cfg.seed)
 
 
 if __name__ == "__main__":

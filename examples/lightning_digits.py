@@ -2,7 +2,7 @@
 
 Command::
 
-    python examples/lightning_digits.py [--steps 200] [--seed 0]
+    python examples/lightning_digits.py [steps=200] [seed=0] [threads=1]     # --help: the keys and defaults
 
 An MLP on the embedded 8x8 digits (no download). ``configure_optimizers`` builds the optimizer with
 ``NeuralGraphOptimizer.for_module(self)`` and returns it with a per-step cosine schedule in Lightning's
@@ -13,9 +13,10 @@ training losses.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import lightning as L  # noqa: E402
 
 from lopt_graphs import NeuralGraphOptimizer  # noqa: E402
+from lopt_graphs.config import TrainKeys, parse_command, set_threads  # noqa: E402
 from lopt_graphs.data import load_embedded  # noqa: E402
 
 
@@ -72,12 +74,19 @@ def train(steps: int = 200, seed: int = 0, quiet: bool = False) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args(argv)
-    return train(a.steps, a.seed)
+@dataclass(frozen=True)
+class LightningConfig(TrainKeys):
+    """Keys of ``examples/lightning_digits.py``: ``steps``, ``seed`` (of Lightning's ``seed_everything`` and the
+    minibatch order) and ``threads``."""
+
+    steps: int = 200
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """``[--config FILE] [key=value ...]`` (keys of :class:`LightningConfig`); returns what :func:`train` returns."""
+    cfg = parse_command(LightningConfig, argv, __doc__.split("\n")[0])
+    set_threads(cfg.threads)
+    return train(cfg.steps, cfg.seed)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Command::
 
-    python examples/transformer_lm.py [--steps 200] [--seed 0]
+    python examples/transformer_lm.py [steps=200] [seed=0] [threads=1]     # --help: the keys and defaults
 
 The data are synthetic token sequences with a learnable rule (each token is the previous one plus a
 per-sequence stride, modulo the vocabulary), so the causal LM's next-token loss can fall far below
@@ -13,10 +13,11 @@ and the loss before and after. CPU, a few seconds; no download.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lopt_graphs import NeuralGraphOptimizer  # noqa: E402
+from lopt_graphs.config import TrainKeys, parse_command, set_threads  # noqa: E402
 
 
 class TinyLM(nn.Module):
@@ -79,12 +81,19 @@ def train(steps: int = 200, seed: int = 0, vocab: int = 16, ctx: int = 16, quiet
     return {"first_loss": first, "last_loss": last, "description": opt.describe()}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args(argv)
-    return train(a.steps, a.seed)
+@dataclass(frozen=True)
+class LMConfig(TrainKeys):
+    """Keys of ``examples/transformer_lm.py``: ``steps``, ``seed`` (of the token sequences and the
+    initialisation) and ``threads``."""
+
+    steps: int = 200
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """``[--config FILE] [key=value ...]`` (keys of :class:`LMConfig`); returns what :func:`train` returns."""
+    cfg = parse_command(LMConfig, argv, __doc__.split("\n")[0])
+    set_threads(cfg.threads)
+    return train(cfg.steps, cfg.seed)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@ override's raw text is used as-is for them), and ``tuple[int, ...]`` / ``tuple[f
 ``tuple[str, ...]`` fields YAML lists (or a comma-separated override such as ``seeds=0,1,2``). One
 deliberate leniency: PyYAML follows YAML 1.1, where ``3e-3`` (no dot) is a *string*, so ``float`` fields
 also accept a string that Python's :func:`float` parses. Unknown keys are errors that list the valid keys.
+
+A config subclasses :class:`CheckedConfig` (type-check, then its ``validate``); a command that trains for
+``steps`` from ``seed`` can start from :class:`TrainKeys`. :func:`parse_command` is every command's line.
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ import yaml
 
 from .io import atomic_write_text
 
-__all__ = ["bad_value", "check_types", "command_parser", "config_from_dict", "config_to_dict", "field_names",
-           "keys_help", "load_config", "parse_command", "parse_override", "save_resolved_config",
-           "set_threads"]
+__all__ = ["CheckedConfig", "TrainKeys", "bad_value", "check_types", "command_parser", "config_from_dict",
+           "config_to_dict", "field_names", "keys_help", "load_config", "parse_command", "parse_override",
+           "reject_unknown_keys", "save_resolved_config", "set_threads"]
 
 C = TypeVar("C")
 _SCALARS: dict[str, type] = {"bool": bool, "int": int, "float": float, "str": str}
@@ -115,6 +118,15 @@ def _unknown_key_error(cls: type, key: str, source: str) -> ValueError:
     close = difflib.get_close_matches(key, names, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return ValueError(f"unknown config key {key!r} in {source}{hint}; valid keys: {', '.join(names)}")
+
+
+def reject_unknown_keys(cls: type, data: Mapping[str, Any], what: str) -> None:
+    """Raise ``ValueError("Unknown {what} config keys [...]; valid keys: [...]")`` when ``data`` holds a key that
+    is not a field of the dataclass ``cls`` (the ``from_dict`` of the configs stored in checkpoints)."""
+    known = set(field_names(cls))
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"Unknown {what} config keys {unknown}; valid keys: {sorted(known)}")
 
 
 def config_from_dict(cls: type[C], data: Mapping[str, Any], base: C | None = None,
@@ -244,3 +256,42 @@ def set_threads(threads: int) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+class CheckedConfig:
+    """Base of the frozen config dataclasses: ``__post_init__`` type-checks every key (:func:`check_types`,
+    coercing ints of float fields and lists of tuple fields), then calls :meth:`validate`."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        self.validate()
+
+    def validate(self) -> None:
+        """Check value constraints (a config overrides it).
+
+        Raises:
+            ValueError: naming the first offending key, its value and what is expected (:func:`bad_value`).
+        """
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainKeys(CheckedConfig):
+    """The keys of a command that trains for ``steps`` from ``seed`` (the examples): subclass it as a frozen
+    dataclass, re-declare a key to change its default, add the command's own keys after these.
+
+    Attributes:
+        steps: training steps (>= 1).
+        seed: the run's seed.
+        threads: torch intra-op threads (1, as every command; ``0`` keeps torch's default).
+    """
+
+    steps: int = 100
+    seed: int = 0
+    threads: int = 1
+
+    def validate(self) -> None:
+        """``steps >= 1`` and ``threads >= 0``."""
+        if self.steps < 1:
+            bad_value("steps", self.steps, "an integer >= 1")
+        if self.threads < 0:
+            bad_value("threads", self.threads, "an integer >= 0 (0 keeps torch's default)")

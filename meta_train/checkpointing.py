@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from lopt_graphs.config import CheckedConfig, parse_command, set_threads
 from lopt_graphs.io import atomic_write
 
 __all__ = [
@@ -30,6 +33,7 @@ __all__ = [
     "CHECKPOINT_NAME",
     "REQUIRED_KEYS",
     "CheckpointCorruptError",
+    "ResumePointConfig",
     "latest_checkpoint",
     "load_checkpoint",
     "make_checkpoint",
@@ -291,13 +295,32 @@ def resume_point(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     return Path(dst)
 
 
-if __name__ == "__main__":
-    import argparse
+@dataclass(frozen=True)
+class ResumePointConfig(CheckedConfig):
+    """Keys of ``python -m meta_train.checkpointing`` (write a resume point, see :func:`resume_point`).
 
-    ap = argparse.ArgumentParser(description="Write a resume point: a meta-training checkpoint without its inner "
-                                             "runs (python -m meta_train.checkpointing SRC DST).")
-    ap.add_argument("src")
-    ap.add_argument("dst")
-    a = ap.parse_args()
-    out = resume_point(a.src, a.dst)
+    Attributes:
+        src: a meta-training checkpoint (a run's ``ckpt.pt``).
+        dst: the resume point to write.
+        threads: torch intra-op threads (1, as every command; ``0`` keeps torch's default).
+    """
+
+    src: str = ""
+    dst: str = ""
+    threads: int = 1
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """``[--config FILE] src=CKPT dst=PATH``: write a resume point; returns ``dst``."""
+    cfg = parse_command(ResumePointConfig, argv, "Write a resume point: a meta-training checkpoint without its "
+                                                 "inner runs.")
+    if not (cfg.src and cfg.dst):
+        raise ValueError("a resume point needs src=CHECKPOINT and dst=PATH")
+    set_threads(cfg.threads)
+    out = resume_point(cfg.src, cfg.dst)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -56,7 +56,7 @@ _ANTITHETIC_ESTIMATORS: frozenset[str] = frozenset({"es", "pes"})
 
 
 @dataclass(frozen=True)
-class MetaTrainConfig:
+class MetaTrainConfig(_cfg.CheckedConfig):
     """Every knob of a meta-training run.
 
     Construction coerces ``int`` values of ``float`` fields to ``float``, raises :class:`TypeError` for
@@ -165,11 +165,6 @@ class MetaTrainConfig:
     validate_every: int = 100
     validate_steps: int = 300
     meta_params: str = "all"
-
-    def __post_init__(self) -> None:
-        """Type-check (coercing ints of float fields to float), then :meth:`validate`."""
-        _cfg.check_types(self)
-        self.validate()
 
     def validate(self) -> None:
         """Check the value constraints of every field.

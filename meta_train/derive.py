@@ -50,25 +50,31 @@ class DeriveConfig:
         dst: output path.
         mag_clip: bound of the learned log step multiplier (> 0).
         mag_affine: ``SCALE,SHIFT``: map the log step multiplier ``u`` to ``SCALE * u + SHIFT`` (empty: keep).
+        threads: torch intra-op threads (1, as every command; ``0`` keeps torch's default).
     """
 
     src: str = ""
     dst: str = ""
     mag_clip: float = 0.0
     mag_affine: tuple[float, ...] = ()
+    threads: int = 1
 
     def __post_init__(self) -> None:
         _cfg.check_types(self)
         if len(self.mag_affine) not in (0, 2):
             _cfg.bad_value("mag_affine", self.mag_affine, "SCALE,SHIFT (two floats) or empty")
+        if self.threads < 0:
+            _cfg.bad_value("threads", self.threads, "an integer >= 0 (0 keeps torch's default)")
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command-line entry point: ``[--config FILE] src=SRC dst=DST mag_clip=X [mag_affine=SCALE,SHIFT]``."""
+    """Command-line entry point: ``[--config FILE] src=SRC dst=DST mag_clip=X [mag_affine=SCALE,SHIFT]
+    [threads=1]``."""
     c = _cfg.parse_command(DeriveConfig, argv, "Copy a learned-update checkpoint with a new mag_clip (and "
                                                "optionally a re-centred log step multiplier).")
     if not (c.src and c.dst):
         raise ValueError("lopt-derive needs src=CHECKPOINT and dst=PATH")
+    _cfg.set_threads(c.threads)
     affine = (c.mag_affine[0], c.mag_affine[1]) if c.mag_affine else None
     derive(c.src, c.dst, c.mag_clip, affine)
     extra = f", log step u -> {affine[0]:g} u + {affine[1]:g}" if affine else ""

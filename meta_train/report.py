@@ -22,6 +22,7 @@ from typing import Any
 
 from lopt_graphs.evaluation import ema_smooth, geomean
 from lopt_graphs.io import atomic_write_text
+from lopt_graphs.plotting import new_figure, save_figure
 
 __all__ = ["EVAL_KEYS", "ema_smooth", "read_metrics", "write_report"]
 
@@ -65,12 +66,7 @@ def _default_smoothing(n: int) -> float:
 
 def _plot_meta_loss(steps: list[int], losses: list[float], path: Path) -> None:
     """Plot raw and smoothed meta-loss against step to ``path`` (PNG)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7.0, 4.0), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    fig, ax = new_figure(figsize=(7.0, 4.0), dpi=100)
     ax.plot(steps, losses, color="tab:blue", alpha=0.35, linewidth=1.0, label="meta_loss")
     weight = _default_smoothing(len(losses))
     if weight > 0:
@@ -82,8 +78,7 @@ def _plot_meta_loss(steps: list[int], losses: list[float], path: Path) -> None:
     ax.set_title("Meta-training loss")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best")
-    fig.tight_layout()
-    fig.savefig(path, format="png")
+    save_figure(fig, path)
 
 
 def _fmt(value: Any, spec: str = ".4g") -> str:

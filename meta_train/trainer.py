@@ -3,7 +3,6 @@ atomic checkpoints, exact resume, logging, and torch.distributed population spli
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import replace
@@ -26,6 +25,7 @@ from .checkpointing import (
 from .config import LEARNED_ARCHS, META_PARAMS, MetaTrainConfig, config_to_dict
 from .estimators import make_estimator
 from .runs import RunGroup, new_group
+from .sampling import log_uniform
 from .tasks import sample_group
 from .unroll import Stepper, ThetaSpace
 
@@ -108,8 +108,7 @@ class MetaTrainer:
         cfgs = sample_group(cfg.family, self.gen, cfg.tasks_per_group, cfg.input_scale, cfg.max_group_params)
         horizon = cfg.horizon
         if cfg.horizon_min:  # log-uniform, whole truncations
-            u = float(torch.rand((), generator=self.gen))
-            h = math.exp(math.log(cfg.horizon_min) + u * (math.log(cfg.horizon) - math.log(cfg.horizon_min)))
+            h = log_uniform(self.gen, cfg.horizon_min, cfg.horizon)
             horizon = max(cfg.truncation, round(h / cfg.truncation) * cfg.truncation)
         known = float(torch.rand((), generator=self.gen)) >= cfg.hidden_horizon_prob
         # staggered resets: the first runs of group i last (i + 1) / groups of the horizon

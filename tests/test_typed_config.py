@@ -6,7 +6,16 @@ from dataclasses import dataclass
 
 import pytest
 
-from lopt_graphs.config import check_types, config_to_dict, load_config, save_resolved_config
+from lopt_graphs.config import (
+    TrainKeys,
+    check_types,
+    config_to_dict,
+    field_names,
+    keys_help,
+    load_config,
+    reject_unknown_keys,
+    save_resolved_config,
+)
 
 
 @dataclass(frozen=True)
@@ -51,3 +60,27 @@ def test_bad_yaml(tmp_path):
         load_config(_Cfg, p)
     with pytest.raises(TypeError, match="lr"):
         _Cfg(lr="fast")
+
+
+@dataclass(frozen=True)
+class _Train(TrainKeys):
+    steps: int = 7
+    out: str = "runs/x"
+
+
+def test_train_keys_subclass_keeps_the_order_takes_new_defaults_and_checks():
+    assert field_names(_Train) == ["steps", "seed", "threads", "out"]
+    assert keys_help(_Train).splitlines()[1:] == ["  steps=7", "  seed=0", "  threads=1", "  out=runs/x"]
+    assert load_config(_Train, None, ["seed=3"]) == _Train(steps=7, seed=3, threads=1, out="runs/x")
+    with pytest.raises(ValueError, match="steps=0"):
+        load_config(_Train, None, ["steps=0"])
+    with pytest.raises(ValueError, match="threads=-2"):
+        _Train(threads=-2)
+    with pytest.raises(TypeError, match="seed"):
+        _Train(seed="0")
+
+
+def test_reject_unknown_keys_names_them_and_the_valid_ones():
+    reject_unknown_keys(_Cfg, {"steps": 1, "lr": 2}, "test")
+    with pytest.raises(ValueError, match=r"Unknown test config keys \['stpes'\]; valid keys: \['fast', 'lr', "):
+        reject_unknown_keys(_Cfg, {"stpes": 1}, "test")

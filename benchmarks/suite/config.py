@@ -21,7 +21,7 @@ DEFAULT_OPTIMIZERS: tuple[str, ...] = ("ngo", "adam", "adam_tuned", "adam_cosine
 
 
 @dataclass(frozen=True)
-class VsAdamConfig:
+class VsAdamConfig(_cfg.CheckedConfig):
     """Every knob of the benchmark.
 
     Attributes:
@@ -70,11 +70,6 @@ class VsAdamConfig:
     out: str = DEFAULT_OUT
     threads: int = 1
     plot: bool = True
-
-    def __post_init__(self) -> None:
-        """Type-check (coercing ints of float fields), then :meth:`validate`."""
-        _cfg.check_types(self)
-        self.validate()
 
     def validate(self) -> None:
         """Check value constraints.

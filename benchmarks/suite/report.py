@@ -14,6 +14,7 @@ from typing import Any
 
 from lopt_graphs.evaluation import curve_stats, geomean, smooth
 from lopt_graphs.io import atomic_write, atomic_write_text
+from lopt_graphs.plotting import new_figure, png_bytes
 
 from .tasks import GROUPS
 
@@ -154,15 +155,10 @@ def plot(doc: dict[str, Any], curves: dict[str, Any], path: Path) -> Path | None
     ran = [t for t in doc["tasks"] if not t["skipped"] and t["name"] in curves]
     if not ran:
         return None
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     window = doc["config"]["smooth"]
     ncols = min(4, len(ran))
     nrows = math.ceil(len(ran) / ncols)
-    fig = Figure(figsize=(4.4 * ncols, 3.4 * nrows))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
+    fig, axes = new_figure(nrows, ncols, figsize=(4.4 * ncols, 3.4 * nrows), squeeze=False)
     for ax, t in zip(axes.flat, ran):
         for name, per in sorted(curves[t["name"]]["optimizers"].items(), key=lambda kv: kv[0] == "ngo"):
             sm = [smooth(c, window) for c in per]
@@ -184,9 +180,7 @@ def plot(doc: dict[str, Any], curves: dict[str, Any], path: Path) -> Path | None
         ax.axis("off")
     fig.suptitle(f"smoothed training loss (window {window}), mean over seeds {doc['config']['seeds']} (band: "
                  "min-max over seeds)", fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
+    buf = io.BytesIO(png_bytes(fig, dpi=80))
     try:  # a 256-colour palette makes the PNG ~3x smaller at no visible cost
         from PIL import Image
 

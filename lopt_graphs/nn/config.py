@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
+
+from ..config import reject_unknown_keys
 
 
 @dataclass(frozen=True)
@@ -68,8 +70,5 @@ class EncoderConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EncoderConfig":
         """Build from a dict; unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"Unknown encoder config keys {unknown}; valid keys: {sorted(known)}")
+        reject_unknown_keys(cls, d, "encoder")
         return cls(**d)

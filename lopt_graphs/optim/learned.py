@@ -6,12 +6,13 @@ These weights are meta-parameters (trained by ``meta_train``), not optimizer sta
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from ..config import reject_unknown_keys
 from ..nn import EncoderConfig, NeuralGraphEncoder
 
 #: Per-entry input features, in order (see :func:`lopt_graphs.optim.functional.entry_features`).
@@ -96,10 +97,7 @@ class LearnedUpdateConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LearnedUpdateConfig":
         """Build from a dict (as stored in checkpoints); unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"Unknown learned-update config keys {unknown}; valid keys: {sorted(known)}")
+        reject_unknown_keys(cls, d, "learned-update")
         d = dict(d)
         if "encoder" in d and isinstance(d["encoder"], dict):
             d["encoder"] = EncoderConfig.from_dict(d["encoder"])

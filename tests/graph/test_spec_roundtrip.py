@@ -176,12 +176,16 @@ def _params(model: nn.Module) -> list[Tensor]:
     return [p.detach().clone() for p in model.parameters()]
 
 
+def _case(name: str, front: str) -> tuple[nn.Module, GraphSpec, list[Tensor]]:
+    """Model ``name`` (seeded, every entry distinct), its spec from ``front`` and a copy of its parameters."""
+    model = _model(name)
+    return model, _spec(name, front, model), _params(model)
+
+
 # --------------------------------------------------------------------------- round trips
 @pytest.mark.parametrize("name,front", FRONTS)
 def test_neural_graph_roundtrip_exact(name: str, front: str) -> None:
-    model = _model(name)
-    spec = _spec(name, front, model)
-    params = _params(model)
+    _, spec, params = _case(name, front)
     assert spec.free_params == []
     g = neural_graph(spec, params)
     back = spec.from_graph(g.edge_attr, g.x)
@@ -194,8 +198,7 @@ def test_neural_graph_roundtrip_exact(name: str, front: str) -> None:
 
 @pytest.mark.parametrize("name,front", FRONTS)
 def test_trailing_feature_dims_roundtrip_exact(name: str, front: str) -> None:
-    model = _model(name)
-    spec = _spec(name, front, model)
+    model, spec, params = _case(name, front)
     gen = torch.Generator().manual_seed(3)
     feats = [torch.randn(*p.shape, 5, generator=gen) for p in model.parameters()]
     g = neural_graph(spec, feats)
@@ -209,7 +212,6 @@ def test_trailing_feature_dims_roundtrip_exact(name: str, front: str) -> None:
     assert ea.shape == (spec.num_edges, spec.kmax, 2, 3) and na.shape == (spec.num_nodes, spec.num_slots, 2, 3)
     for f, b in zip(feats2, spec.from_graph(ea, na)):
         assert b is not None and torch.equal(b, f)
-    params = _params(model)
     ea, na = spec.to_edge_attr(params), spec.to_node_attr(params)
     assert ea.shape == (spec.num_edges, spec.kmax) and na.shape == (spec.num_nodes, spec.num_slots)
     for p, b in zip(params, spec.from_graph(ea, na)):
@@ -219,9 +221,7 @@ def test_trailing_feature_dims_roundtrip_exact(name: str, front: str) -> None:
 @pytest.mark.parametrize("name,front", FRONTS)
 def test_edges_carry_the_right_weights(name: str, front: str) -> None:
     """Edge ``(src_start + c, dst_start + o)`` holds ``W[o, c, :]`` (checked edge by edge)."""
-    model = _model(name)
-    spec = _spec(name, front, model)
-    params = _params(model)
+    _, spec, params = _case(name, front)
     ea = spec.to_edge_attr(params)
     src, dst = spec.edge_index
     for i in spec.edge_params:
@@ -234,9 +234,7 @@ def test_edges_carry_the_right_weights(name: str, front: str) -> None:
 
 @pytest.mark.parametrize("name,front", FRONTS)
 def test_nodes_carry_the_right_biases(name: str, front: str) -> None:
-    model = _model(name)
-    spec = _spec(name, front, model)
-    params = _params(model)
+    _, spec, params = _case(name, front)
     na = spec.to_node_attr(params)
     for i in spec.node_params:
         p = spec.params[i]

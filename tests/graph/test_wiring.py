@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+from graph_testing import Residual, nontrivial_perm  # tests/ (rootdir-relative import)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
@@ -23,17 +24,6 @@ ACTS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid
 
 
 # --------------------------------------------------------------------------- random architectures
-class Residual(nn.Module):
-    """``h + f(h)``."""
-
-    def __init__(self, *mods: nn.Module) -> None:
-        super().__init__()
-        self.f = nn.Sequential(*mods)
-
-    def forward(self, h: Tensor) -> Tensor:
-        return h + self.f(h)
-
-
 def _norm(kind: str, width: int, dims: int) -> list[nn.Module]:
     if kind == "batchnorm":
         return [nn.BatchNorm1d(width) if dims == 1 else nn.BatchNorm2d(width)]
@@ -151,15 +141,6 @@ def permuted_model(model: nn.Module, spec: GraphSpec, perm: Tensor) -> nn.Module
                     ts[i] = getattr(m, name)
                     getattr(mo, name).copy_(spec.permute(ts, perm)[i])
     return out
-
-
-def nontrivial_perm(spec: GraphSpec, include: str, seed: int) -> Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(100):
-        perm = spec.random_node_permutation(gen, include=include)  # type: ignore[arg-type]
-        if not torch.equal(perm, torch.arange(spec.num_nodes)):
-            return perm
-    raise AssertionError("could not draw a non-identity permutation")
 
 
 def max_change(model: nn.Module, spec: GraphSpec, perm: Tensor, x: Tensor) -> float:

@@ -16,6 +16,7 @@ from meta_train.checkpointing import (  # noqa: E402
     CheckpointCorruptError,
     latest_checkpoint,
     load_checkpoint,
+    main,
     make_checkpoint,
     rng_state,
     save_checkpoint_atomic,
@@ -146,3 +147,16 @@ def test_rng_round_trip_through_checkpoint(tmp_path: Path) -> None:
 def test_set_rng_state_requires_entries() -> None:
     with pytest.raises(ValueError, match="torch"):
         set_rng_state({"python": {}})
+
+
+def test_resume_point_command_drops_the_inner_runs(tmp_path: Path, capsys) -> None:
+    src = save_checkpoint_atomic(dict(_ckpt(), runs=[{"params": torch.randn(100)}]), tmp_path / "ckpt.pt")
+    out = main([f"src={src}", f"dst={tmp_path / 'point.pt'}"])
+    assert out == tmp_path / "point.pt" and "wrote" in capsys.readouterr().out
+    point = load_checkpoint(out)
+    assert point["runs"] is None and point["step"] == 3
+    assert torch.equal(point["meta_params"]["w"], load_checkpoint(src)["meta_params"]["w"])
+    with pytest.raises(ValueError, match="src=CHECKPOINT and dst=PATH"):
+        main([f"src={src}"])
+    with pytest.raises(ValueError, match="unknown config key 'source'"):
+        main([f"source={src}"])

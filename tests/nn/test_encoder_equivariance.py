@@ -11,21 +11,13 @@ from typing import Callable
 
 import pytest
 import torch
+from graph_testing import Residual, nontrivial_perm  # tests/ (rootdir-relative import)
 from torch import Tensor, nn
 
 from lopt_graphs.graph import GraphSpec, graph_from_module, neural_graph
 from lopt_graphs.nn import EncoderConfig, EncoderOutput, NeuralGraphEncoder
 
 FEATS = 2
-
-
-class Residual(nn.Module):
-    def __init__(self, *mods: nn.Module) -> None:
-        super().__init__()
-        self.f = nn.Sequential(*mods)
-
-    def forward(self, h: Tensor) -> Tensor:
-        return h + self.f(h)
 
 
 def _cnn2d_flatten() -> nn.Module:  # 5x5 input, mixed kernels, flatten groups of 25
@@ -82,15 +74,6 @@ def _encoder(variant: str, seed: int, dtype: torch.dtype = torch.float64) -> Neu
     return NeuralGraphEncoder(cfg).to(dtype).eval()
 
 
-def _perm(spec: GraphSpec, include: str, seed: int) -> Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(100):
-        perm = spec.random_node_permutation(gen, include=include)  # type: ignore[arg-type]
-        if not torch.equal(perm, torch.arange(spec.num_nodes)):
-            return perm
-    raise AssertionError("identity permutation")
-
-
 def _per_param(spec: GraphSpec, out: EncoderOutput) -> list[Tensor | None]:
     """Edge/node head outputs, then the edge embedding copied to every entry, each in parameter shapes."""
     assert out.edge_out is not None and out.node_out is not None
@@ -128,12 +111,12 @@ def test_hidden_permutation_equivariance(variant: str, name: str) -> None:
     seed = sorted(ARCHS).index(name)
     spec, feats = _setup(name, seed)
     enc = _encoder(variant, seed)
-    dev, graph_change = _deviations(spec, enc, feats, _perm(spec, "hidden", seed))
+    dev, graph_change = _deviations(spec, enc, feats, nontrivial_perm(spec, "hidden", seed))
     assert dev < 1e-5
     assert graph_change < 1e-5
     # input and output neurons carry positions: permuting them is seen by the encoder
     for include in ("input", "output"):
-        _, graph_change = _deviations(spec, enc, feats, _perm(spec, include, seed))
+        _, graph_change = _deviations(spec, enc, feats, nontrivial_perm(spec, include, seed))
         assert graph_change > 1e-4, include
 
 
@@ -141,7 +124,7 @@ def test_hidden_permutation_equivariance(variant: str, name: str) -> None:
 def test_hidden_permutation_equivariance_float32(variant: str) -> None:
     spec, feats = _setup("rescnn_norms", 7, dtype=torch.float32)
     enc = _encoder(variant, 7, dtype=torch.float32)
-    dev, graph_change = _deviations(spec, enc, feats, _perm(spec, "hidden", 7))
+    dev, graph_change = _deviations(spec, enc, feats, nontrivial_perm(spec, "hidden", 7))
     assert dev < 1e-4 and graph_change < 1e-4
 
 
@@ -154,5 +137,5 @@ def test_check_fails_with_hidden_positions(variant: str, name: str) -> None:
     plain, _ = _setup(name, 3)  # same layout; its hidden sets give the network's symmetries
     assert torch.equal(plain.edge_index, spec.edge_index)
     enc = _encoder(variant, 3)
-    dev, graph_change = _deviations(spec, enc, feats, _perm(plain, "hidden", 3))
+    dev, graph_change = _deviations(spec, enc, feats, nontrivial_perm(plain, "hidden", 3))
     assert max(dev, graph_change) > 1e-3

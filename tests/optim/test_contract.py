@@ -29,6 +29,13 @@ from .optim_infos import (
 STEPS = 60
 
 
+def _setup(inp, **kwargs):
+    """The tiny MLP, the optimizer of table entry ``inp`` over all its parameters, and the regression data."""
+    x, y = regression_data()
+    model = tiny_mlp()
+    return model, inp.build(model.parameters(), **kwargs), x, y
+
+
 def _loss_backward(model, x, y):
     loss = mse(model, x, y)
     loss.backward()
@@ -38,9 +45,7 @@ def _loss_backward(model, x, y):
 # --------------------------------------------------------------------------- it optimizes
 @pytest.mark.parametrize("info, inp", optim_inputs())
 def test_goes_downhill(info, inp):
-    x, y = regression_data()
-    model = tiny_mlp()
-    opt = inp.build(model.parameters())
+    model, opt, x, y = _setup(inp)
     losses = train_steps(model, opt, x, y, STEPS)
     final = mse(model, x, y).item()
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -52,9 +57,7 @@ def test_goes_downhill(info, inp):
 # --------------------------------------------------------------------------- steps without gradients
 @pytest.mark.parametrize("info, inp", optim_inputs())
 def test_step_without_grads_is_noop(info, inp):
-    x, y = regression_data()
-    model = tiny_mlp()
-    opt = inp.build(model.parameters())
+    model, opt, x, y = _setup(inp)
     before = snapshot(model)
     opt.step()  # no backward yet: every grad is None
     assert_params_equal(model.parameters(), before)
@@ -70,9 +73,7 @@ def test_step_without_grads_is_noop(info, inp):
 
 @pytest.mark.parametrize("info, inp", optim_inputs())
 def test_params_without_grad_are_skipped(info, inp):
-    x, y = regression_data()
-    model = tiny_mlp()
-    opt = inp.build(model.parameters())
+    model, opt, x, y = _setup(inp)
     skipped = [model[0].bias, model[2].weight]
     for step in range(3):
         opt.zero_grad()
@@ -101,9 +102,7 @@ def test_params_without_grad_are_skipped(info, inp):
 # --------------------------------------------------------------------------- closure
 @pytest.mark.parametrize("info, inp", optim_inputs())
 def test_step_closure(info, inp):
-    x, y = regression_data()
-    model = tiny_mlp()
-    opt = inp.build(model.parameters())
+    model, opt, x, y = _setup(inp)
     calls = []
 
     def closure():
@@ -206,9 +205,7 @@ def test_failed_add_param_group_leaves_optimizer_unchanged():
 
 # --------------------------------------------------------------------------- state_dict
 def _resume_run(inp, via, tmp_path):
-    x, y = regression_data()
-    model = tiny_mlp()
-    opt = inp.build(model.parameters(), encoder_every=2)  # the encoder (and its cached ctx) runs in both halves
+    model, opt, x, y = _setup(inp, encoder_every=2)  # the encoder (and its cached ctx) runs in both halves
     train_steps(model, opt, x, y, 3)
     sd = opt.state_dict()
     if via == "file":
@@ -234,9 +231,7 @@ def test_state_dict_resume_is_exact(info, inp, via, tmp_path):
 
 @pytest.mark.parametrize("info, inp", optim_inputs())
 def test_state_dict_holds_state_not_learned_weights(info, inp):
-    x, y = regression_data()
-    model = tiny_mlp()
-    opt = inp.build(model.parameters())
+    model, opt, x, y = _setup(inp)
     train_steps(model, opt, x, y, 2)
     sd = opt.state_dict()
     assert set(sd) == {"state", "param_groups"}
@@ -262,9 +257,7 @@ def test_state_dict_holds_state_not_learned_weights(info, inp):
 
 @pytest.mark.parametrize("info, inp", optim_inputs())
 def test_deepcopy_continues_identically(info, inp):
-    x, y = regression_data()
-    model = tiny_mlp()
-    opt = inp.build(model.parameters())
+    model, opt, x, y = _setup(inp)
     train_steps(model, opt, x, y, 3)
     model2, opt2 = copy.deepcopy((model, opt))
     assert opt2.param_groups[0]["params"][0] is next(model2.parameters())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import sys
 from pathlib import Path
@@ -189,3 +190,19 @@ def test_ensemble_averages_its_members_predictions(tmp_path):
     assert ens.test_tau == pytest.approx(kendall_tau(ens.test_pred, _targets(zoo, test)))
     with pytest.raises(ValueError, match="pred_ensemble"):
         load_task_config(QUICK, ["pred_ensemble=0"])
+
+
+def test_report_command_tabulates_result_dirs(tmp_path, capsys) -> None:
+    from lopt_graphs.tasks.cnn_zoo.report import main as report_main
+    zoo = {"runs": 10, "runs_train_val_test": [6, 2, 2], "checkpoints": 30, "checkpoints_train_val_test": [18, 6, 6],
+           "archs": 3, "build_seconds": 1.5}
+    for name, tau in (("a", 0.5), ("b", 0.25)):
+        (tmp_path / name).mkdir()
+        doc = {"task": name, "zoo": zoo, "kendall_tau": {"gnn": tau}}
+        (tmp_path / name / "results.json").write_text(json.dumps(doc))
+    text = report_main([f"dirs={tmp_path / 'a'},{tmp_path / 'b'}", f"out={tmp_path / 'table.md'}"])
+    assert (tmp_path / "table.md").read_text() == text and capsys.readouterr().out == text
+    rows = text.splitlines()
+    assert rows[0].endswith("| gnn tau |") and rows[2].startswith("| a | 10 (6/2/2)") and rows[3].endswith("| 0.250 |")
+    with pytest.raises(ValueError, match="dirs="):
+        report_main([])

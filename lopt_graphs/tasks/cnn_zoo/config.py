@@ -26,7 +26,7 @@ ZOO_ACTIVATIONS: tuple[str, ...] = ("relu", "tanh", "gelu")
 
 
 @dataclass(frozen=True)
-class ZooTaskConfig:
+class ZooTaskConfig(_cfg.CheckedConfig):
     """Every knob of a CNN-zoo task.
 
     Zoo generation (these keys, in :data:`ZOO_KEYS`, form the zoo's cache key):
@@ -125,11 +125,6 @@ class ZooTaskConfig:
     statnn_model: str = "hgb"
     pred_seed: int = 0
     pred_ensemble: int = 1
-
-    def __post_init__(self) -> None:
-        """Type-check (coercing ints of float fields), then :meth:`validate`."""
-        _cfg.check_types(self)
-        self.validate()
 
     def validate(self) -> None:
         """Check value constraints.

@@ -38,6 +38,7 @@ from lopt_graphs.config import command_parser, config_to_dict, save_resolved_con
 from lopt_graphs.graph import GraphSpec, graph_from_module, neural_graph, pad_graph
 from lopt_graphs.io import atomic_write_text
 from lopt_graphs.nn import EncoderConfig, NeuralGraphEncoder
+from lopt_graphs.plotting import new_figure, save_figure
 
 from .config import ZooTaskConfig, load_task_config
 from .zoo import Zoo, ZooCNN, load_or_build_zoo
@@ -315,12 +316,7 @@ def train_statnn(cfg: ZooTaskConfig, zoo: Zoo, train: list, val: list, test: lis
 
 # ---------------------------------------------------------------------------------------------- task
 def _scatter(path: Path, y: np.ndarray, results: list[PredictorResult], title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(results), figsize=(4 * len(results), 4), squeeze=False)
+    fig, axes = new_figure(1, len(results), figsize=(4 * len(results), 4), squeeze=False)
     for ax, res in zip(axes[0], results):
         ax.scatter(y, res.test_pred, s=4, alpha=0.5)
         ax.plot([0, 1], [0, 1], "k--", lw=0.8)
@@ -330,9 +326,7 @@ def _scatter(path: Path, y: np.ndarray, results: list[PredictorResult], title: s
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def run_task(cfg: ZooTaskConfig, progress: bool = True, write: bool = True) -> dict[str, object]:

@@ -1,21 +1,23 @@
 """Collect ``results.json`` of CNN-zoo tasks into one Markdown table.
 
-Command::
+Commands::
 
-    python -m lopt_graphs.tasks.cnn_zoo.report runs/tasks/zoo_small runs/tasks/zoo_variant \
-        --out runs/tasks/zoo_results.md
+    python -m lopt_graphs.tasks.cnn_zoo.report dirs=runs/tasks/zoo_small,runs/tasks/zoo_variant \
+        out=runs/tasks/zoo_results.md
+    python -m lopt_graphs.tasks.cnn_zoo.report --help          # the keys and their defaults
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from lopt_graphs.config import CheckedConfig, parse_command, set_threads
 from lopt_graphs.io import atomic_write_text
 
-__all__ = ["results_table"]
+__all__ = ["ReportConfig", "results_table"]
 
 
 def _fmt(v: object) -> str:
@@ -40,14 +42,30 @@ def results_table(dirs: Sequence[str | Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> str:
-    ap = argparse.ArgumentParser(description="Markdown table of CNN-zoo prediction results.")
-    ap.add_argument("dirs", nargs="+", help="task result directories (holding results.json)")
-    ap.add_argument("--out", default=None, help="write the table here as well")
-    a = ap.parse_args(argv)
-    text = results_table(a.dirs)
-    if a.out:
-        atomic_write_text(a.out, text)
+@dataclass(frozen=True)
+class ReportConfig(CheckedConfig):
+    """Keys of ``python -m lopt_graphs.tasks.cnn_zoo.report``.
+
+    Attributes:
+        dirs: task result directories, each holding a ``results.json`` (``dirs=a,b``; at least one).
+        out: write the table here as well (``""``: print only).
+        threads: torch intra-op threads (1, as every command; ``0`` keeps torch's default).
+    """
+
+    dirs: tuple[str, ...] = ()
+    out: str = ""
+    threads: int = 1
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    """``[--config FILE] dirs=A,B [out=FILE.md]``; prints and returns the table."""
+    cfg = parse_command(ReportConfig, argv, "Markdown table of CNN-zoo prediction results.")
+    if not cfg.dirs:
+        raise ValueError("the report needs dirs=DIR[,DIR...] (task result directories holding results.json)")
+    set_threads(cfg.threads)
+    text = results_table(cfg.dirs)
+    if cfg.out:
+        atomic_write_text(cfg.out, text)
     print(text, end="")
     return text
 

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lopt_graphs.config import bad_value, check_types
+from lopt_graphs.plotting import new_figure, save_figure
 
 from .augment import WEIGHT_AUGS, augment_weights
 from .cli import parse_command, setup_run, write_json
@@ -200,21 +201,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 def save_curves(results: dict, path) -> None:
     """Validation accuracy per epoch of every model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = new_figure(figsize=(5, 3.5))
     for row in results["models"]:
         h = row["history"]
         ax.plot([r["epoch"] for r in h], [r["val"] for r in h], label=f"{row['model']} ({row['test_acc']:.3f})")
     ax.set_xlabel("epoch")
     ax.set_ylabel("val accuracy")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lopt_graphs.config import bad_value, check_types
+from lopt_graphs.plotting import new_figure, save_figure
 
 from .cli import parse_command, setup_run, write_json
 from .common import NG_MODELS, TrainFields, encoder_config, make_batcher, new_encoder, param_scales, train_loop
@@ -210,27 +211,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
 @torch.no_grad()
 def save_edits(task: EditTask, models: dict[str, nn.Module], idx: Tensor, path):
     """Rows: test INRs; columns: input INR rendering, dilated target, each model's edited rendering."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     ds = task.ds
     h, w = ds.image_shape
     params = ds.take(idx)
     cols = [("input INR", task.render(params)), ("target", task.targets[ds.image_id[idx]])]
     cols += [(name, task.render(m(params))) for name, m in models.items()]
-    fig, axes = plt.subplots(len(idx), len(cols), figsize=(1.6 * len(cols), 1.6 * len(idx)), squeeze=False)
+    fig, axes = new_figure(len(idx), len(cols), figsize=(1.6 * len(cols), 1.6 * len(idx)), squeeze=False)
     for j, (title, img) in enumerate(cols):
         axes[0, j].set_title(title, fontsize=8)
         for i in range(len(idx)):
             axes[i, j].imshow(img[i].reshape(h, w).clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
             axes[i, j].set_xticks([])
             axes[i, j].set_yticks([])
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 if __name__ == "__main__":

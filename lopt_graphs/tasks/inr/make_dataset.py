@@ -17,6 +17,7 @@ from typing import Sequence
 import torch
 
 from lopt_graphs.config import check_types
+from lopt_graphs.plotting import new_figure, save_figure
 
 from .cli import parse_command, setup_run, write_json
 from .data import INRDataConfig, cache_path, data_config_of, load_inr_dataset, validate_data_config
@@ -75,15 +76,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 def save_samples(ds, path, count: int):
     """Save the first ``count`` test images (top row) above their INR renderings (bottom row)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     idx = ds.indices("test", augmented=False)[:count]
     with torch.no_grad():
         rend = ds.render(idx).clamp(0, 1)
-    fig, axes = plt.subplots(2, len(idx), figsize=(1.6 * len(idx), 3.4), squeeze=False)
+    fig, axes = new_figure(2, len(idx), figsize=(1.6 * len(idx), 3.4), squeeze=False)
     for j, i in enumerate(idx.tolist()):
         axes[0, j].imshow(ds.images[ds.image_id[i], 0].numpy(), cmap="gray", vmin=0, vmax=1)
         axes[1, j].imshow(rend[j, 0].numpy(), cmap="gray", vmin=0, vmax=1)
@@ -93,10 +89,7 @@ def save_samples(ds, path, count: int):
             a.set_yticks([])
     axes[0, 0].set_ylabel("image")
     axes[1, 0].set_ylabel("INR")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 if __name__ == "__main__":

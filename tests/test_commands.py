@@ -1,0 +1,70 @@
+"""Every console script of ``setup.cfg`` and every ``python -m`` command answers ``--help`` (exit 0), and every one
+that takes the one command line (all but ``lopt-step-cost``, whose rewrite is issue 15's) lists its config keys
+with ``threads=1``. (The examples' are in ``tests/examples``.)"""
+
+from __future__ import annotations
+
+import configparser
+import importlib
+from pathlib import Path
+
+import pytest
+
+SETUP_CFG = Path(__file__).resolve().parents[1] / "setup.cfg"
+OWN_FLAGS = {"lopt-step-cost"}  # argparse flags until issue 15 moves it to key=value
+# the commands run as ``python -m MODULE`` (not console scripts)
+MODULE_COMMANDS = ["benchmarks.ablation_ff", "lopt_graphs.tasks.cnn_zoo.make_zoo", "lopt_graphs.tasks.cnn_zoo.predict",
+                   "lopt_graphs.tasks.cnn_zoo.report", "lopt_graphs.tasks.inr.classify", "lopt_graphs.tasks.inr.edit",
+                   "lopt_graphs.tasks.inr.make_dataset", "meta_train.checkpointing"]
+
+
+def console_scripts() -> dict[str, str]:
+    """``name -> "module:function"`` as ``setup.cfg`` declares them."""
+    cp = configparser.ConfigParser()
+    cp.read(SETUP_CFG, encoding="utf-8")
+    lines = cp["options.entry_points"]["console_scripts"].strip().splitlines()
+    return dict(tuple(part.strip() for part in line.split("=", 1)) for line in lines)
+
+
+def test_setup_cfg_declares_the_commands() -> None:
+    assert {"lopt-meta-train", "lopt-evaluate", "lopt-derive", "lopt-vs-adam", "lopt-throughput",
+            "lopt-step-saturation", "lopt-graph-cost"} <= set(console_scripts())
+
+
+def _help(target: str, capsys) -> str:
+    module, func = target.split(":")
+    main = getattr(importlib.import_module(module), func)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage:")
+    return out
+
+
+def _assert_lists_keys(out: str) -> None:
+    assert "[--config FILE]" in out and "key=value" in out
+    keys = out.split("(key=default):\n", 1)[1].split()
+    assert "threads=1" in keys, keys
+
+
+@pytest.mark.parametrize("name", sorted(console_scripts()))
+def test_console_script_help_exits_zero_and_lists_the_keys(name: str, capsys) -> None:
+    out = _help(console_scripts()[name], capsys)
+    if name not in OWN_FLAGS:
+        _assert_lists_keys(out)
+
+
+@pytest.mark.parametrize("module", MODULE_COMMANDS)
+def test_module_command_help_exits_zero_and_lists_the_keys(module: str, capsys) -> None:
+    _assert_lists_keys(_help(f"{module}:main", capsys))
+
+
+def test_every_command_module_is_listed() -> None:
+    """A module with a ``main`` is a command: it is a console script or in :data:`MODULE_COMMANDS`."""
+    root = SETUP_CFG.parent
+    found = {str(p.relative_to(root).with_suffix("")).replace("/", ".")
+             for pkg in ("lopt_graphs", "meta_train", "benchmarks") for p in (root / pkg).rglob("*.py")
+             if "\ndef main(" in p.read_text(encoding="utf-8")}
+    scripts = {target.split(":")[0] for target in console_scripts().values()}
+    assert found == scripts | set(MODULE_COMMANDS)
