@@ -158,7 +158,7 @@ class MetaTrainer:
         v = self.validation
         if v["refs"] is not None and not references_match(v["refs"], self.cfg.validate_steps):
             # resumed after the validation set changed: old scores are not comparable, the record restarts
-            v.update(refs=None, best_score=math.inf, best_step=-1)
+            v.update(refs=None, best_score=float("inf"), best_step=-1)
         if v["refs"] is None:
             v["refs"] = adam_references(self.cfg.validate_steps)
         res = validation_score(self.learned, v["refs"], self.cfg.validate_steps)

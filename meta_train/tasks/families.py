@@ -21,6 +21,8 @@ from torch.func import functional_call
 from lopt_graphs.data import DatasetSplits, load_embedded
 from lopt_graphs.graph import GraphSpec, graph_from_module
 
+from ..sampling import log_uniform
+
 _ACTS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU, "elu": nn.ELU,
 }
@@ -169,8 +171,7 @@ def _choice(gen: torch.Generator, xs: list):
 
 
 def _log_uniform(gen: torch.Generator, lo: float, hi: float) -> float:
-    u = float(torch.rand((), generator=gen))
-    return round(math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo))), 2)
+    return log_uniform(gen, lo, hi, ndigits=2)
 
 
 _SAMPLED_WIDTHS = [16, 32, 64]
