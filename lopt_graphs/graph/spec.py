@@ -16,6 +16,8 @@ Conventions
   ``S`` spatial positions a flattened conv channel feeds into a linear layer; ``S = 1`` for a plain
   linear layer). Edge vectors are padded to ``kmax`` entries and masked.
 * Edges of one weight are stored contiguously in row-major ``(o, c)`` order, so filling them is a reshape.
+* Some hidden neurons are permutable only together (``GraphSpec.tied``): an LSTM's four gate blocks and its
+  hidden state share one permutation of the hidden units.
 * Biases and per-neuron norm parameters are node features, in ``num_slots`` typed slots per node.
 """
 
@@ -101,6 +103,10 @@ class GraphSpec:
         scale_invariant: indices of weights whose output feeds a ``BatchNorm`` directly, so that in training
             mode the network is invariant to scaling each of their output rows (see
             :func:`lopt_graphs.optim.bn_scale.keep_row_norms`).
+        tied: groups of hidden neurons that are permutable only together, each a ``[k, U]`` long tensor of
+            node ids: one permutation of the ``U`` units moves every row the same way (an LSTM layer's
+            rows are its four gate blocks and its hidden state). Their neurons have ``node_pos == -1`` but
+            are not in :meth:`hidden_sets`.
     """
 
     num_nodes: int
@@ -117,6 +123,7 @@ class GraphSpec:
     node_slot_index: Tensor
     built_by: str = ""
     scale_invariant: tuple[int, ...] = ()
+    tied: tuple[Tensor, ...] = ()
     _cache: dict = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ basic facts
@@ -160,7 +167,7 @@ class GraphSpec:
                 *(t.to(device) for t in (self.edge_index, self.edge_size, self.node_role, self.node_pos,
                                          self.node_act, self.node_layer)),
                 self.num_slots, self.node_slot_type.to(device), self.node_slot_index.to(device),
-                self.built_by, self.scale_invariant,
+                self.built_by, self.scale_invariant, tuple(t.to(device) for t in self.tied),
             )
         return self._cache[key]
 
@@ -262,11 +269,14 @@ class GraphSpec:
 
     # ------------------------------------------------------------------ symmetries
     def hidden_sets(self) -> list[Tensor]:
-        """Node ids of every hidden neuron set (neurons that may be permuted among themselves)."""
+        """Node ids of every hidden neuron set whose neurons may be permuted among themselves (neurons in
+        :attr:`tied` groups are left out: they are permutable only together with their group)."""
+        free = (self.node_role == ROLE_HIDDEN) & (self.node_pos < 0)
+        for ids in self.tied:
+            free[ids.flatten()] = False
         sets = []
         for layer in torch.unique(self.node_layer).tolist():
-            ids = torch.nonzero((self.node_layer == layer) & (self.node_role == ROLE_HIDDEN)
-                                & (self.node_pos < 0)).flatten()
+            ids = torch.nonzero((self.node_layer == layer) & free).flatten()
             if ids.numel() > 0:
                 sets.append(ids)
         return sets
@@ -275,7 +285,8 @@ class GraphSpec:
                                 include: Literal["hidden", "input", "output"] = "hidden") -> Tensor:
         """A permutation ``perm`` of node ids (``[N]`` long) shuffling neurons within each set.
 
-        ``include="hidden"`` gives a symmetry of the network (its function is unchanged);
+        ``include="hidden"`` gives a symmetry of the network (its function is unchanged): every hidden set
+        is shuffled, and every :attr:`tied` group by one permutation of its units applied to all its rows;
         ``"input"``/``"output"`` shuffles input or output neurons instead (not a symmetry).
         """
         perm = torch.arange(self.num_nodes)
@@ -286,6 +297,10 @@ class GraphSpec:
             groups = [torch.nonzero(self.node_role == role).flatten()]
         for ids in groups:
             perm[ids] = ids[torch.randperm(ids.numel(), generator=generator)]
+        if include == "hidden":
+            for ids in self.tied:
+                ids = ids.cpu()
+                perm[ids] = ids[:, torch.randperm(ids.shape[1], generator=generator)]
         return perm
 
     def permute(self, tensors: Sequence[Tensor | None], perm: Tensor) -> list[Tensor | None]:
@@ -322,6 +337,6 @@ class GraphSpec:
         kinds = [p.kind for p in self.params]
         return (f"GraphSpec(nodes={self.num_nodes}, edges={self.num_edges}, kmax={self.kmax}, "
                 f"edge_params={kinds.count('edge')}, node_params={kinds.count('node')}, "
-                f"free_params={kinds.count('free')})")
+                f"free_params={kinds.count('free')}" + (f", tied_groups={len(self.tied)}" if self.tied else "") + ")")
 
     __repr__ = summary
