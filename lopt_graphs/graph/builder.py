@@ -32,6 +32,8 @@ class _Weight:
     dst: int
     cols: int
     entries: int
+    rows: int = 0  # 0: shape[0]
+    transposed: bool = False
     src_offset: int = 0  # first neuron of the source set this weight reads
     dst_offset: int = 0  # first neuron of the destination set this weight writes
 
@@ -114,13 +116,22 @@ class GraphBuilder:
 
     # -------------------------------------------------------------- records
     def add_weight(self, param: int, shape: tuple[int, ...], src: int, dst: int, what: str,
-                   flatten_ok: bool = False) -> None:
+                   flatten_ok: bool = False, transposed: bool = False) -> None:
         """A weight ``[O, I, *kernel]`` (conv) or ``[O, I]`` (linear) from set ``src`` to set ``dst``.
 
         For a linear layer reading a flattened conv output, ``I = C * S`` with ``C`` the size of ``src``:
         one edge per channel carries the ``S`` entries; ``flatten_ok`` says the source is a (pooled or
-        flattened) conv output, where that grouping is legal.
+        flattened) conv output, where that grouping is legal. ``transposed``: the parameter is ``[I, O]``
+        (an ``Embedding``'s ``[num_embeddings, dim]``).
         """
+        if transposed:
+            if len(shape) != 2:
+                raise GraphBuildError(f"{what}: only a 2-D weight can be transposed, got shape {shape}")
+            self.set_size(dst, shape[1], what)
+            self.set_size(src, shape[0], what)
+            self.weights.append(_Weight(param, tuple(shape), src, dst, cols=shape[0], entries=1, rows=shape[1],
+                                        transposed=True))
+            return
         out_f, in_f = shape[0], shape[1]
         kernel = 1
         for k in shape[2:]:
@@ -218,9 +229,9 @@ class GraphBuilder:
         # Edges in parameter order, so that filling them is a concatenation in parameter order.
         for w in sorted(self.weights, key=lambda w: w.param):
             s0, d0 = start[self.find(w.src)] + w.src_offset, start[self.find(w.dst)] + w.dst_offset
-            rows = w.shape[0]
+            rows = w.rows or w.shape[0]
             slots[w.param] = ParamSlot("edge", w.shape, edge_start=e, rows=rows, cols=w.cols, entries=w.entries,
-                                       dst_start=d0, src_start=s0)
+                                       dst_start=d0, src_start=s0, transposed=w.transposed)
             dst_l.append(d0 + torch.arange(rows).repeat_interleave(w.cols))
             src_l.append(s0 + torch.arange(w.cols).repeat(rows))
             size_l.append(torch.full((rows * w.cols,), w.entries, dtype=torch.long))

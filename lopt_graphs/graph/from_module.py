@@ -9,12 +9,13 @@ The trace follows which *neuron set* every intermediate tensor carries:
 * adding (or multiplying) two tensors merges their sets: the neurons of a residual stream are one set
   and are permuted together;
 * ``nn.MultiheadAttention`` / ``nn.TransformerEncoderLayer`` / ``nn.TransformerEncoder``
-  (:mod:`.attention_rules`) and ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` (:mod:`.recurrent_rules`: gate blocks and
-  hidden state tied into one permutation group) have rules of their own.
+  (:mod:`.attention_rules`), ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` (:mod:`.recurrent_rules`: gate blocks and
+  hidden state tied into one permutation group) and, with ``embeddings="edge"``, ``nn.Embedding``
+  (:mod:`.embedding_rules`: one input neuron per token) have rules of their own.
 
 Any other operation is unknown: with ``on_unsupported="error"`` the build fails naming it; with ``"free"``
-only the parameters of the unknown module (an ``Embedding``, attention in-projections, a custom layer) take
-the graph-free path. The layers around it stay on the graph: the neurons an unknown operation reads
+only the parameters of the unknown module (an ``Embedding`` by default, attention in-projections, a custom
+layer) take the graph-free path. The layers around it stay on the graph: the neurons an unknown operation reads
 or writes are *pinned* (they get positional ids, so no permutation through the unknown operation is
 claimed), and a layer reading an unknown operation's output reads a fresh pinned set of neurons (a
 boundary). Wiring is never guessed.
@@ -39,6 +40,7 @@ from torch import nn
 
 from .attention_rules import encoder_layer_rule, encoder_rule, mha_rule
 from .builder import GraphBuilder, GraphBuildError
+from .embedding_rules import FREE_REASON, embedding_rule
 from .recurrent_rules import recurrent_rule
 from .spec import GraphSpec
 
@@ -194,7 +196,8 @@ def trace_module(module: nn.Module, max_leaves: int = 64) -> tuple[torch.fx.Grap
 
 
 def graph_from_module(module: nn.Module, on_unsupported: Literal["error", "free"] = "error",
-                      hidden_positions: bool = False, fallback: bool = True) -> GraphSpec:
+                      hidden_positions: bool = False, fallback: bool = True,
+                      embeddings: Literal["free", "edge"] = "free") -> GraphSpec:
     """Build a :class:`GraphSpec` with the module's exact wiring.
 
     Args:
@@ -205,6 +208,10 @@ def graph_from_module(module: nn.Module, on_unsupported: Literal["error", "free"
         hidden_positions: debugging switch, see :meth:`GraphBuilder.build`.
         fallback: with ``on_unsupported="free"``, when no tracer works use the module walk
             (:func:`~lopt_graphs.graph.module_walk.graph_from_module_walk`) and warn once.
+        embeddings: ``"free"`` (default) treats ``nn.Embedding`` as a module without a rule; ``"edge"`` puts
+            its weight on the graph as a transposed edge block from one input neuron per token
+            (:mod:`~lopt_graphs.graph.embedding_rules`; not read correctly by ``NeuralGraphOptimizer``
+            yet, which is why it is off by default).
 
     Raises:
         GraphBuildError: see ``on_unsupported``; also when the module cannot be traced and there is no
@@ -212,6 +219,8 @@ def graph_from_module(module: nn.Module, on_unsupported: Literal["error", "free"
     """
     if on_unsupported not in ("error", "free"):
         raise ValueError(f"Invalid on_unsupported: {on_unsupported!r} (expected 'error' or 'free')")
+    if embeddings not in ("free", "edge"):
+        raise ValueError(f"Invalid embeddings: {embeddings!r} (expected 'free' or 'edge')")
     graph, root, how = trace_module(module)
     if graph is None:
         if on_unsupported == "free" and fallback:
@@ -229,7 +238,7 @@ def graph_from_module(module: nn.Module, on_unsupported: Literal["error", "free"
     if root is not module and on_unsupported == "error":
         raise GraphBuildError(f"torch.fx could not trace {type(module).__name__} as a whole ({how}). Pass "
                               f"on_unsupported='free' to optimize the untraceable submodules without a graph")
-    return graph_from_fx(root, graph, on_unsupported, hidden_positions, built_by=how)
+    return graph_from_fx(root, graph, on_unsupported, hidden_positions, built_by=how, embeddings=embeddings)
 
 
 _WEIGHT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -259,7 +268,8 @@ def _shared(module: nn.Module, graph: torch.fx.Graph) -> dict[str, str]:
 
 
 def graph_from_fx(module: nn.Module, graph: torch.fx.Graph, on_unsupported: Literal["error", "free"] = "error",
-                  hidden_positions: bool = False, built_by: str = "torch.fx") -> GraphSpec:
+                  hidden_positions: bool = False, built_by: str = "torch.fx",
+                  embeddings: Literal["free", "edge"] = "free") -> GraphSpec:
     """Build the spec from an fx graph of ``module`` (see :func:`graph_from_module`)."""
     params = list(module.parameters())
     index = {id(p): i for i, p in enumerate(params)}
@@ -347,6 +357,23 @@ def graph_from_fx(module: nn.Module, graph: torch.fx.Graph, on_unsupported: Lite
             if node.target in shared:
                 unsupported(f"{what}: {shared[node.target]}", ins, m)
                 vals[node] = None
+                continue
+            if isinstance(m, nn.Embedding) and len(args) == 1:
+                if embeddings == "free":
+                    unsupported(f"{what}: {FREE_REASON}", ins, m)
+                    vals[node] = None
+                    continue
+                for v in ins:  # token ids are data, not neurons: whatever produced them is read by position
+                    if v is not None:
+                        b.pin(v.set)
+                try:
+                    vals[node] = _Val(embedding_rule(b, m, lambda p: _take(p, index, placed), what), conv=False)
+                except GraphBuildError as exc:
+                    if on_unsupported == "error":
+                        raise
+                    unplace(m)
+                    unsupported(f"{what}: {exc}", ins, m)
+                    vals[node] = None
                 continue
             if isinstance(m, nn.RNNBase):
                 try:

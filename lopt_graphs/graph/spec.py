@@ -16,6 +16,8 @@ Conventions
   ``S`` spatial positions a flattened conv channel feeds into a linear layer; ``S = 1`` for a plain
   linear layer). Edge vectors are padded to ``kmax`` entries and masked.
 * Edges of one weight are stored contiguously in row-major ``(o, c)`` order, so filling them is a reshape.
+  A *transposed* weight (``ParamSlot.transposed``: an ``Embedding``'s ``[num_embeddings, dim]`` = ``[in, out]``)
+  keeps the same edge order: its parameter is transposed when edges are filled and read back.
 * Some hidden neurons are permutable only together (``GraphSpec.tied``): an LSTM's four gate blocks and its
   hidden state share one permutation of the hidden units.
 * Biases and per-neuron norm parameters are node features, in ``num_slots`` typed slots per node.
@@ -57,6 +59,10 @@ class ParamSlot:
         slot: index into ``NODE_SLOTS`` (``kind == "node"``).
         slot_pos: which of its node's slots holds the parameter (``kind == "node"``).
         reason: why the parameter is free (``kind == "free"``).
+        transposed: the parameter stores the weight as ``[cols, rows]`` (``[in, out]``, an ``Embedding``)
+            instead of ``[rows, cols]``. Edges are still laid out in ``(dst, src)`` row-major order; the
+            spec's methods transpose. A consumer that reads the weight's entries by reshaping the
+            parameter to ``(rows, cols, entries)`` must transpose first.
     """
 
     kind: Literal["edge", "node", "free"]
@@ -70,6 +76,7 @@ class ParamSlot:
     slot: int = 0
     slot_pos: int = 0
     reason: str = ""
+    transposed: bool = False
 
     @property
     def numel(self) -> int:
@@ -199,6 +206,8 @@ class GraphSpec:
         for i in self.edge_params:
             p, t = self.params[i], tensors[i]
             feat = tuple(t.shape[len(p.shape):])
+            if p.transposed:
+                t = t.transpose(0, 1)
             t = t.reshape(p.rows * p.cols, p.entries, *feat)
             if p.entries < kmax:
                 t = torch.cat([t, t.new_zeros(p.rows * p.cols, kmax - p.entries, *feat)], dim=1)
@@ -242,7 +251,10 @@ class GraphSpec:
         for i in self.edge_params:
             p = self.params[i]
             rows = edge_out[p.edge_start: p.edge_start + p.rows * p.cols, : p.entries]
-            out[i] = rows.reshape(*p.shape, *feat)
+            if p.transposed:
+                out[i] = rows.reshape(p.rows, p.cols, *feat).transpose(0, 1).contiguous()
+            else:
+                out[i] = rows.reshape(*p.shape, *feat)
         return out
 
     def from_node_attr(self, node_out: Tensor) -> list[Tensor | None]:
@@ -287,14 +299,16 @@ class GraphSpec:
 
         ``include="hidden"`` gives a symmetry of the network (its function is unchanged): every hidden set
         is shuffled, and every :attr:`tied` group by one permutation of its units applied to all its rows;
-        ``"input"``/``"output"`` shuffles input or output neurons instead (not a symmetry).
+        ``"input"``/``"output"`` shuffles the input or output neurons of each set instead (not a symmetry;
+        a set per ``Embedding`` of the tokens it reads).
         """
         perm = torch.arange(self.num_nodes)
         if include == "hidden":
             groups = self.hidden_sets()
         else:
             role = ROLE_INPUT if include == "input" else ROLE_OUTPUT
-            groups = [torch.nonzero(self.node_role == role).flatten()]
+            groups = [torch.nonzero((self.node_role == role) & (self.node_layer == layer)).flatten()
+                      for layer in torch.unique(self.node_layer[self.node_role == role]).tolist()]
         for ids in groups:
             perm[ids] = ids[torch.randperm(ids.numel(), generator=generator)]
         if include == "hidden":
@@ -325,6 +339,9 @@ class GraphSpec:
             if p.kind == "edge":
                 rows = (inv[p.dst_start: p.dst_start + p.rows] - p.dst_start).to(t.device)
                 cols = (inv[p.src_start: p.src_start + p.cols] - p.src_start).to(t.device)
+                if p.transposed:  # [cols, rows]: sources along dim 0
+                    out.append(t.index_select(0, cols).index_select(1, rows))
+                    continue
                 v = t.reshape(p.rows, p.cols, p.entries, *feat)
                 v = v.index_select(0, rows).index_select(1, cols)
                 out.append(v.reshape(*p.shape, *feat))
