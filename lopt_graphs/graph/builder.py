@@ -2,7 +2,9 @@
 
 Both front ends (a bare parameter list, an ``nn.Module``) describe a network as *neuron sets* (the outputs of
 a layer, the network's input) and *layers* connecting two sets. Residual additions merge two sets into one
-(their neurons must be permuted together), so sets live in a union-find structure.
+(their neurons must be permuted together), so sets live in a union-find structure. *Ties* say that blocks of
+(possibly different) sets share one permutation of their units (an LSTM's gate blocks and hidden state);
+a tie touching a pinned, input or output set is pinned as a whole.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ import torch
 from .spec import ACTIVATIONS, NODE_SLOTS, ROLE_HIDDEN, ROLE_INPUT, ROLE_OUTPUT, GraphSpec, ParamSlot
 
 
+def _act_id(name: str) -> int:
+    return ACTIVATIONS.index(name) if name in ACTIVATIONS else ACTIVATIONS.index("other")
+
+
 class GraphBuildError(ValueError):
     """A parameter or module cannot be placed on a neural graph."""
 
@@ -21,11 +27,15 @@ class GraphBuildError(ValueError):
 @dataclass
 class _Weight:
     param: int
-    shape: tuple[int, ...]
+    shape: tuple[int, ...]  # the parameter's shape
     src: int
     dst: int
     cols: int
     entries: int
+    rows: int = 0  # 0: shape[0]
+    transposed: bool = False
+    src_offset: int = 0  # first neuron of the source set this weight reads
+    dst_offset: int = 0  # first neuron of the destination set this weight writes
 
 
 class GraphBuilder:
@@ -42,6 +52,8 @@ class GraphBuilder:
         self.free: dict[int, tuple[tuple[int, ...], str]] = {}
         self.inputs: list[int] = []
         self.outputs: list[int] = []
+        self.ties: list[tuple[int, list[tuple[int, int, int]]]] = []  # (unit, [(set, offset, blocks)])
+        self._block_act: dict[int, list[int]] = {}  # set -> activation id per neuron
 
     # -------------------------------------------------------------- neuron sets
     def new_set(self, size: int | None = None) -> int:
@@ -85,17 +97,41 @@ class GraphBuilder:
         self._pinned.add(s)
 
     def set_activation(self, s: int, name: str) -> None:
-        self._act[self.find(s)] = ACTIVATIONS.index(name) if name in ACTIVATIONS else ACTIVATIONS.index("other")
+        self._act[self.find(s)] = _act_id(name)
+
+    def set_block_activations(self, s: int, names: list[str], unit: int) -> None:
+        """Activations of consecutive blocks of ``unit`` neurons of set ``s`` (an LSTM's gate blocks)."""
+        self._block_act[s] = [_act_id(n) for n in names for _ in range(unit)]
+
+    def tie(self, unit: int, members: list[tuple[int, int, int]]) -> None:
+        """Blocks of ``unit`` neurons that share one permutation of their units.
+
+        Args:
+            unit: neurons per block (an LSTM's hidden size).
+            members: ``(set, offset, blocks)``: ``blocks`` consecutive blocks of set ``set`` starting at its
+                neuron ``offset``. Every neuron of a set in a tie must be covered by ties (else the ties on
+                it are pinned).
+        """
+        self.ties.append((unit, list(members)))
 
     # -------------------------------------------------------------- records
     def add_weight(self, param: int, shape: tuple[int, ...], src: int, dst: int, what: str,
-                   flatten_ok: bool = False) -> None:
+                   flatten_ok: bool = False, transposed: bool = False) -> None:
         """A weight ``[O, I, *kernel]`` (conv) or ``[O, I]`` (linear) from set ``src`` to set ``dst``.
 
         For a linear layer reading a flattened conv output, ``I = C * S`` with ``C`` the size of ``src``:
         one edge per channel carries the ``S`` entries; ``flatten_ok`` says the source is a (pooled or
-        flattened) conv output, where that grouping is legal.
+        flattened) conv output, where that grouping is legal. ``transposed``: the parameter is ``[I, O]``
+        (an ``Embedding``'s ``[num_embeddings, dim]``).
         """
+        if transposed:
+            if len(shape) != 2:
+                raise GraphBuildError(f"{what}: only a 2-D weight can be transposed, got shape {shape}")
+            self.set_size(dst, shape[1], what)
+            self.set_size(src, shape[0], what)
+            self.weights.append(_Weight(param, tuple(shape), src, dst, cols=shape[0], entries=1, rows=shape[1],
+                                        transposed=True))
+            return
         out_f, in_f = shape[0], shape[1]
         kernel = 1
         for k in shape[2:]:
@@ -111,6 +147,19 @@ class GraphBuilder:
             raise GraphBuildError(f"{what}: weight of shape {shape} takes {in_f} inputs, which does not fit "
                                   f"the {c} neurons/channels it is connected to")
         self.weights.append(_Weight(param, tuple(shape), src, dst, cols, entries))
+
+    def add_block(self, param: int, shape: tuple[int, ...], src: int, src_offset: int, dst: int, dst_offset: int,
+                  what: str) -> None:
+        """A 2-D weight ``[O, I]`` reading neurons ``src_offset .. src_offset + I`` of set ``src`` and writing
+        neurons ``dst_offset .. dst_offset + O`` of set ``dst`` (sets of known size; one direction of a
+        bidirectional LSTM reads its half of the layer's output). Only sound when ties keep those ranges
+        apart: a free permutation of the whole set would mix them."""
+        for s, off, n in ((src, src_offset, shape[1]), (dst, dst_offset, shape[0])):
+            size = self.size(s)
+            if size is None or off < 0 or off + n > size:
+                raise GraphBuildError(f"{what}: neurons {off}..{off + n} do not fit a set of {size} neurons")
+        self.weights.append(_Weight(param, tuple(shape), src, dst, cols=shape[1], entries=1,
+                                    src_offset=src_offset, dst_offset=dst_offset))
 
     def add_node_param(self, param: int, shape: tuple[int, ...], s: int, slot: str, what: str) -> None:
         numel = 1
@@ -150,6 +199,9 @@ class GraphBuilder:
         out_roots = {self.find(s) for s in self.outputs}
         if in_roots & out_roots:
             raise GraphBuildError("The network's input and output neurons coincide; nothing to optimize as a graph")
+        ties, tie_pinned = self._resolve_ties(in_roots | out_roots | pinned, hidden_positions)
+        pinned |= tie_pinned
+        block_act = {self.find(s): a for s, a in self._block_act.items()}
         order = [r for r in roots if r in in_roots] + [r for r in roots if r not in in_roots]
         start: dict[int, int] = {}
         roles, pos, acts, layers = [], [], [], []
@@ -163,7 +215,10 @@ class GraphBuilder:
                 pos.append(torch.full((size,), -1, dtype=torch.long))
             else:
                 pos.append(torch.arange(size))
-            acts.append(torch.full((size,), self._act[r], dtype=torch.long))
+            if r in block_act and len(block_act[r]) == size:
+                acts.append(torch.tensor(block_act[r], dtype=torch.long))
+            else:
+                acts.append(torch.full((size,), self._act[r], dtype=torch.long))
             layers.append(torch.full((size,), layer_id, dtype=torch.long))
             n += size
 
@@ -173,10 +228,10 @@ class GraphBuilder:
         kmax = 1
         # Edges in parameter order, so that filling them is a concatenation in parameter order.
         for w in sorted(self.weights, key=lambda w: w.param):
-            s0, d0 = start[self.find(w.src)], start[self.find(w.dst)]
-            rows = w.shape[0]
+            s0, d0 = start[self.find(w.src)] + w.src_offset, start[self.find(w.dst)] + w.dst_offset
+            rows = w.rows or w.shape[0]
             slots[w.param] = ParamSlot("edge", w.shape, edge_start=e, rows=rows, cols=w.cols, entries=w.entries,
-                                       dst_start=d0, src_start=s0)
+                                       dst_start=d0, src_start=s0, transposed=w.transposed)
             dst_l.append(d0 + torch.arange(rows).repeat_interleave(w.cols))
             src_l.append(s0 + torch.arange(w.cols).repeat(rows))
             size_l.append(torch.full((rows * w.cols,), w.entries, dtype=torch.long))
@@ -206,7 +261,64 @@ class GraphBuilder:
             edge_size=torch.cat(size_l), node_role=torch.cat(roles), node_pos=torch.cat(pos),
             node_act=torch.cat(acts), node_layer=torch.cat(layers), num_slots=nslots, node_slot_type=slot_type,
             node_slot_index=torch.cat(slot_index) if slot_index else torch.zeros(0, dtype=torch.long),
+            tied=tuple(torch.cat([start[r] + off + torch.arange(cnt * unit).view(cnt, unit) for r, off, cnt in ms])
+                       for unit, ms in ties),
         )
+
+    def _resolve_ties(self, fixed: set[int], hidden_positions: bool
+                      ) -> tuple[list[tuple[int, list[tuple[int, int, int]]]], set[int]]:
+        """Ties on root sets: identical blocks join their ties into one group; a group whose blocks overlap
+        others unevenly, leave part of a set uncovered, or touch a set in ``fixed`` (pinned, input, output)
+        is pinned, and so are all sets it touches (transitively).
+
+        Returns:
+            ``(groups, pinned)``: the unpinned groups as ``(unit, [(root, offset, blocks)])`` and the roots
+            to pin.
+        """
+        n = len(self.ties)
+        parent = list(range(n))
+
+        def find(g: int) -> int:
+            while parent[g] != g:
+                g = parent[g]
+            return g
+
+        bad: set[int] = set()
+        by_root: dict[int, list[tuple[int, int, int, int]]] = {}
+        for g, (unit, members) in enumerate(self.ties):
+            for s, off, cnt in members:
+                by_root.setdefault(self.find(s), []).append((off, off + cnt * unit, unit, g))
+        for r, blocks in by_root.items():
+            blocks.sort()
+            covered, prev = 0, None
+            for a, end, unit, g in blocks:
+                if prev is not None and (a, end, unit) == prev[:3]:
+                    parent[find(g)] = find(prev[3])  # the same neurons: one permutation
+                    continue
+                if a != covered:  # a gap or an uneven overlap
+                    bad.update(b[3] for b in blocks)
+                covered, prev = end, (a, end, unit, g)
+            if self._size[r] is None or covered != self._size[r]:
+                bad.update(b[3] for b in blocks)
+        comps: dict[int, list[int]] = {}
+        for g in range(n):
+            comps.setdefault(find(g), []).append(g)
+        roots_of = {c: {self.find(s) for g in gs for s, _, _ in self.ties[g][1]} for c, gs in comps.items()}
+        pinned_c = {c for c, gs in comps.items() if hidden_positions or any(g in bad for g in gs)}
+        pinned_r: set[int] = set()
+        while True:
+            pinned_r = set().union(*(roots_of[c] for c in pinned_c)) if pinned_c else set()
+            more = {c for c in comps if c not in pinned_c and roots_of[c] & (fixed | pinned_r)}
+            if not more:
+                break
+            pinned_c |= more
+        groups = []
+        for c, gs in comps.items():
+            if c in pinned_c:
+                continue
+            members = list(dict.fromkeys((self.find(s), off, cnt) for g in gs for s, off, cnt in self.ties[g][1]))
+            groups.append((self.ties[gs[0]][0], members))
+        return groups, pinned_r
 
 
 def free_spec(shapes: list[tuple[int, ...]], reasons: list[str]) -> GraphSpec:

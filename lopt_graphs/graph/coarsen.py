@@ -50,7 +50,8 @@ def pooled_neural_graph(spec: GraphSpec, tensors: Sequence[Tensor | None]) -> Ne
     chunks = []
     for i in spec.edge_params:
         p = spec.params[i]
-        t = tensors[i].reshape(p.rows * p.cols, p.entries, f)
+        t = tensors[i].transpose(0, 1) if p.transposed else tensors[i]  # edges in (dst, src) order
+        t = t.reshape(p.rows * p.cols, p.entries, f)
         chunks.append(t.mean(1) if p.entries > 1 else t[:, 0])
     edge_attr = torch.cat(chunks, dim=0).unsqueeze(1)
     return NeuralGraph(

@@ -7,11 +7,15 @@ The trace follows which *neuron set* every intermediate tensor carries:
   neurons they normalize (node slots ``norm_weight`` / ``norm_bias``);
 * activations, dropout, pooling and flattening keep the set (activations are recorded on it);
 * adding (or multiplying) two tensors merges their sets: the neurons of a residual stream are one set
-  and are permuted together.
+  and are permuted together;
+* ``nn.MultiheadAttention`` / ``nn.TransformerEncoderLayer`` / ``nn.TransformerEncoder``
+  (:mod:`.attention_rules`), ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` (:mod:`.recurrent_rules`: gate blocks and
+  hidden state tied into one permutation group) and, with ``embeddings="edge"``, ``nn.Embedding``
+  (:mod:`.embedding_rules`: one input neuron per token) have rules of their own.
 
 Any other operation is unknown: with ``on_unsupported="error"`` the build fails naming it; with ``"free"``
-only the parameters of the unknown module (an ``Embedding``, an attention block, an LSTM, a custom layer)
-take the graph-free path. The layers around it stay on the graph: the neurons an unknown operation reads
+only the parameters of the unknown module (an ``Embedding`` by default, attention in-projections, a custom
+layer) take the graph-free path. The layers around it stay on the graph: the neurons an unknown operation reads
 or writes are *pinned* (they get positional ids, so no permutation through the unknown operation is
 claimed), and a layer reading an unknown operation's output reads a fresh pinned set of neurons (a
 boundary). Wiring is never guessed.
@@ -36,6 +40,8 @@ from torch import nn
 
 from .attention_rules import encoder_layer_rule, encoder_rule, mha_rule
 from .builder import GraphBuilder, GraphBuildError
+from .embedding_rules import FREE_REASON, embedding_rule
+from .recurrent_rules import recurrent_rule
 from .spec import GraphSpec
 
 
@@ -190,7 +196,8 @@ def trace_module(module: nn.Module, max_leaves: int = 64) -> tuple[torch.fx.Grap
 
 
 def graph_from_module(module: nn.Module, on_unsupported: Literal["error", "free"] = "error",
-                      hidden_positions: bool = False, fallback: bool = True) -> GraphSpec:
+                      hidden_positions: bool = False, fallback: bool = True,
+                      embeddings: Literal["free", "edge"] = "free") -> GraphSpec:
     """Build a :class:`GraphSpec` with the module's exact wiring.
 
     Args:
@@ -201,6 +208,10 @@ def graph_from_module(module: nn.Module, on_unsupported: Literal["error", "free"
         hidden_positions: debugging switch, see :meth:`GraphBuilder.build`.
         fallback: with ``on_unsupported="free"``, when no tracer works use the module walk
             (:func:`~lopt_graphs.graph.module_walk.graph_from_module_walk`) and warn once.
+        embeddings: ``"free"`` (default) treats ``nn.Embedding`` as a module without a rule; ``"edge"`` puts
+            its weight on the graph as a transposed edge block from one input neuron per token
+            (:mod:`~lopt_graphs.graph.embedding_rules`; not read correctly by ``NeuralGraphOptimizer``
+            yet, which is why it is off by default).
 
     Raises:
         GraphBuildError: see ``on_unsupported``; also when the module cannot be traced and there is no
@@ -208,6 +219,8 @@ def graph_from_module(module: nn.Module, on_unsupported: Literal["error", "free"
     """
     if on_unsupported not in ("error", "free"):
         raise ValueError(f"Invalid on_unsupported: {on_unsupported!r} (expected 'error' or 'free')")
+    if embeddings not in ("free", "edge"):
+        raise ValueError(f"Invalid embeddings: {embeddings!r} (expected 'free' or 'edge')")
     graph, root, how = trace_module(module)
     if graph is None:
         if on_unsupported == "free" and fallback:
@@ -225,7 +238,7 @@ def graph_from_module(module: nn.Module, on_unsupported: Literal["error", "free"
     if root is not module and on_unsupported == "error":
         raise GraphBuildError(f"torch.fx could not trace {type(module).__name__} as a whole ({how}). Pass "
                               f"on_unsupported='free' to optimize the untraceable submodules without a graph")
-    return graph_from_fx(root, graph, on_unsupported, hidden_positions, built_by=how)
+    return graph_from_fx(root, graph, on_unsupported, hidden_positions, built_by=how, embeddings=embeddings)
 
 
 _WEIGHT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -255,7 +268,8 @@ def _shared(module: nn.Module, graph: torch.fx.Graph) -> dict[str, str]:
 
 
 def graph_from_fx(module: nn.Module, graph: torch.fx.Graph, on_unsupported: Literal["error", "free"] = "error",
-                  hidden_positions: bool = False, built_by: str = "torch.fx") -> GraphSpec:
+                  hidden_positions: bool = False, built_by: str = "torch.fx",
+                  embeddings: Literal["free", "edge"] = "free") -> GraphSpec:
     """Build the spec from an fx graph of ``module`` (see :func:`graph_from_module`)."""
     params = list(module.parameters())
     index = {id(p): i for i, p in enumerate(params)}
@@ -320,11 +334,11 @@ def graph_from_fx(module: nn.Module, graph: torch.fx.Graph, on_unsupported: Lite
             torch.fx.node.map_aggregate(node.args[0], outs.append)  # tuples, lists, dicts of outputs
             for o in outs:
                 v = vals.get(o) if isinstance(o, torch.fx.Node) else None
-                if v is None:
-                    if isinstance(o, torch.fx.Node):
-                        problems.append(f"output {o} does not carry known neurons")
-                else:
-                    b.outputs.append(v.set)
+                for e in (v if isinstance(v, _Multi) else (v,)):  # a module's tuple output, returned whole
+                    if isinstance(e, _Val):
+                        b.outputs.append(e.set)
+                if v is None and isinstance(o, torch.fx.Node):
+                    problems.append(f"output {o} does not carry known neurons")
             continue
         if node.op == "get_attr":
             vals[node] = None
@@ -343,6 +357,41 @@ def graph_from_fx(module: nn.Module, graph: torch.fx.Graph, on_unsupported: Lite
             if node.target in shared:
                 unsupported(f"{what}: {shared[node.target]}", ins, m)
                 vals[node] = None
+                continue
+            if isinstance(m, nn.Embedding) and len(args) == 1:
+                if embeddings == "free":
+                    unsupported(f"{what}: {FREE_REASON}", ins, m)
+                    vals[node] = None
+                    continue
+                for v in ins:  # token ids are data, not neurons: whatever produced them is read by position
+                    if v is not None:
+                        b.pin(v.set)
+                try:
+                    vals[node] = _Val(embedding_rule(b, m, lambda p: _take(p, index, placed), what), conv=False)
+                except GraphBuildError as exc:
+                    if on_unsupported == "error":
+                        raise
+                    unplace(m)
+                    unsupported(f"{what}: {exc}", ins, m)
+                    vals[node] = None
+                continue
+            if isinstance(m, nn.RNNBase):
+                try:
+                    if len(args) != 1:
+                        raise GraphBuildError(f"called with {len(args)} tensor inputs (an initial state is read "
+                                              f"by position)")
+                    x = source(args[0], "last", False, 2)
+                    if x.conv:
+                        raise GraphBuildError("it reads conv channels (features must be the last dim)")
+                    out = recurrent_rule(b, m, x.set, lambda p: _take(p, index, placed), what,
+                                         pin_states=not _only_output_read(node))
+                    vals[node] = _Multi((_Val(out, conv=False), None))
+                except GraphBuildError as exc:
+                    if on_unsupported == "error":
+                        raise
+                    unplace(m)
+                    unsupported(f"{what}: {exc}", ins, m)
+                    vals[node] = None
                 continue
             if isinstance(m, (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerEncoder)):
                 take = lambda p: _take(p, index, placed)  # noqa: E731
@@ -439,6 +488,17 @@ def graph_from_fx(module: nn.Module, graph: torch.fx.Graph, on_unsupported: Lite
     spec = b.build(hidden_positions=hidden_positions)
     kept = tuple(sorted(i for i in scale_invariant if spec.params[i].kind == "edge"))
     return dataclasses.replace(spec, built_by=built_by, scale_invariant=kept, _cache={})
+
+
+def _only_output_read(node: torch.fx.Node) -> bool:
+    """Whether only element 0 (the output sequence) of a recurrent module's ``(output, states)`` is read."""
+    for u in node.users:
+        if not (u.op == "call_function" and u.target is operator.getitem and u.args[0] is node
+                and isinstance(u.args[1], int)):
+            return False
+        if u.args[1] not in (0, -2) and len(u.users) > 0:
+            return False
+    return True
 
 
 def _take(p: torch.Tensor, index: dict[int, int], placed: set[int]) -> int:

@@ -16,6 +16,10 @@ Conventions
   ``S`` spatial positions a flattened conv channel feeds into a linear layer; ``S = 1`` for a plain
   linear layer). Edge vectors are padded to ``kmax`` entries and masked.
 * Edges of one weight are stored contiguously in row-major ``(o, c)`` order, so filling them is a reshape.
+  A *transposed* weight (``ParamSlot.transposed``: an ``Embedding``'s ``[num_embeddings, dim]`` = ``[in, out]``)
+  keeps the same edge order: its parameter is transposed when edges are filled and read back.
+* Some hidden neurons are permutable only together (``GraphSpec.tied``): an LSTM's four gate blocks and its
+  hidden state share one permutation of the hidden units.
 * Biases and per-neuron norm parameters are node features, in ``num_slots`` typed slots per node.
 """
 
@@ -55,6 +59,10 @@ class ParamSlot:
         slot: index into ``NODE_SLOTS`` (``kind == "node"``).
         slot_pos: which of its node's slots holds the parameter (``kind == "node"``).
         reason: why the parameter is free (``kind == "free"``).
+        transposed: the parameter stores the weight as ``[cols, rows]`` (``[in, out]``, an ``Embedding``)
+            instead of ``[rows, cols]``. Edges are still laid out in ``(dst, src)`` row-major order; the
+            spec's methods transpose. A consumer that reads the weight's entries by reshaping the
+            parameter to ``(rows, cols, entries)`` must transpose first.
     """
 
     kind: Literal["edge", "node", "free"]
@@ -68,6 +76,7 @@ class ParamSlot:
     slot: int = 0
     slot_pos: int = 0
     reason: str = ""
+    transposed: bool = False
 
     @property
     def numel(self) -> int:
@@ -101,6 +110,10 @@ class GraphSpec:
         scale_invariant: indices of weights whose output feeds a ``BatchNorm`` directly, so that in training
             mode the network is invariant to scaling each of their output rows (see
             :func:`lopt_graphs.optim.bn_scale.keep_row_norms`).
+        tied: groups of hidden neurons that are permutable only together, each a ``[k, U]`` long tensor of
+            node ids: one permutation of the ``U`` units moves every row the same way (an LSTM layer's
+            rows are its four gate blocks and its hidden state). Their neurons have ``node_pos == -1`` but
+            are not in :meth:`hidden_sets`.
     """
 
     num_nodes: int
@@ -117,6 +130,7 @@ class GraphSpec:
     node_slot_index: Tensor
     built_by: str = ""
     scale_invariant: tuple[int, ...] = ()
+    tied: tuple[Tensor, ...] = ()
     _cache: dict = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ basic facts
@@ -160,7 +174,7 @@ class GraphSpec:
                 *(t.to(device) for t in (self.edge_index, self.edge_size, self.node_role, self.node_pos,
                                          self.node_act, self.node_layer)),
                 self.num_slots, self.node_slot_type.to(device), self.node_slot_index.to(device),
-                self.built_by, self.scale_invariant,
+                self.built_by, self.scale_invariant, tuple(t.to(device) for t in self.tied),
             )
         return self._cache[key]
 
@@ -192,6 +206,8 @@ class GraphSpec:
         for i in self.edge_params:
             p, t = self.params[i], tensors[i]
             feat = tuple(t.shape[len(p.shape):])
+            if p.transposed:
+                t = t.transpose(0, 1)
             t = t.reshape(p.rows * p.cols, p.entries, *feat)
             if p.entries < kmax:
                 t = torch.cat([t, t.new_zeros(p.rows * p.cols, kmax - p.entries, *feat)], dim=1)
@@ -235,7 +251,10 @@ class GraphSpec:
         for i in self.edge_params:
             p = self.params[i]
             rows = edge_out[p.edge_start: p.edge_start + p.rows * p.cols, : p.entries]
-            out[i] = rows.reshape(*p.shape, *feat)
+            if p.transposed:
+                out[i] = rows.reshape(p.rows, p.cols, *feat).transpose(0, 1).contiguous()
+            else:
+                out[i] = rows.reshape(*p.shape, *feat)
         return out
 
     def from_node_attr(self, node_out: Tensor) -> list[Tensor | None]:
@@ -262,11 +281,14 @@ class GraphSpec:
 
     # ------------------------------------------------------------------ symmetries
     def hidden_sets(self) -> list[Tensor]:
-        """Node ids of every hidden neuron set (neurons that may be permuted among themselves)."""
+        """Node ids of every hidden neuron set whose neurons may be permuted among themselves (neurons in
+        :attr:`tied` groups are left out: they are permutable only together with their group)."""
+        free = (self.node_role == ROLE_HIDDEN) & (self.node_pos < 0)
+        for ids in self.tied:
+            free[ids.flatten()] = False
         sets = []
         for layer in torch.unique(self.node_layer).tolist():
-            ids = torch.nonzero((self.node_layer == layer) & (self.node_role == ROLE_HIDDEN)
-                                & (self.node_pos < 0)).flatten()
+            ids = torch.nonzero((self.node_layer == layer) & free).flatten()
             if ids.numel() > 0:
                 sets.append(ids)
         return sets
@@ -275,17 +297,24 @@ class GraphSpec:
                                 include: Literal["hidden", "input", "output"] = "hidden") -> Tensor:
         """A permutation ``perm`` of node ids (``[N]`` long) shuffling neurons within each set.
 
-        ``include="hidden"`` gives a symmetry of the network (its function is unchanged);
-        ``"input"``/``"output"`` shuffles input or output neurons instead (not a symmetry).
+        ``include="hidden"`` gives a symmetry of the network (its function is unchanged): every hidden set
+        is shuffled, and every :attr:`tied` group by one permutation of its units applied to all its rows;
+        ``"input"``/``"output"`` shuffles the input or output neurons of each set instead (not a symmetry;
+        a set per ``Embedding`` of the tokens it reads).
         """
         perm = torch.arange(self.num_nodes)
         if include == "hidden":
             groups = self.hidden_sets()
         else:
             role = ROLE_INPUT if include == "input" else ROLE_OUTPUT
-            groups = [torch.nonzero(self.node_role == role).flatten()]
+            groups = [torch.nonzero((self.node_role == role) & (self.node_layer == layer)).flatten()
+                      for layer in torch.unique(self.node_layer[self.node_role == role]).tolist()]
         for ids in groups:
             perm[ids] = ids[torch.randperm(ids.numel(), generator=generator)]
+        if include == "hidden":
+            for ids in self.tied:
+                ids = ids.cpu()
+                perm[ids] = ids[:, torch.randperm(ids.shape[1], generator=generator)]
         return perm
 
     def permute(self, tensors: Sequence[Tensor | None], perm: Tensor) -> list[Tensor | None]:
@@ -310,6 +339,9 @@ class GraphSpec:
             if p.kind == "edge":
                 rows = (inv[p.dst_start: p.dst_start + p.rows] - p.dst_start).to(t.device)
                 cols = (inv[p.src_start: p.src_start + p.cols] - p.src_start).to(t.device)
+                if p.transposed:  # [cols, rows]: sources along dim 0
+                    out.append(t.index_select(0, cols).index_select(1, rows))
+                    continue
                 v = t.reshape(p.rows, p.cols, p.entries, *feat)
                 v = v.index_select(0, rows).index_select(1, cols)
                 out.append(v.reshape(*p.shape, *feat))
@@ -322,6 +354,6 @@ class GraphSpec:
         kinds = [p.kind for p in self.params]
         return (f"GraphSpec(nodes={self.num_nodes}, edges={self.num_edges}, kmax={self.kmax}, "
                 f"edge_params={kinds.count('edge')}, node_params={kinds.count('node')}, "
-                f"free_params={kinds.count('free')})")
+                f"free_params={kinds.count('free')}" + (f", tied_groups={len(self.tied)}" if self.tied else "") + ")")
 
     __repr__ = summary
