@@ -40,7 +40,7 @@ def pooled_neural_graph(spec: GraphSpec, tensors: Sequence[Tensor | None]) -> Ne
     Returns:
         A :class:`NeuralGraph` with ``edge_attr [E, 1, F]`` (mean over the edge's ``S`` entries),
         ``edge_mask [E, 1]`` all true and ``edge_entries [E]`` (each edge's ``S``), read by
-        :class:`~lopt_graphs.nn.GraphEmbedding` to add the mean positional embedding of ``S`` entries.
+        :class:`~lopt_graphs.nn.embed.GraphEmbedding` to add the mean positional embedding of ``S`` entries.
     """
     ref = next(t for t, p in zip(tensors, spec.params) if p.kind != "free")
     if ref.dim() != len(spec.params[spec.edge_params[0]].shape) + 1:

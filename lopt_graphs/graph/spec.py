@@ -109,7 +109,7 @@ class GraphSpec:
             ``"parameters"``; empty when unknown).
         scale_invariant: indices of weights whose output feeds a ``BatchNorm`` directly, so that in training
             mode the network is invariant to scaling each of their output rows (see
-            :func:`lopt_graphs.optim.bn_scale.keep_row_norms`).
+            :mod:`lopt_graphs.optim.bn_scale`: those weights take its :func:`~lopt_graphs.optim.bn_scale.base_step`).
         tied: groups of hidden neurons that are permutable only together, each a ``[k, U]`` long tensor of
             node ids: one permutation of the ``U`` units moves every row the same way (an LSTM layer's
             rows are its four gate blocks and its hidden state). Their neurons have ``node_pos == -1`` but
