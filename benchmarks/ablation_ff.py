@@ -20,8 +20,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from lopt_graphs import config as _cfg
 from lopt_graphs.plotting import new_figure, save_figure
 
@@ -37,7 +35,7 @@ class AblationConfig:
 
     graph: str = "runs/v2"
     ff: str = "runs/v2_ff"
-    seeds: str = "0,1,2"
+    seeds: tuple[int, ...] = (0, 1, 2)
     steps: int = 300
     threads: int = 1
     out: str = "benchmarks/results/ablation_ff"
@@ -46,11 +44,15 @@ class AblationConfig:
         _cfg.check_types(self)
         if self.steps < 1:
             _cfg.bad_value("steps", self.steps, "an integer >= 1")
+        if not self.seeds:
+            _cfg.bad_value("seeds", self.seeds, "at least one seed")
+        if self.threads < 0:
+            _cfg.bad_value("threads", self.threads, "an integer >= 0 (0: torch's default)")
 
 
 def main(argv: list[str] | None = None) -> dict:
     a = _cfg.parse_command(AblationConfig, argv, (__doc__ or "").split("\n")[0])
-    torch.set_num_threads(a.threads)
+    _cfg.set_threads(a.threads)
     from meta_train.evaluate import evaluate_checkpoint
 
     runs = {"graph (v2)": Path(a.graph), "FF (v2_ff)": Path(a.ff)}
@@ -63,12 +65,12 @@ def main(argv: list[str] | None = None) -> dict:
         lines.append(f"| {s} | " + " | ".join(f"{dict(c)[s]:.3f}" for c in curves.values()) + " |")
     best = {k: min((v for s, v in c if s <= budget), default=float("nan")) for k, c in curves.items()}
     lines += ["", "Best validation score within the budget: " + ", ".join(f"{k} {v:.3f}" for k, v in best.items())]
-    seeds = tuple(int(s) for s in a.seeds.split(","))
+    seeds = a.seeds
     evals = {}
     for k, p in runs.items():
         res = evaluate_checkpoint(str(p / "best.pt"), steps=a.steps, seeds=seeds)
         evals[k] = res["summary"]
-    lines += ["", "Evaluation of each run's best.pt (`meta_train.evaluate`, seeds " + a.seeds + "):", "",
+    lines += ["", "Evaluation of each run's best.pt (`meta_train.evaluate`, seeds " + ",".join(map(str, seeds)) + "):", "",
               "| run | median fraction of tuned Adam's steps (in-dist) | held-out runs at or below tuned Adam |",
               "|---|---:|---:|"]
     for k, sm in evals.items():

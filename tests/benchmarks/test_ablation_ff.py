@@ -21,3 +21,13 @@ def test_config_rejects_bad_values():
         AblationConfig(steps=0)
     with pytest.raises(TypeError):
         AblationConfig(steps="300")
+    with pytest.raises(ValueError, match="seeds=()"):
+        AblationConfig(seeds=())
+    with pytest.raises(ValueError, match="threads=-1"):
+        AblationConfig(threads=-1)
+
+
+def test_command_line_parses_seeds_as_integers():
+    from lopt_graphs import config as _cfg
+    a = _cfg.parse_command(AblationConfig, ["seeds=0,2", "threads=0"], "")
+    assert a.seeds == (0, 2) and a.threads == 0
