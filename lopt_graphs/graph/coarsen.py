@@ -99,11 +99,19 @@ def encoder_graph(spec: GraphSpec, tensors: Sequence[Tensor | None], entry_nonli
                   sparsify_above: int | None = SPARSIFY_ABOVE) -> NeuralGraph:
     """The graph the encoder reads: pooled edge vectors when that is exact (no per-entry nonlinearity and
     some edge with more than one entry), else the full :func:`~lopt_graphs.graph.neural_graph`; sparsified
-    (:func:`sparsify`) above ``sparsify_above`` edges (``None``: never)."""
+    (:func:`sparsify`) above ``sparsify_above`` edges (``None``: never), except under ``torch.func.vmap``
+    (each member would keep its own edges: the full graph is used there)."""
     if not entry_nonlinearity and spec.kmax > 1:
         graph = pooled_neural_graph(spec, tensors)
     else:
         graph = neural_graph(spec, tensors)
-    if sparsify_above is not None and spec.num_edges > sparsify_above:
+    if sparsify_above is not None and spec.num_edges > sparsify_above and not _under_vmap(tensors):
         graph = sparsify(graph, spec)
     return graph
+
+
+def _under_vmap(tensors: Sequence[Tensor | None]) -> bool:
+    """Whether the tensors are batched by ``torch.func.vmap`` (meta-training's populations): there every
+    member would keep a different edge set, which one batched graph cannot hold, so the full graph is used."""
+    t = next((t for t in tensors if t is not None), None)
+    return t is not None and torch._C._functorch.is_batchedtensor(t)

@@ -50,3 +50,18 @@ def test_sparsified_graph_is_equivariant() -> None:
     h, hp = enc(graph).node, enc(permuted).node
     # node n of the permuted network plays the role of node perm^-1 ... : spec.permute moves n to perm[n]
     torch.testing.assert_close(hp[perm], h, rtol=1e-9, atol=1e-9)
+
+
+def test_under_vmap_the_full_graph_is_used() -> None:
+    """Meta-training vmaps the update over a population: one batched graph cannot hold per-member edge sets,
+    so a large graph is not sparsified there (it raised inside vmap before)."""
+    model = nn.Sequential(nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 4))
+    spec = graph_from_module(model)
+    g = torch.Generator().manual_seed(3)
+    feats = [torch.randn(2, *p.shape, 3, generator=g, dtype=torch.float64) for p in spec.params]
+    eager = encoder_graph(spec, [f[0] for f in feats], False, sparsify_above=100)
+    assert eager.edge_index.shape[1] < spec.num_edges  # sparsified outside vmap
+    batched = torch.func.vmap(lambda *fs: encoder_graph(spec, list(fs), False, sparsify_above=100).edge_attr)(*feats)
+    full = torch.stack([encoder_graph(spec, [f[i] for f in feats], False, sparsify_above=None).edge_attr
+                        for i in range(2)])
+    torch.testing.assert_close(batched, full)
