@@ -29,13 +29,17 @@ on this 2-core machine: a multiply over 200K floats takes 50 us in L2 and 300 us
   v2 (horizon features, the per-tensor log step ``sigma``) changes only scalars: the step features, and
   :math:`\eta \to \eta e^\sigma` per tensor.
 
-Weights that take the base step (``bn_weights="base"``: the weights feeding a BatchNorm) skip the head here (the
-reference computes it and discards it). :class:`~lopt_graphs.optim.NeuralGraphOptimizer` uses this path on usual
-steps when ``compile=False`` in groups holding a parameter of at least :data:`FAST_MIN_NUMEL` entries (groups of
-small parameters keep the reference, so the class stays bit-identical to
-:func:`~lopt_graphs.optim.functional.ngo_update` on small models), and only after :func:`fast_step_agrees`
-confirmed it for the checkpoint. Checked against the reference in ``tests/optim/test_fast_step.py``. Not for
-``torch.func`` transforms (in place; it reads step counts and norms as Python numbers: two host reads per group).
+:func:`fast_encoder_step_` does the same at the steps that run the encoder: the moments and features block by
+block into the encoder's ``[*shape, F]`` input, the encoder, then the head on those features. Weights that take
+the base step (``bn_weights="base"``: the weights feeding a BatchNorm) skip the head (the reference computes it
+and discards it).
+
+:class:`~lopt_graphs.optim.NeuralGraphOptimizer` uses these when ``compile=False`` in groups holding a parameter
+of at least :data:`FAST_MIN_NUMEL` entries (groups of small parameters keep the reference, so the class stays
+bit-identical to :func:`~lopt_graphs.optim.functional.ngo_update` on small models), without
+``record_diagnostics``, and only after :func:`fast_step_agrees` confirmed the maths for the checkpoint. Checked
+against the reference in ``tests/optim/test_fast_step.py``. Not for ``torch.func`` transforms (in place; step
+counts and norms are read as Python numbers: one host read per group step, two with v2's per-tensor step).
 """
 
 from __future__ import annotations
@@ -87,6 +91,21 @@ def _log_step(hw: HeadWeights, sc: _Scalars, ctx_lr: Tensor | float) -> Tensor:
     return hw.lr_bound * torch.tanh(s / hw.lr_bound)
 
 
+class _Views(NamedTuple):
+    """Work buffers for a block of ``m`` entries."""
+
+    r: Tensor  # r' = (v + eps^2 (1 - b2^t))^-1/2
+    adam: Tensor  # m_adam r'
+    p32: Tensor  # a float32 copy of a low-precision parameter's block
+    y: Tensor  # [6, m] the features, scaled (see the module docstring)
+    ys: tuple[Tensor, ...]  # its rows
+    z: Tensor  # [H, m]
+    z_rows: Tensor  # [H, m // row, row]
+    o: Tensor  # [2, m]: eta dir_scale o_dir, u
+    o_dir: Tensor
+    o_mag: Tensor
+
+
 class _Scratch:
     """Flat work buffers reused by every block of a group step, and their views for a block of ``m`` entries
     (made once per size: a block's Python overhead is a good part of its cost)."""
@@ -99,34 +118,13 @@ class _Scratch:
                      "o": torch.empty(2 * n, dtype=wdt, device=device)}
         self._views: dict[tuple[int, int], _Views] = {}
 
-    def views(self, m: int, row: int) -> "_Views":
+    def views(self, m: int, row: int) -> _Views:
         if (m, row) not in self._views:
             b = self.flat
             y, z, o = b["y"][:6 * m].view(6, m), b["z"][:self.hdim * m].view(self.hdim, m), b["o"][:2 * m].view(2, m)
             self._views[m, row] = _Views(b["r"][:m], b["adam"][:m], b["p32"][:m], y, y.unbind(0), z,
                                          z.view(self.hdim, m // row, row), o, *o.unbind(0))
         return self._views[m, row]
-
-
-class _Views(NamedTuple):
-    r: Tensor
-    adam: Tensor
-    p32: Tensor
-    y: Tensor  # [6, m]
-    ys: tuple[Tensor, ...]  # its rows
-    z: Tensor  # [H, m]
-    z_rows: Tensor  # [H, m // row, row]
-    o: Tensor  # [2, m]
-    o_dir: Tensor
-    o_mag: Tensor
-
-
-def _clamp_into(x: Tensor, bound: float, out: Tensor) -> None:
-    """``out = clip(x, -bound, bound)``; ``out`` may be of a lower precision (the head's dtype)."""
-    if x.dtype == out.dtype:
-        torch.clamp(x, -bound, bound, out=out)
-    else:
-        out.copy_(x).clamp_(-bound, bound)
 
 
 def _rows(view: Sequence[int]) -> tuple[int, int, int]:
@@ -137,80 +135,175 @@ def _rows(view: Sequence[int]) -> tuple[int, int, int]:
     return nrows, row, max(1, min(nrows, BLOCK // row))
 
 
-def _update_(hw: HeadWeights, p: Tensor, g: Tensor, st: dict[str, Tensor], kind: str, view: Sequence[int],
-             betas: tuple[float, float], momenta: tuple[float, float], sc: _Scalars, eta: float, weight_decay: float,
-             rms: tuple[float, float] | None, scratch: _Scratch) -> None:
-    """One parameter's step, in place (``p`` and ``st``); ``rms is None``: the base step (no head)."""
-    b1, b2 = betas
-    b_fast, b_slow = momenta
-    cf, ca, cs = sc.c
-    s, e2 = sc.s, sc.e2
-    for k in ("m_fast", "m_adam", "m_slow", "v"):
-        if not st[k].is_contiguous():
-            st[k] = st[k].contiguous()
-    st["step"].add_(1)
-    nrows, row, per = _rows(view)
-    size = per * row
-    blocks = zip(*(x.view(-1).split(size) for x in (p, g, st["m_fast"], st["m_adam"], st["m_slow"], st["v"])))
-    low = p.dtype != st["v"].dtype  # bfloat16/float16 parameter: update a float32 copy of the block
-    a_coef = -eta * ca * s  # p += a_coef * (m_adam r') * exp(clip(u))
+class _Param:
+    """One parameter of a group step: its tensors split into blocks, its scalars, its head's inputs."""
+
+    def __init__(self, hw: HeadWeights, p: Tensor, g: Tensor, st: dict[str, Tensor], kind: str,
+                 view: Sequence[int], sc: _Scalars, rms: tuple[float, float] | None, base: bool):
+        for k in ("m_fast", "m_adam", "m_slow", "v"):
+            if not st[k].is_contiguous():
+                st[k] = st[k].contiguous()
+        self.hw, self.p, self.st, self.kind, self.sc, self.base = hw, p, st, kind, sc, base
+        self.work = p if p.is_contiguous() else p.contiguous()  # written back by finish()
+        g = g.to(st["v"].dtype).contiguous()
+        self.nrows, self.row, self.per = _rows(view)
+        size = self.per * self.row
+        self.blocks = list(zip(*(x.view(-1).split(size) for x in (self.work, g, st["m_fast"], st["m_adam"],
+                                                                     st["m_slow"], st["v"]))))
+        self.low = p.dtype != st["v"].dtype  # bfloat16/float16 parameter: update a float32 copy of each block
+        if rms is not None:  # clip bounds of the scaled features, and their scales (see the module docstring)
+            s, (cf, ca, cs) = sc.s, sc.c
+            lim = FEATURE_CLIP
+            self.bounds = (lim / s, lim / (cf * s), lim / (ca * s), lim / (cs * s), lim * rms[0], lim * rms[1])
+            self.scale = torch.tensor([s, cf * s, ca * s, cs * s, 1.0 / rms[0], 1.0 / rms[1]], dtype=hw.w1.dtype,
+                                      device=p.device)
+
+    def head_inputs(self, eta: float, unscaled: bool = False) -> None:
+        """The head's weights with the scalars folded in, and its per-block node terms (from the state)."""
+        hw, st, sc = self.hw, self.st, self.sc
+        hdim, per, row = hw.w1.shape[0], self.per, self.row
+        self.w1 = hw.w1 if unscaled else hw.w1 * self.scale
+        out_scale = torch.tensor([[hw.dir_scale * eta], [hw.mag_scale]], dtype=hw.w1.dtype, device=self.p.device)
+        self.w2, self.b2 = hw.w2 * out_scale, hw.b2[:, None] * out_scale  # rows: eta * dir_scale * o_dir, u
+        nblocks = len(self.blocks)
+        if self.kind == "edge":  # z = W1 y + ctx_src (+ step bias) in one addmm, then + ctx_dst per row
+            src = st["ctx_src"] + sc.sb[:, None]  # [H, C], broadcast over a kernel's S entries and a block's rows
+            inp = src[:, None, :, None].expand(hdim, per, src.shape[1], row // src.shape[1]).reshape(hdim, per * row)
+            last = self.nrows % per
+            self.inps = [inp] * (self.nrows // per) + ([inp[:, :last * row]] if last else [])
+            self.rows_ctx = st["ctx_dst"].t().unsqueeze(-1).split(per, dim=1)  # [H, rows, 1] per block
+        elif self.kind == "node":
+            self.inps, self.rows_ctx = (st["ctx"] + sc.sb[:, None]).split(per * row, dim=1), [None] * nblocks
+        else:
+            self.inps, self.rows_ctx = [sc.sb[:, None]] * nblocks, [None] * nblocks
+
+    def finish(self) -> None:
+        if self.work is not self.p:
+            self.p.copy_(self.work)
+
+
+def _moments_(blk: tuple[Tensor, ...], betas: tuple[float, float], momenta: tuple[float, float], sc: _Scalars,
+              vw: _Views) -> Tensor:
+    """Advance a block's moments in place; returns ``r'``."""
+    _, gs, mf, ma, ms, v = blk
+    mf.lerp_(gs, 1 - momenta[0])
+    ma.lerp_(gs, 1 - betas[0])
+    ms.lerp_(gs, 1 - momenta[1])
+    v.mul_(betas[1]).addcmul_(gs, gs, value=1 - betas[1])
+    return torch.add(v, sc.e2, out=vw.r).rsqrt_()
+
+
+def _clamp_into(x: Tensor, bound: float, out: Tensor) -> None:
+    """``out = clip(x, -bound, bound)``; ``out`` may be of a lower precision (the head's dtype)."""
+    if x.dtype == out.dtype:
+        torch.clamp(x, -bound, bound, out=out)
+    else:
+        out.copy_(x).clamp_(-bound, bound)
+
+
+def _features_(blk: tuple[Tensor, ...], pw: Tensor, r: Tensor, bounds: tuple[float, ...], vw: _Views) -> None:
+    """A block's scaled features into ``vw.y`` and ``m_adam r'`` into ``vw.adam``."""
+    _, gs, mf, ma, ms, _ = blk
+    y0, y1, y2, y3, y4, y5 = vw.ys
+    torch.mul(gs, r, out=y0).clamp_(-bounds[0], bounds[0])
+    torch.mul(mf, r, out=y1).clamp_(-bounds[1], bounds[1])
+    _clamp_into(torch.mul(ma, r, out=vw.adam), bounds[2], y2)
+    torch.mul(ms, r, out=y3).clamp_(-bounds[3], bounds[3])
+    _clamp_into(pw, bounds[4], y4)
+    _clamp_into(gs, bounds[5], y5)
+
+
+def _apply_(prm: _Param, k: int, feats: Tensor, pw: Tensor, adam: Tensor, vw: _Views, a_coef: float,
+            decay: float) -> None:
+    """The head on block ``k``'s features (``[6, m]``, any strides) and the parameter's update, in place."""
+    torch.addmm(prm.inps[k], prm.w1, feats, out=vw.z)
+    if prm.rows_ctx[k] is not None:
+        vw.z_rows.add_(prm.rows_ctx[k])
+    torch.addmm(prm.b2, prm.w2, vw.z.relu_(), out=vw.o)
+    if decay != 1.0:
+        pw.mul_(decay)
+    mc = prm.hw.mag_clip
+    pw.addcmul_(adam, vw.o_mag.clamp_(-mc, mc).exp_(), value=a_coef).sub_(vw.o_dir)
+
+
+def _step_(prm: _Param, betas: tuple[float, float], momenta: tuple[float, float], eta: float, weight_decay: float,
+           scratch: _Scratch) -> None:
+    """One parameter's whole step, block by block, in place (``prm.base``: the base step, no head)."""
+    prm.st["step"].add_(1)
+    a_coef = -eta * prm.sc.c[1] * prm.sc.s  # p += a_coef * (m_adam r') [* exp(clip(u))]
     decay = 1.0 - eta * weight_decay
-    if rms is None:  # the base step: p <- p (1 - eta wd) - eta c_adam s (m_adam r')
-        for ps, gs, mf, ma, ms, v in blocks:
-            mf.lerp_(gs, 1 - b_fast)
-            ma.lerp_(gs, 1 - b1)
-            ms.lerp_(gs, 1 - b_slow)
-            v.mul_(b2).addcmul_(gs, gs, value=1 - b2)
-            vw = scratch.views(ps.numel(), row)
-            r = torch.add(v, e2, out=vw.r).rsqrt_()
-            pw = vw.p32.copy_(ps) if low else ps
+    if not prm.base:
+        prm.head_inputs(eta)
+    for k, blk in enumerate(prm.blocks):
+        ps = blk[0]
+        vw = scratch.views(ps.numel(), prm.row)
+        r = _moments_(blk, betas, momenta, prm.sc, vw)
+        pw = vw.p32.copy_(ps) if prm.low else ps
+        if prm.base:  # the base step: p <- p (1 - eta wd) - eta c_adam s (m_adam r')
             if weight_decay:
                 pw.mul_(decay)
-            pw.addcmul_(ma, r, value=a_coef)
-            if low:
-                ps.copy_(pw)
-        return
-    hdim, wdt = hw.w1.shape[0], hw.w1.dtype
-    lim, mc = FEATURE_CLIP, hw.mag_clip
-    bounds = (lim / s, lim / (cf * s), lim / (ca * s), lim / (cs * s), lim * rms[0], lim * rms[1])
-    scale = torch.tensor([s, cf * s, ca * s, cs * s, 1.0 / rms[0], 1.0 / rms[1]], dtype=wdt, device=p.device)
-    w1s = hw.w1 * scale
-    out_scale = torch.tensor([[hw.dir_scale * eta], [hw.mag_scale]], dtype=wdt, device=p.device)
-    w2s, b2s = hw.w2 * out_scale, hw.b2[:, None] * out_scale  # rows: eta * dir_scale * o_dir, u
-    nblocks = -(-nrows // per)
-    if kind == "edge":  # z = W1 y + ctx_src (+ step bias) in one addmm, then + ctx_dst per row
-        src = st["ctx_src"] + sc.sb[:, None]  # [H, C], broadcast over a kernel's S entries and the block's rows
-        inp = src[:, None, :, None].expand(hdim, per, src.shape[1], row // src.shape[1]).reshape(hdim, size)
-        inps = [inp] * (nrows // per) + ([inp[:, :(nrows % per) * row]] if nrows % per else [])
-        rows_ctx = st["ctx_dst"].t().unsqueeze(-1).split(per, dim=1)  # [H, rows, 1] per block
-    elif kind == "node":
-        inps, rows_ctx = (st["ctx"] + sc.sb[:, None]).split(size, dim=1), [None] * nblocks
-    else:
-        inps, rows_ctx = [sc.sb[:, None]] * nblocks, [None] * nblocks
-    for (ps, gs, mf, ma, ms, v), inp, cd in zip(blocks, inps, rows_ctx):
-        mf.lerp_(gs, 1 - b_fast)
-        ma.lerp_(gs, 1 - b1)
-        ms.lerp_(gs, 1 - b_slow)
-        v.mul_(b2).addcmul_(gs, gs, value=1 - b2)
-        vw = scratch.views(ps.numel(), row)
-        r = torch.add(v, e2, out=vw.r).rsqrt_()
-        pw = vw.p32.copy_(ps) if low else ps
-        y0, y1, y2, y3, y4, y5 = vw.ys
-        torch.mul(gs, r, out=y0).clamp_(-bounds[0], bounds[0])
-        torch.mul(mf, r, out=y1).clamp_(-bounds[1], bounds[1])
-        _clamp_into(torch.mul(ma, r, out=vw.adam), bounds[2], y2)
-        torch.mul(ms, r, out=y3).clamp_(-bounds[3], bounds[3])
-        _clamp_into(pw, bounds[4], y4)
-        _clamp_into(gs, bounds[5], y5)
-        torch.addmm(inp, w1s, vw.y, out=vw.z)
-        if cd is not None:
-            vw.z_rows.add_(cd)
-        torch.addmm(b2s, w2s, vw.z.relu_(), out=vw.o)
-        if weight_decay:
-            pw.mul_(decay)
-        pw.addcmul_(vw.adam, vw.o_mag.clamp_(-mc, mc).exp_(), value=a_coef).sub_(vw.o_dir)
-        if low:
+            pw.addcmul_(blk[3], r, value=a_coef)
+        else:
+            _features_(blk, pw, r, prm.bounds, vw)
+            _apply_(prm, k, vw.y, pw, vw.adam, vw, a_coef, decay)
+        if prm.low:
             ps.copy_(pw)
+    prm.finish()
+
+
+class _Group:
+    """A group step's parameters, prepared with one host read (step counts, norms)."""
+
+    def __init__(self, learned: LearnedUpdate, spec: GraphSpec, params: Sequence[Tensor],
+                 grads: Sequence[Tensor | None], states: Sequence[dict[str, Tensor]], betas: tuple[float, float],
+                 eps: float, total: int | None, base: Collection[int], lr: float | Tensor, all_norms: bool = False):
+        cfg = learned.cfg
+        self.cfg, self.betas, self.momenta = cfg, betas, cfg.momenta
+        self.active = [i for i, g in enumerate(grads) if g is not None]
+        for i in self.active:
+            if not states[i]:
+                states[i].update(init_state(params[i]))
+        self.hws = hws = (learned.head_weights(free=False), learned.head_weights(free=True))
+        self.heads = [i for i in self.active if i not in base]
+        normed = self.active if all_norms else self.heads
+        # one host read: step counts and the two norms of each parameter whose features are needed
+        reads = [torch.stack([states[i]["step"].to(torch.float64) for i in self.active])]
+        for i in normed:
+            cdt = compute_dtype(params[i])
+            reads.append(torch.stack([torch.linalg.vector_norm(params[i], dtype=cdt),
+                                      torch.linalg.vector_norm(grads[i], dtype=cdt)]).to(torch.float64))
+        eta = lr * cfg.base_lr
+        if isinstance(eta, Tensor):
+            reads.append(eta.reshape(1).to(torch.float64))
+        flat = torch.cat([x.reshape(-1).to(reads[0].device) for x in reads]).tolist()
+        self.eta = flat[-1] if isinstance(eta, Tensor) else float(eta)
+        n = len(self.active)
+        rms = {i: tuple(math.sqrt(flat[n + 2 * k + j] ** 2 / max(params[i].numel(), 1) + 1e-12) for j in (0, 1))
+               for k, i in enumerate(normed)}
+        memo: dict[tuple[float, bool], _Scalars] = {}
+        self.params: dict[int, _Param] = {}
+        for i, t in zip(self.active, flat[:n]):
+            free = spec.params[i].kind == "free"
+            if (t + 1, free) not in memo:
+                memo[t + 1, free] = _scalars(hws[free], t + 1, betas, eps, cfg.momenta, total)
+            self.params[i] = _Param(hws[free], params[i], grads[i], states[i], spec.params[i].kind,
+                                    head_view(spec, i, params[i].shape), memo[t + 1, free], rms.get(i), i in base)
+        self.scratch: dict[tuple, _Scratch] = {}
+        self.etas = {i: self.eta for i in self.active}
+
+    def log_steps(self) -> None:
+        """v2: each head parameter's step size ``eta e**sigma`` (one host read), from its state's ``ctx_lr``."""
+        if self.cfg.tensor_lr and self.heads:
+            sig = torch.stack([_log_step(self.params[i].hw, self.params[i].sc, self.params[i].st.get("ctx_lr", 0.0))
+                               for i in self.heads])
+            self.etas.update(zip(self.heads, (torch.exp(sig.to(torch.float64)) * self.eta).tolist()))
+
+    def scratch_for(self, prm: _Param) -> _Scratch:
+        key = (prm.st["v"].dtype, prm.hw.w1.dtype, prm.p.device)
+        if key not in self.scratch:
+            n = max(q.per * q.row for q in self.params.values())
+            self.scratch[key] = _Scratch(n, prm.hw.w1.shape[0], *key)
+        return self.scratch[key]
 
 
 def fast_group_step_(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[Tensor],
@@ -232,61 +325,73 @@ def fast_group_step_(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[T
         lr: multiplier of ``learned.cfg.base_lr``.
         base: indices of parameters that take the base (Adam-like) step instead of the learned one.
     """
-    cfg = learned.cfg
-    active = [i for i, g in enumerate(grads) if g is not None]
-    if not active:
+    if not any(g is not None for g in grads):
         return
-    for i in active:
-        if not states[i]:
-            states[i].update(init_state(params[i]))
-    hws = (learned.head_weights(free=False), learned.head_weights(free=True))
-    eta = lr * cfg.base_lr
-    heads = [i for i in active if i not in base]
-    # one host read for every number the step needs: step counts, the two norms of each head parameter, and
-    # (v2) each head parameter's log step
-    reads = [torch.stack([states[i]["step"].to(torch.float64) for i in active])]
-    for i in heads:
-        cdt = compute_dtype(params[i])
-        reads.append(torch.stack([torch.linalg.vector_norm(params[i], dtype=cdt),
-                                  torch.linalg.vector_norm(grads[i], dtype=cdt)]).to(torch.float64))
-    ts = {i: t + 1 for i, t in zip(active, reads[0].tolist())}
-    scalars: dict[tuple[float, bool], _Scalars] = {}
+    grp = _Group(learned, spec, params, grads, states, betas, eps, total_steps, base, lr)
+    grp.log_steps()
+    for i, prm in grp.params.items():
+        _step_(prm, betas, grp.momenta, grp.etas[i], weight_decay, grp.scratch_for(prm))
 
-    def scalars_of(i: int) -> _Scalars:
-        key = (ts[i], spec.params[i].kind == "free")
-        if key not in scalars:
-            scalars[key] = _scalars(hws[key[1]], ts[i], betas, eps, cfg.momenta, total_steps)
-        return scalars[key]
 
-    if cfg.tensor_lr and heads:
-        sig = torch.stack([_log_step(hws[spec.params[i].kind == "free"], scalars_of(i), states[i].get("ctx_lr", 0.0))
-                           for i in heads])
-        reads.append(torch.exp(sig).to(torch.float64) * float(eta))
-    flat = torch.cat([x.reshape(-1).to(reads[0].device) for x in reads]).tolist()
-    eta = float(eta)
-    etas = dict(zip(heads, flat[len(active) + 2 * len(heads):])) if cfg.tensor_lr else {}
-    rms = {i: tuple(math.sqrt(flat[len(active) + 2 * k + j] ** 2 / max(params[i].numel(), 1) + 1e-12)
-                    for j in (0, 1)) for k, i in enumerate(heads)}
-    scratch: dict[tuple, _Scratch] = {}
-    for i in active:
-        p, g, st = params[i], grads[i], states[i]
-        kind = spec.params[i].kind
-        hw = hws[kind == "free"]
-        view = head_view(spec, i, p.shape)
-        cdt = st["v"].dtype
-        key = (cdt, hw.w1.dtype, p.device)
-        if key not in scratch:
-            n = max(math.prod(_rows(head_view(spec, j, params[j].shape))[1:]) for j in active)
-            scratch[key] = _Scratch(n, hw.w1.shape[0], cdt, hw.w1.dtype, p.device)
-        g = g.to(cdt)
-        if not (p.is_contiguous() and g.is_contiguous()):
-            p_c, g = p.contiguous(), g.contiguous()
-        else:
-            p_c = p
-        _update_(hw, p_c, g, st, kind, view, betas, cfg.momenta, scalars_of(i), etas.get(i, eta), weight_decay,
-                 rms.get(i), scratch[key])
-        if p_c is not p:
-            p.copy_(p_c)
+def fast_encoder_step_(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[Tensor],
+                       grads: Sequence[Tensor | None], states: Sequence[dict[str, Tensor]], *, lr: float | Tensor,
+                       betas: tuple[float, float], eps: float, weight_decay: float, total_steps: int | None = None,
+                       base: Collection[int] = ()) -> None:
+    """A step that runs the encoder, in place: as :func:`fast_group_step_`, with the node terms recomputed.
+
+    The moments and the entry features of the parameters on the graph are computed block by block into one
+    ``[*shape, F]`` tensor per parameter (the encoder's input, as the reference's), the encoder runs
+    (:func:`~lopt_graphs.optim.functional.node_contexts`), its node terms go into the states, and then the head
+    and the update run block by block on those features; graph-free parameters take the usual step.
+    """
+    from . import functional
+
+    if not any(g is not None for g in grads):
+        return
+    grp = _Group(learned, spec, params, grads, states, betas, eps, total_steps, base, lr, all_norms=True)
+    full: list[Tensor] = []
+    for i, p in enumerate(params):
+        prm = grp.params.get(i)
+        if prm is None or prm.kind == "free":  # the encoder reads no features of graph-free parameters
+            full.append(p.new_zeros(*p.shape, 6, dtype=compute_dtype(p)))
+            continue
+        prm.st["step"].add_(1)
+        x = torch.empty(*p.shape, 6, dtype=prm.st["v"].dtype, device=p.device)
+        full.append(x)
+        scratch = grp.scratch_for(prm)
+        for blk, xb in zip(prm.blocks, x.view(-1, 6).split(prm.per * prm.row)):
+            vw = scratch.views(blk[0].numel(), prm.row)
+            r = _moments_(blk, betas, grp.momenta, prm.sc, vw)
+            _features_(blk, vw.p32.copy_(blk[0]) if prm.low else blk[0], r, prm.bounds, vw)
+            torch.mul(vw.y.t(), prm.scale, out=xb)  # the features themselves: [m, 6]
+    ctxs = functional.node_contexts(learned, spec, full)
+    for i in grp.active:
+        states[i].update(ctxs[i])
+    grp.log_steps()
+    for i, prm in grp.params.items():
+        if prm.kind == "free":
+            _step_(prm, betas, grp.momenta, grp.etas[i], weight_decay, grp.scratch_for(prm))
+            continue
+        eta = grp.etas[i]
+        a_coef, decay = -eta * prm.sc.c[1] * prm.sc.s, 1.0 - eta * weight_decay
+        scratch = grp.scratch_for(prm)
+        if not prm.base:
+            prm.head_inputs(eta, unscaled=True)
+        wdt = prm.hw.w1.dtype
+        for k, (blk, xb) in enumerate(zip(prm.blocks, full[i].view(-1, 6).split(prm.per * prm.row))):
+            ps, ma, v = blk[0], blk[3], blk[5]
+            vw = scratch.views(ps.numel(), prm.row)
+            r = torch.add(v, prm.sc.e2, out=vw.r).rsqrt_()
+            pw = vw.p32.copy_(ps) if prm.low else ps
+            if prm.base:
+                if weight_decay:
+                    pw.mul_(decay)
+                pw.addcmul_(ma, r, value=a_coef)
+            else:
+                _apply_(prm, k, xb.t().to(wdt), pw, torch.mul(ma, r, out=vw.adam), vw, a_coef, decay)
+            if prm.low:
+                ps.copy_(pw)
+        prm.finish()
 
 
 def fast_param_step(hw: HeadWeights, p: Tensor, g: Tensor, st: dict[str, Tensor], kind: str,
@@ -306,10 +411,10 @@ def fast_param_step(hw: HeadWeights, p: Tensor, g: Tensor, st: dict[str, Tensor]
         rms = tuple(math.sqrt(float(torch.linalg.vector_norm(x, dtype=cdt)) ** 2 / x.numel() + 1e-12) for x in (p, g))
         if hw.lr_w is not None:
             eta = eta * torch.exp(_log_step(hw, sc, st.get("ctx_lr", 0.0)))
-    scratch = _Scratch(math.prod(_rows(view)[1:]), hw.w1.shape[0], st["v"].dtype, hw.w1.dtype, p.device)
-    _update_(hw, p, g.to(st["v"].dtype).contiguous(), st, kind, view, betas, momenta, sc, float(eta), weight_decay,
-             rms, scratch)
-    return p, st
+    prm = _Param(hw, p, g, st, kind, view, sc, rms, base)
+    scratch = _Scratch(prm.per * prm.row, hw.w1.shape[0], st["v"].dtype, hw.w1.dtype, p.device)
+    _step_(prm, betas, momenta, float(eta), weight_decay, scratch)
+    return p, prm.st
 
 
 def fast_step_agrees(learned: LearnedUpdate, atol: float = 1e-5) -> bool:

@@ -17,7 +17,7 @@ from . import functional as _functional
 from . import learned as _learned
 from .bn_scale import base_step
 from .checkpoint import load_learned_update
-from .fast_step import fast_group_step_, fast_step_agrees
+from .fast_step import fast_encoder_step_, fast_group_step_, fast_step_agrees
 from .functional import apply_update, count_nonfinite, entry_features, ngo_update, node_contexts, param_step
 from .learned import LearnedUpdate
 
@@ -206,28 +206,29 @@ class NeuralGraphOptimizer(Optimizer):
                 if isinstance(v, Tensor) and k in self.state[p]:
                     self.state[p][k] = v.to(device=p.device, copy=True)
 
-    def _fast(self, gi: int, params: list[Tensor], grads: list[Tensor | None], spec: GraphSpec) -> bool:
-        """Whether group ``gi``'s step takes the eager fast path (:mod:`lopt_graphs.optim.fast_step`): eager, a
-        usual step (no encoder run), a parameter of at least ``FAST_MIN_NUMEL`` entries (set it to inf to
-        disable), no diagnostics, the reference head not wrapped, and the maths checked once per optimizer."""
+    def _fast(self, gi: int, params: list[Tensor], grads: list[Tensor | None], spec: GraphSpec) -> Callable | None:
+        """The eager fast path (:mod:`lopt_graphs.optim.fast_step`) group ``gi``'s step takes, if any: its usual
+        step or its encoder step. Taken when eager, with a parameter of at least ``FAST_MIN_NUMEL`` entries (set
+        it to inf to disable), without diagnostics, the reference head not wrapped, and the maths checked once
+        per optimizer."""
         if self.compile or self.record_diagnostics or not any(p.numel() >= fast_step.FAST_MIN_NUMEL for p in params):
-            return False
+            return None
         if _functional.head is not _learned.head:  # the reference head is wrapped (instrumentation): keep it
-            return False
-        active = [i for i, g in enumerate(grads) if g is not None]
-        states = [self.state[p] if p in self.state else {} for p in params]
-        first = states[active[0]]
-        t = int(first["step"]) + 1 if first else 1
-        every = self.param_groups[gi]["encoder_every"] or self.learned.cfg.encoder_every
-        if _functional.runs_encoder(spec, states, active, t, every):
-            return False
+            return None
         if self._fast_ok is None:  # once: the fast path must reproduce the reference maths
             self._fast_ok = fast_step_agrees(self.learned)
             if not self._fast_ok:
                 warnings.warn("NeuralGraphOptimizer: the eager fast step does not reproduce the reference "
                               "update for this checkpoint; using the reference (slower) step",
                               RuntimeWarning, stacklevel=3)
-        return self._fast_ok
+        if not self._fast_ok:
+            return None
+        active = [i for i, g in enumerate(grads) if g is not None]
+        states = [self.state[p] if p in self.state else {} for p in params]
+        first = states[active[0]]
+        t = int(first["step"]) + 1 if first else 1
+        every = self.param_groups[gi]["encoder_every"] or self.learned.cfg.encoder_every
+        return fast_encoder_step_ if _functional.runs_encoder(spec, states, active, t, every) else fast_group_step_
 
     def _compiled(self) -> dict[str, Callable]:
         if not self.compile:
@@ -287,12 +288,12 @@ class NeuralGraphOptimizer(Optimizer):
                 self.learned.to(device)
             spec = self._specs[gi].to(device)
             base = set(spec.scale_invariant) if self.bn_weights == "base" else set()
-            if self._fast(gi, params, grads, spec):  # in place, the base step included
+            fast = self._fast(gi, params, grads, spec)
+            if fast is not None:  # in place, the base step included
                 states = [self.state[p] if g is not None or p in self.state else {} for p, g in zip(params, grads)]
-                fast_group_step_(self.learned, spec, [p.detach() for p in params], grads, states,
-                                 lr=group["lr"], betas=group["betas"],
-                                 eps=group["eps"], weight_decay=group["weight_decay"],
-                                 total_steps=group.get("total_steps"), base=base)
+                fast(self.learned, spec, [p.detach() for p in params], grads, states, lr=group["lr"],
+                     betas=group["betas"], eps=group["eps"], weight_decay=group["weight_decay"],
+                     total_steps=group.get("total_steps"), base=base)
                 continue
             states = [dict(self.state[p]) if p in self.state else {} for p in params]
             new_params, new_states = ngo_update(
