@@ -97,32 +97,32 @@ class _Views(NamedTuple):
     r: Tensor  # r' = (v + eps^2 (1 - b2^t))^-1/2
     adam: Tensor  # m_adam r'
     p32: Tensor  # a float32 copy of a low-precision parameter's block
-    y: Tensor  # [6, m] the features, scaled (see the module docstring)
+    y: Tensor  # [7, m]: the six features, scaled (see the module docstring), and a row of ones (the step bias)
     ys: tuple[Tensor, ...]  # its rows
+    y01: Tensor  # rows 0 and 1
     z: Tensor  # [H, m]
     z_rows: Tensor  # [H, m // row, row]
-    o: Tensor  # [2, m]: eta dir_scale o_dir, u
+    o: Tensor  # [2, m]: dir_scale o_dir, u
     o_dir: Tensor
     o_mag: Tensor
 
 
 class _Scratch:
-    """Flat work buffers reused by every block of a group step, and their views for a block of ``m`` entries
-    (made once per size: a block's Python overhead is a good part of its cost)."""
+    """Work buffers reused by every block of a group step, and their views for a block of ``m`` entries (made
+    once per size: a block's Python overhead is a good part of its cost)."""
 
     def __init__(self, n: int, hdim: int, cdt: torch.dtype, wdt: torch.dtype, device: torch.device):
         self.hdim = hdim
-        self.flat = {"r": torch.empty(n, dtype=cdt, device=device), "adam": torch.empty(n, dtype=cdt, device=device),
-                     "p32": torch.empty(n, dtype=cdt, device=device), "y": torch.empty(6 * n, dtype=wdt, device=device),
-                     "z": torch.empty(hdim * n, dtype=wdt, device=device),
-                     "o": torch.empty(2 * n, dtype=wdt, device=device)}
+        self.r, self.adam, self.p32 = (torch.empty(n, dtype=cdt, device=device) for _ in range(3))
+        self.y = torch.empty(7, n, dtype=wdt, device=device)
+        self.y[6] = 1.0
+        self.z, self.o = torch.empty(hdim * n, dtype=wdt, device=device), torch.empty(2 * n, dtype=wdt, device=device)
         self._views: dict[tuple[int, int], _Views] = {}
 
     def views(self, m: int, row: int) -> _Views:
         if (m, row) not in self._views:
-            b = self.flat
-            y, z, o = b["y"][:6 * m].view(6, m), b["z"][:self.hdim * m].view(self.hdim, m), b["o"][:2 * m].view(2, m)
-            self._views[m, row] = _Views(b["r"][:m], b["adam"][:m], b["p32"][:m], y, y.unbind(0), z,
+            y, z, o = self.y[:, :m], self.z[:self.hdim * m].view(self.hdim, m), self.o[:2 * m].view(2, m)
+            self._views[m, row] = _Views(self.r[:m], self.adam[:m], self.p32[:m], y, y.unbind(0), y[:2], z,
                                          z.view(self.hdim, m // row, row), o, *o.unbind(0))
         return self._views[m, row]
 
@@ -135,21 +135,38 @@ def _rows(view: Sequence[int]) -> tuple[int, int, int]:
     return nrows, row, max(1, min(nrows, BLOCK // row))
 
 
+def _blocks(p: Tensor, st: dict[str, Tensor], size: int, cache: dict) -> list[tuple[Tensor, ...]]:
+    """Block views of a parameter and its moments, cached while they are the same tensors (a view costs a few
+    microseconds; a large parameter has tens of blocks)."""
+    key = (p.data_ptr(), size, *(st[k] for k in _MOMENTS))
+    if cache.get("blocks_key") is None or not _same(cache["blocks_key"], key):
+        cache["blocks_key"] = key
+        cache["blocks"] = list(zip(*(x.view(-1).split(size) for x in (p, *(st[k] for k in _MOMENTS)))))
+    return cache["blocks"]
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    return len(a) == len(b) and all(x is y if isinstance(x, Tensor) else x == y for x, y in zip(a, b))
+
+
+_MOMENTS = ("m_fast", "m_adam", "m_slow", "v")
+
+
 class _Param:
     """One parameter of a group step: its tensors split into blocks, its scalars, its head's inputs."""
 
     def __init__(self, hw: HeadWeights, p: Tensor, g: Tensor, st: dict[str, Tensor], kind: str,
-                 view: Sequence[int], sc: _Scalars, rms: tuple[float, float] | None, base: bool):
-        for k in ("m_fast", "m_adam", "m_slow", "v"):
+                 view: Sequence[int], sc: _Scalars, rms: tuple[float, float] | None, base: bool, cache: dict):
+        for k in _MOMENTS:
             if not st[k].is_contiguous():
                 st[k] = st[k].contiguous()
-        self.hw, self.p, self.st, self.kind, self.sc, self.base = hw, p, st, kind, sc, base
+        self.hw, self.p, self.st, self.kind, self.sc, self.base, self.cache = hw, p, st, kind, sc, base, cache
         self.work = p if p.is_contiguous() else p.contiguous()  # written back by finish()
-        g = g.to(st["v"].dtype).contiguous()
+        self.g = g.to(st["v"].dtype).contiguous()
         self.nrows, self.row, self.per = _rows(view)
         size = self.per * self.row
-        self.blocks = list(zip(*(x.view(-1).split(size) for x in (self.work, g, st["m_fast"], st["m_adam"],
-                                                                     st["m_slow"], st["v"]))))
+        self.blocks = _blocks(self.work, st, size, cache)
+        self.gs = self.g.view(-1).split(size)
         self.low = p.dtype != st["v"].dtype  # bfloat16/float16 parameter: update a float32 copy of each block
         if rms is not None:  # clip bounds of the scaled features, and their scales (see the module docstring)
             s, (cf, ca, cs) = sc.s, sc.c
@@ -158,39 +175,31 @@ class _Param:
             self.scale = torch.tensor([s, cf * s, ca * s, cs * s, 1.0 / rms[0], 1.0 / rms[1]], dtype=hw.w1.dtype,
                                       device=p.device)
 
-    def head_inputs(self, eta: float, unscaled: bool = False) -> None:
-        """The head's weights with the scalars folded in, and its per-block node terms (from the state)."""
-        hw, st, sc = self.hw, self.st, self.sc
-        hdim, per, row = hw.w1.shape[0], self.per, self.row
-        self.w1 = hw.w1 if unscaled else hw.w1 * self.scale
-        out_scale = torch.tensor([[hw.dir_scale * eta], [hw.mag_scale]], dtype=hw.w1.dtype, device=self.p.device)
-        self.w2, self.b2 = hw.w2 * out_scale, hw.b2[:, None] * out_scale  # rows: eta * dir_scale * o_dir, u
-        nblocks = len(self.blocks)
-        if self.kind == "edge":  # z = W1 y + ctx_src (+ step bias) in one addmm, then + ctx_dst per row
-            src = st["ctx_src"] + sc.sb[:, None]  # [H, C], broadcast over a kernel's S entries and a block's rows
-            inp = src[:, None, :, None].expand(hdim, per, src.shape[1], row // src.shape[1]).reshape(hdim, per * row)
-            last = self.nrows % per
-            self.inps = [inp] * (self.nrows // per) + ([inp[:, :last * row]] if last else [])
-            self.rows_ctx = st["ctx_dst"].t().unsqueeze(-1).split(per, dim=1)  # [H, rows, 1] per block
+    def node_terms(self) -> None:
+        """The head's per-block node terms, from the state, cached until the encoder next runs: edges
+        ``ctx_src`` tiled over a block (the first matmul's input) and ``ctx_dst`` per block of rows; node
+        parameters their ``ctx`` per block."""
+        st, c, per, row = self.st, self.cache, self.per, self.row
+        if self.kind == "edge":
+            key = (st["ctx_src"], st["ctx_dst"], per, row)
+            if c.get("ctx_key") is None or not _same(c["ctx_key"], key):
+                src = st["ctx_src"]  # [H, C], broadcast over a kernel's S entries and a block's rows
+                hdim = src.shape[0]
+                tiled = src[:, None, :, None].expand(hdim, per, src.shape[1], row // src.shape[1]).reshape(hdim, -1)
+                last = self.nrows % per
+                c["ctx_key"], c["inps"] = key, [tiled] * (self.nrows // per) + ([tiled[:, :last * row]] if last else [])
+                c["rows_ctx"] = st["ctx_dst"].t().unsqueeze(-1).split(per, dim=1)  # [H, rows, 1] per block
         elif self.kind == "node":
-            self.inps, self.rows_ctx = (st["ctx"] + sc.sb[:, None]).split(per * row, dim=1), [None] * nblocks
+            key = (st["ctx"], per)
+            if c.get("ctx_key") is None or not _same(c["ctx_key"], key):
+                c["ctx_key"], c["inps"], c["rows_ctx"] = key, st["ctx"].split(per * row, dim=1), [None] * len(self.blocks)
         else:
-            self.inps, self.rows_ctx = [sc.sb[:, None]] * nblocks, [None] * nblocks
+            c["inps"], c["rows_ctx"] = [None] * len(self.blocks), [None] * len(self.blocks)
+        self.inps, self.rows_ctx = c["inps"], c["rows_ctx"]
 
     def finish(self) -> None:
         if self.work is not self.p:
             self.p.copy_(self.work)
-
-
-def _moments_(blk: tuple[Tensor, ...], betas: tuple[float, float], momenta: tuple[float, float], sc: _Scalars,
-              vw: _Views) -> Tensor:
-    """Advance a block's moments in place; returns ``r'``."""
-    _, gs, mf, ma, ms, v = blk
-    mf.lerp_(gs, 1 - momenta[0])
-    ma.lerp_(gs, 1 - betas[0])
-    ms.lerp_(gs, 1 - momenta[1])
-    v.mul_(betas[1]).addcmul_(gs, gs, value=1 - betas[1])
-    return torch.add(v, sc.e2, out=vw.r).rsqrt_()
 
 
 def _clamp_into(x: Tensor, bound: float, out: Tensor) -> None:
@@ -201,54 +210,78 @@ def _clamp_into(x: Tensor, bound: float, out: Tensor) -> None:
         out.copy_(x).clamp_(-bound, bound)
 
 
-def _features_(blk: tuple[Tensor, ...], pw: Tensor, r: Tensor, bounds: tuple[float, ...], vw: _Views) -> None:
-    """A block's scaled features into ``vw.y`` and ``m_adam r'`` into ``vw.adam``."""
-    _, gs, mf, ma, ms, _ = blk
-    y0, y1, y2, y3, y4, y5 = vw.ys
-    torch.mul(gs, r, out=y0).clamp_(-bounds[0], bounds[0])
-    torch.mul(mf, r, out=y1).clamp_(-bounds[1], bounds[1])
-    _clamp_into(torch.mul(ma, r, out=vw.adam), bounds[2], y2)
-    torch.mul(ms, r, out=y3).clamp_(-bounds[3], bounds[3])
-    _clamp_into(pw, bounds[4], y4)
-    _clamp_into(gs, bounds[5], y5)
-
-
-def _apply_(prm: _Param, k: int, feats: Tensor, pw: Tensor, adam: Tensor, vw: _Views, a_coef: float,
-            decay: float) -> None:
-    """The head on block ``k``'s features (``[6, m]``, any strides) and the parameter's update, in place."""
-    torch.addmm(prm.inps[k], prm.w1, feats, out=vw.z)
-    if prm.rows_ctx[k] is not None:
-        vw.z_rows.add_(prm.rows_ctx[k])
-    torch.addmm(prm.b2, prm.w2, vw.z.relu_(), out=vw.o)
-    if decay != 1.0:
-        pw.mul_(decay)
-    mc = prm.hw.mag_clip
-    pw.addcmul_(adam, vw.o_mag.clamp_(-mc, mc).exp_(), value=a_coef).sub_(vw.o_dir)
-
-
 def _step_(prm: _Param, betas: tuple[float, float], momenta: tuple[float, float], eta: float, weight_decay: float,
-           scratch: _Scratch) -> None:
-    """One parameter's whole step, block by block, in place (``prm.base``: the base step, no head)."""
+           scratch: _Scratch, w1: Tensor | None = None, w2: Tensor | None = None, b2: Tensor | None = None) -> None:
+    """One parameter's whole step, block by block, in place (``prm.base``: the base step, no head). ``w1``:
+    the head's first layer with a step-bias column ``[H, 7]``; ``w2``/``b2`` its output layer, scaled."""
+    b1, b2_ = betas
+    bf, bs = momenta
     prm.st["step"].add_(1)
-    a_coef = -eta * prm.sc.c[1] * prm.sc.s  # p += a_coef * (m_adam r') [* exp(clip(u))]
+    e2, a_coef = prm.sc.e2, -eta * prm.sc.c[1] * prm.sc.s  # p += a_coef * (m_adam r') [* exp(clip(u))]
     decay = 1.0 - eta * weight_decay
+    row, low = prm.row, prm.low
     if not prm.base:
-        prm.head_inputs(eta)
-    for k, blk in enumerate(prm.blocks):
-        ps = blk[0]
-        vw = scratch.views(ps.numel(), prm.row)
-        r = _moments_(blk, betas, momenta, prm.sc, vw)
-        pw = vw.p32.copy_(ps) if prm.low else ps
+        prm.node_terms()
+        w1s = w1 * torch.cat([prm.scale, prm.scale.new_ones(1)])
+        bd = prm.bounds
+        merged = bd[0] == bd[1]  # the fast momentum's bias correction is 1 from t = 54 on: one clip for both
+        mc = prm.hw.mag_clip
+    for k, ((ps, mf, ma, ms, v), gs) in enumerate(zip(prm.blocks, prm.gs)):
+        vw = scratch.views(ps.numel(), row)
+        mf.lerp_(gs, 1 - bf)
+        ma.lerp_(gs, 1 - b1)
+        ms.lerp_(gs, 1 - bs)
+        v.mul_(b2_).addcmul_(gs, gs, value=1 - b2_)
+        r = torch.add(v, e2, out=vw.r).rsqrt_()
+        pw = vw.p32.copy_(ps) if low else ps
         if prm.base:  # the base step: p <- p (1 - eta wd) - eta c_adam s (m_adam r')
             if weight_decay:
                 pw.mul_(decay)
-            pw.addcmul_(blk[3], r, value=a_coef)
+            pw.addcmul_(ma, r, value=a_coef)
         else:
-            _features_(blk, pw, r, prm.bounds, vw)
-            _apply_(prm, k, vw.y, pw, vw.adam, vw, a_coef, decay)
-        if prm.low:
+            y0, y1, y2, y3, y4, y5, _ = vw.ys
+            torch.mul(gs, r, out=y0)
+            torch.mul(mf, r, out=y1)
+            if merged:
+                vw.y01.clamp_(-bd[0], bd[0])
+            else:
+                y0.clamp_(-bd[0], bd[0])
+                y1.clamp_(-bd[1], bd[1])
+            _clamp_into(torch.mul(ma, r, out=vw.adam), bd[2], y2)
+            torch.mul(ms, r, out=y3).clamp_(-bd[3], bd[3])
+            _clamp_into(pw, bd[4], y4)
+            _clamp_into(gs, bd[5], y5)
+            if weight_decay:  # after the features (they read p before the step)
+                pw.mul_(decay)
+            inp = prm.inps[k]
+            if inp is None:
+                torch.mm(w1s, vw.y, out=vw.z)
+            else:
+                torch.addmm(inp, w1s, vw.y, out=vw.z)
+            cd = prm.rows_ctx[k]
+            if cd is not None:
+                vw.z_rows.add_(cd)
+            torch.addmm(b2, w2, vw.z.relu_(), out=vw.o)
+            pw.addcmul_(vw.adam, vw.o_mag.clamp_(-mc, mc).exp_(), value=a_coef).add_(vw.o_dir, alpha=-eta)
+        if low:
             ps.copy_(pw)
     prm.finish()
+
+
+def grad_norms(grads: Sequence[Tensor | None]) -> list[Tensor | None]:
+    """The 2-norms of the gradients (0-d, in :func:`~lopt_graphs.optim.functional.compute_dtype`), one
+    ``torch._foreach_norm`` per dtype; ``None`` for a missing gradient. A norm is finite exactly when its
+    gradient holds no NaN or Inf (unless the sum of squares overflows), so the optimizer checks them instead of
+    a separate pass, and the fast step reuses them for its ``g / rms(g)`` feature."""
+    out: list[Tensor | None] = [None] * len(grads)
+    by_dtype: dict[torch.dtype, list[int]] = {}
+    for i, g in enumerate(grads):
+        if g is not None:
+            by_dtype.setdefault(compute_dtype(g), []).append(i)
+    for dt, idx in by_dtype.items():
+        for i, n in zip(idx, torch._foreach_norm([grads[i] for i in idx], 2, dtype=dt)):
+            out[i] = n
+    return out
 
 
 class _Group:
@@ -256,7 +289,8 @@ class _Group:
 
     def __init__(self, learned: LearnedUpdate, spec: GraphSpec, params: Sequence[Tensor],
                  grads: Sequence[Tensor | None], states: Sequence[dict[str, Tensor]], betas: tuple[float, float],
-                 eps: float, total: int | None, base: Collection[int], lr: float | Tensor, all_norms: bool = False):
+                 eps: float, total: int | None, base: Collection[int], lr: float | Tensor, cache: dict | None,
+                 gnorms: Sequence[Tensor | None] | None, all_norms: bool = False):
         cfg = learned.cfg
         self.cfg, self.betas, self.momenta = cfg, betas, cfg.momenta
         self.active = [i for i, g in enumerate(grads) if g is not None]
@@ -266,30 +300,43 @@ class _Group:
         self.hws = hws = (learned.head_weights(free=False), learned.head_weights(free=True))
         self.heads = [i for i in self.active if i not in base]
         normed = self.active if all_norms else self.heads
-        # one host read: step counts and the two norms of each parameter whose features are needed
-        reads = [torch.stack([states[i]["step"].to(torch.float64) for i in self.active])]
-        for i in normed:
-            cdt = compute_dtype(params[i])
-            reads.append(torch.stack([torch.linalg.vector_norm(params[i], dtype=cdt),
-                                      torch.linalg.vector_norm(grads[i], dtype=cdt)]).to(torch.float64))
+        gnorms = gnorms if gnorms is not None else grad_norms(grads)
+        pnorms = grad_norms([params[i] if i in normed else None for i in range(len(params))])
+        # one host read: step counts, the norms of each parameter whose features are needed, the step size
+        reads = [states[i]["step"].to(torch.float64) for i in self.active]
+        reads += [x.to(torch.float64) for i in normed for x in (pnorms[i], gnorms[i])]
         eta = lr * cfg.base_lr
         if isinstance(eta, Tensor):
-            reads.append(eta.reshape(1).to(torch.float64))
-        flat = torch.cat([x.reshape(-1).to(reads[0].device) for x in reads]).tolist()
+            reads.append(eta.reshape(()).to(torch.float64))
+        flat = torch.stack([x.to(reads[0].device) for x in reads]).tolist()
         self.eta = flat[-1] if isinstance(eta, Tensor) else float(eta)
         n = len(self.active)
         rms = {i: tuple(math.sqrt(flat[n + 2 * k + j] ** 2 / max(params[i].numel(), 1) + 1e-12) for j in (0, 1))
                for k, i in enumerate(normed)}
         memo: dict[tuple[float, bool], _Scalars] = {}
+        cache = {} if cache is None else cache
         self.params: dict[int, _Param] = {}
         for i, t in zip(self.active, flat[:n]):
             free = spec.params[i].kind == "free"
             if (t + 1, free) not in memo:
                 memo[t + 1, free] = _scalars(hws[free], t + 1, betas, eps, cfg.momenta, total)
             self.params[i] = _Param(hws[free], params[i], grads[i], states[i], spec.params[i].kind,
-                                    head_view(spec, i, params[i].shape), memo[t + 1, free], rms.get(i), i in base)
+                                    head_view(spec, i, params[i].shape), memo[t + 1, free], rms.get(i), i in base,
+                                    cache.setdefault(i, {}))
         self.scratch: dict[tuple, _Scratch] = {}
         self.etas = {i: self.eta for i in self.active}
+        self.layers: dict[tuple[int, int], tuple[Tensor, Tensor, Tensor]] = {}
+
+    def layers_of(self, prm: _Param) -> tuple[Tensor, Tensor, Tensor]:
+        """The head's layers for this step: ``W1`` with the step-bias column ``[H, 7]``, ``W2`` and ``b2`` with
+        their output scales (``dir_scale``, ``mag_scale``)."""
+        key = (id(prm.hw), id(prm.sc))
+        if key not in self.layers:
+            hw = prm.hw
+            out_scale = torch.tensor([[hw.dir_scale], [hw.mag_scale]], dtype=hw.w1.dtype, device=hw.w1.device)
+            self.layers[key] = (torch.cat([hw.w1, prm.sc.sb[:, None]], dim=1), hw.w2 * out_scale,
+                                hw.b2[:, None] * out_scale)
+        return self.layers[key]
 
     def log_steps(self) -> None:
         """v2: each head parameter's step size ``eta e**sigma`` (one host read), from its state's ``ctx_lr``."""
@@ -305,11 +352,16 @@ class _Group:
             self.scratch[key] = _Scratch(n, prm.hw.w1.shape[0], *key)
         return self.scratch[key]
 
+    def step_(self, i: int, weight_decay: float) -> None:
+        prm = self.params[i]
+        _step_(prm, self.betas, self.momenta, self.etas[i], weight_decay, self.scratch_for(prm), *self.layers_of(prm))
+
 
 def fast_group_step_(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[Tensor],
                      grads: Sequence[Tensor | None], states: Sequence[dict[str, Tensor]], *, lr: float | Tensor,
                      betas: tuple[float, float], eps: float, weight_decay: float, total_steps: int | None = None,
-                     base: Collection[int] = ()) -> None:
+                     base: Collection[int] = (), cache: dict | None = None,
+                     gnorms: Sequence[Tensor | None] | None = None) -> None:
     """A usual step (no encoder run) of one parameter group, in place: ``params`` and ``states`` are updated.
 
     The same update as :func:`~lopt_graphs.optim.functional.ngo_update` followed by the optimizer's base step
@@ -324,19 +376,23 @@ def fast_group_step_(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[T
             first time, is initialized).
         lr: multiplier of ``learned.cfg.base_lr``.
         base: indices of parameters that take the base (Adam-like) step instead of the learned one.
+        cache: a dict kept by the caller between steps (block views, tiled node terms; entries are checked
+            against the tensors they were made from). ``None``: nothing is kept.
+        gnorms: the gradients' norms if the caller has them (:func:`grad_norms`).
     """
     if not any(g is not None for g in grads):
         return
-    grp = _Group(learned, spec, params, grads, states, betas, eps, total_steps, base, lr)
+    grp = _Group(learned, spec, params, grads, states, betas, eps, total_steps, base, lr, cache, gnorms)
     grp.log_steps()
-    for i, prm in grp.params.items():
-        _step_(prm, betas, grp.momenta, grp.etas[i], weight_decay, grp.scratch_for(prm))
+    for i in grp.params:
+        grp.step_(i, weight_decay)
 
 
 def fast_encoder_step_(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[Tensor],
                        grads: Sequence[Tensor | None], states: Sequence[dict[str, Tensor]], *, lr: float | Tensor,
                        betas: tuple[float, float], eps: float, weight_decay: float, total_steps: int | None = None,
-                       base: Collection[int] = ()) -> None:
+                       base: Collection[int] = (), cache: dict | None = None,
+                       gnorms: Sequence[Tensor | None] | None = None) -> None:
     """A step that runs the encoder, in place: as :func:`fast_group_step_`, with the node terms recomputed.
 
     The moments and the entry features of the parameters on the graph are computed block by block into one
@@ -348,7 +404,9 @@ def fast_encoder_step_(learned: LearnedUpdate, spec: GraphSpec, params: Sequence
 
     if not any(g is not None for g in grads):
         return
-    grp = _Group(learned, spec, params, grads, states, betas, eps, total_steps, base, lr, all_norms=True)
+    grp = _Group(learned, spec, params, grads, states, betas, eps, total_steps, base, lr, cache, gnorms,
+                 all_norms=True)
+    betas, momenta = grp.betas, grp.momenta
     full: list[Tensor] = []
     for i, p in enumerate(params):
         prm = grp.params.get(i)
@@ -359,36 +417,50 @@ def fast_encoder_step_(learned: LearnedUpdate, spec: GraphSpec, params: Sequence
         x = torch.empty(*p.shape, 6, dtype=prm.st["v"].dtype, device=p.device)
         full.append(x)
         scratch = grp.scratch_for(prm)
-        for blk, xb in zip(prm.blocks, x.view(-1, 6).split(prm.per * prm.row)):
-            vw = scratch.views(blk[0].numel(), prm.row)
-            r = _moments_(blk, betas, grp.momenta, prm.sc, vw)
-            _features_(blk, vw.p32.copy_(blk[0]) if prm.low else blk[0], r, prm.bounds, vw)
-            torch.mul(vw.y.t(), prm.scale, out=xb)  # the features themselves: [m, 6]
+        for (ps, mf, ma, ms, v), gs, xb in zip(prm.blocks, prm.gs, x.view(-1, 6).split(prm.per * prm.row)):
+            vw = scratch.views(ps.numel(), prm.row)
+            mf.lerp_(gs, 1 - momenta[0])
+            ma.lerp_(gs, 1 - betas[0])
+            ms.lerp_(gs, 1 - momenta[1])
+            v.mul_(betas[1]).addcmul_(gs, gs, value=1 - betas[1])
+            r = torch.add(v, prm.sc.e2, out=vw.r).rsqrt_()
+            y = vw.ys
+            for f, (src, bd) in enumerate(zip((torch.mul(gs, r, out=y[0]), torch.mul(mf, r, out=y[1]),
+                                               torch.mul(ma, r, out=y[2]), torch.mul(ms, r, out=y[3]),
+                                               vw.p32.copy_(ps) if prm.low else ps, gs), prm.bounds)):
+                _clamp_into(src, bd, y[f])
+            torch.mul(vw.y[:6].t(), prm.scale, out=xb)  # the features themselves: [m, 6]
     ctxs = functional.node_contexts(learned, spec, full)
     for i in grp.active:
         states[i].update(ctxs[i])
     grp.log_steps()
     for i, prm in grp.params.items():
         if prm.kind == "free":
-            _step_(prm, betas, grp.momenta, grp.etas[i], weight_decay, grp.scratch_for(prm))
+            grp.step_(i, weight_decay)
             continue
         eta = grp.etas[i]
         a_coef, decay = -eta * prm.sc.c[1] * prm.sc.s, 1.0 - eta * weight_decay
         scratch = grp.scratch_for(prm)
         if not prm.base:
-            prm.head_inputs(eta, unscaled=True)
-        wdt = prm.hw.w1.dtype
-        for k, (blk, xb) in enumerate(zip(prm.blocks, full[i].view(-1, 6).split(prm.per * prm.row))):
-            ps, ma, v = blk[0], blk[3], blk[5]
+            prm.node_terms()
+            w1, w2, b2 = grp.layers_of(prm)
+            w1, sb = w1[:, :6], w1[:, 6:]
+        for k, ((ps, _, ma, _, v), xb) in enumerate(zip(prm.blocks, full[i].view(-1, 6).split(prm.per * prm.row))):
             vw = scratch.views(ps.numel(), prm.row)
             r = torch.add(v, prm.sc.e2, out=vw.r).rsqrt_()
             pw = vw.p32.copy_(ps) if prm.low else ps
+            if weight_decay:
+                pw.mul_(decay)
             if prm.base:
-                if weight_decay:
-                    pw.mul_(decay)
                 pw.addcmul_(ma, r, value=a_coef)
-            else:
-                _apply_(prm, k, xb.t().to(wdt), pw, torch.mul(ma, r, out=vw.adam), vw, a_coef, decay)
+            else:  # the head on the features the encoder read
+                torch.addmm(prm.inps[k], w1, xb.t().to(w1.dtype), out=vw.z).add_(sb)
+                if prm.rows_ctx[k] is not None:
+                    vw.z_rows.add_(prm.rows_ctx[k])
+                torch.addmm(b2, w2, vw.z.relu_(), out=vw.o)
+                mc = prm.hw.mag_clip
+                pw.addcmul_(torch.mul(ma, r, out=vw.adam), vw.o_mag.clamp_(-mc, mc).exp_(), value=a_coef)
+                pw.add_(vw.o_dir, alpha=-eta)
             if prm.low:
                 ps.copy_(pw)
         prm.finish()
@@ -411,9 +483,11 @@ def fast_param_step(hw: HeadWeights, p: Tensor, g: Tensor, st: dict[str, Tensor]
         rms = tuple(math.sqrt(float(torch.linalg.vector_norm(x, dtype=cdt)) ** 2 / x.numel() + 1e-12) for x in (p, g))
         if hw.lr_w is not None:
             eta = eta * torch.exp(_log_step(hw, sc, st.get("ctx_lr", 0.0)))
-    prm = _Param(hw, p, g, st, kind, view, sc, rms, base)
+    prm = _Param(hw, p, g, st, kind, view, sc, rms, base, {})
     scratch = _Scratch(prm.per * prm.row, hw.w1.shape[0], st["v"].dtype, hw.w1.dtype, p.device)
-    _step_(prm, betas, momenta, float(eta), weight_decay, scratch)
+    out_scale = torch.tensor([[hw.dir_scale], [hw.mag_scale]], dtype=hw.w1.dtype, device=hw.w1.device)
+    _step_(prm, betas, momenta, float(eta), weight_decay, scratch, torch.cat([hw.w1, sc.sb[:, None]], dim=1),
+           hw.w2 * out_scale, hw.b2[:, None] * out_scale)
     return p, prm.st
 
 

@@ -17,7 +17,7 @@ from . import functional as _functional
 from . import learned as _learned
 from .bn_scale import base_step
 from .checkpoint import load_learned_update
-from .fast_step import fast_encoder_step_, fast_group_step_, fast_step_agrees
+from .fast_step import fast_encoder_step_, fast_group_step_, fast_step_agrees, grad_norms
 from .functional import apply_update, count_nonfinite, entry_features, ngo_update, node_contexts, param_step
 from .learned import LearnedUpdate
 
@@ -117,6 +117,7 @@ class NeuralGraphOptimizer(Optimizer):
         self.last_diagnostics: list[dict] = []
         self._fns: dict[str, Callable] = {}
         self._fast_ok: bool | None = None
+        self._fast_cache: dict[int, dict] = {}  # per group: what the fast step reuses between steps (not state)
         self._given_specs = list(_specs or [])
         self._names: list[list[str]] = []
         self._given_names: list[list[str]] = list(_names or [])
@@ -200,6 +201,7 @@ class NeuralGraphOptimizer(Optimizer):
         saved = state_dict["state"]
         ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         super().load_state_dict(state_dict)
+        self._fast_cache = {}
         params = [p for g in self.param_groups for p in g["params"]]
         for pid, p in zip(ids, params):
             for k, v in saved.get(pid, {}).items():
@@ -246,7 +248,7 @@ class NeuralGraphOptimizer(Optimizer):
         # torch.optim keeps only defaults/state/param_groups; the learned weights and graph specs must come
         # along for deepcopy and pickle. Compiled functions are rebuilt on demand.
         state = dict(self.__dict__)
-        state["_fns"] = {}
+        state["_fns"], state["_fast_cache"] = {}, {}
         return state
 
     @torch.no_grad()
@@ -268,7 +270,12 @@ class NeuralGraphOptimizer(Optimizer):
             if any(g is not None and g.is_sparse for g in grads):
                 raise RuntimeError("NeuralGraphOptimizer does not support sparse gradients; use "
                                    "torch.optim.SparseAdam for sparse parameters in a separate optimizer")
-        bad = int(count_nonfinite([g for grads in all_grads for g in grads]))
+        # one norm per gradient: finite exactly when the gradient holds no NaN/Inf (or its squares overflow: then
+        # the exact count decides); the fast step reuses them
+        norms = grad_norms([g for grads in all_grads for g in grads])
+        present = [n.to(torch.float32) for n in norms if n is not None]
+        finite = not present or bool(torch.isfinite(torch.stack(present)).all())
+        bad = 0 if finite else int(count_nonfinite([g for grads in all_grads for g in grads]))
         if bad:
             self.nonfinite_steps += 1
             warnings.warn(f"NeuralGraphOptimizer: {bad} gradient(s) hold NaN or Inf; the step was skipped and "
@@ -278,6 +285,9 @@ class NeuralGraphOptimizer(Optimizer):
         diag = None
         if self.record_diagnostics:
             self.last_diagnostics = []
+        offsets = [0]
+        for grads in all_grads:
+            offsets.append(offsets[-1] + len(grads))
         for gi, (group, grads) in enumerate(zip(self.param_groups, all_grads)):
             params: list[Tensor] = group["params"]
             diag = [] if self.record_diagnostics else None
@@ -293,8 +303,10 @@ class NeuralGraphOptimizer(Optimizer):
                 states = [self.state[p] if g is not None or p in self.state else {} for p, g in zip(params, grads)]
                 fast(self.learned, spec, [p.detach() for p in params], grads, states, lr=group["lr"],
                      betas=group["betas"], eps=group["eps"], weight_decay=group["weight_decay"],
-                     total_steps=group.get("total_steps"), base=base)
+                     total_steps=group.get("total_steps"), base=base, cache=self._fast_cache.setdefault(gi, {}),
+                     gnorms=norms[offsets[gi]: offsets[gi + 1]])
                 continue
+            self._fast_cache.pop(gi, None)
             states = [dict(self.state[p]) if p in self.state else {} for p in params]
             new_params, new_states = ngo_update(
                 self.learned, spec, [p.detach() for p in params], grads, states,

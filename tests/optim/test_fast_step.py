@@ -294,3 +294,32 @@ def test_self_check_accepts_the_shipped_heads_and_rejects_a_changed_one(monkeypa
     real_scalars = fast_step._scalars
     monkeypatch.setattr(fast_step, "_scalars", lambda hw, t, *a: real_scalars(hw, t + 1, *a))  # off by one step
     assert not fast_step.fast_step_agrees(learned)
+
+
+def _train_big(model, opt, steps, seed):
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x, y = torch.randn(16, 70, generator=g), torch.randn(16, 3, generator=g)
+        opt.zero_grad()
+        (model(x) - y).square().mean().backward()
+        opt.step()
+
+
+def test_fast_path_resumes_exactly_and_follows_replaced_state():
+    """The fast step keeps block views and node terms between steps: a resumed optimizer (``load_state_dict``)
+    must continue identically, also across steps on the reference path (diagnostics on: new state tensors)."""
+    learned = _learned("v2")
+    a = _big_model()
+    opt = NeuralGraphOptimizer(a.parameters(), copy.deepcopy(learned), total_steps=30)
+    _train_big(a, opt, 5, seed=0)
+    b = copy.deepcopy(a)
+    resumed = NeuralGraphOptimizer(b.parameters(), copy.deepcopy(learned), total_steps=30)
+    resumed.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for model, o in ((a, opt), (b, resumed)):
+        _train_big(model, o, 3, seed=1)
+        o.record_diagnostics = True  # the reference path replaces the state tensors...
+        _train_big(model, o, 2, seed=2)
+        o.record_diagnostics = False  # ...and the fast path must read the new ones
+        _train_big(model, o, 4, seed=3)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
