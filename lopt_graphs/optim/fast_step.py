@@ -314,7 +314,7 @@ class _Group:
         rms = {i: tuple(math.sqrt(flat[n + 2 * k + j] ** 2 / max(params[i].numel(), 1) + 1e-12) for j in (0, 1))
                for k, i in enumerate(normed)}
         memo: dict[tuple[float, bool], _Scalars] = {}
-        cache = {} if cache is None else cache
+        self.cache = cache = {} if cache is None else cache
         self.params: dict[int, _Param] = {}
         for i, t in zip(self.active, flat[:n]):
             free = spec.params[i].kind == "free"
@@ -323,7 +323,7 @@ class _Group:
             self.params[i] = _Param(hws[free], params[i], grads[i], states[i], spec.params[i].kind,
                                     head_view(spec, i, params[i].shape), memo[t + 1, free], rms.get(i), i in base,
                                     cache.setdefault(i, {}))
-        self.scratch: dict[tuple, _Scratch] = {}
+        self.scratch: dict[tuple, _Scratch] = cache.setdefault("scratch", {})
         self.etas = {i: self.eta for i in self.active}
         self.layers: dict[tuple[int, int], tuple[Tensor, Tensor, Tensor]] = {}
 
@@ -346,9 +346,11 @@ class _Group:
             self.etas.update(zip(self.heads, (torch.exp(sig.to(torch.float64)) * self.eta).tolist()))
 
     def scratch_for(self, prm: _Param) -> _Scratch:
+        """Work buffers for the parameter's blocks (kept in the cache between steps)."""
         key = (prm.st["v"].dtype, prm.hw.w1.dtype, prm.p.device)
-        if key not in self.scratch:
-            n = max(q.per * q.row for q in self.params.values())
+        n = prm.per * prm.row
+        if key not in self.scratch or self.scratch[key].r.numel() < n or self.scratch[key].hdim != prm.hw.w1.shape[0]:
+            n = max([n] + [q.per * q.row for q in self.params.values()])
             self.scratch[key] = _Scratch(n, prm.hw.w1.shape[0], *key)
         return self.scratch[key]
 
