@@ -34,6 +34,9 @@ block into the encoder's ``[*shape, F]`` input, the encoder, then the head on th
 the base step (``bn_weights="base"``: the weights feeding a BatchNorm) skip the head (the reference computes it
 and discards it).
 
+Both run with subnormal floats flushed to zero (:func:`flush_subnormals`: a change of values below ``1.2e-38``
+only, which avoids the CPU's slow subnormal arithmetic on decaying moments).
+
 :class:`~lopt_graphs.optim.NeuralGraphOptimizer` uses these when ``compile=False`` in groups holding a parameter
 of at least :data:`FAST_MIN_NUMEL` entries (groups of small parameters keep the reference, so the class stays
 bit-identical to :func:`~lopt_graphs.optim.functional.ngo_update` on small models), without
@@ -44,9 +47,10 @@ counts and norms are read as Python numbers: one host read per group step, two w
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
-from typing import Collection, NamedTuple, Sequence
+from typing import Collection, Iterator, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -59,6 +63,26 @@ from .learned import HeadWeights, LearnedUpdate
 FAST_MIN_NUMEL = 4096
 #: Entries per block (whole rows of a weight): a block's ~20 float temporaries per entry stay in a 2 MB L2 cache.
 BLOCK = 16384
+
+
+@contextlib.contextmanager
+def flush_subnormals() -> Iterator[None]:
+    """Subnormal floats (``|x| < 1.2e-38`` in float32) read and written as zero on this thread's CPU (FTZ/DAZ)
+    inside the block, the previous mode restored after it.
+
+    Moments of entries whose gradient has stopped (dead units, always-zero inputs) decay geometrically (the fast
+    momentum halves every step) and pass through the subnormal range, where x86 arithmetic is many times
+    slower: measured on this machine, the fast step of a 269K-weight MLP took 23 ms instead of 11 ms with ~10K
+    subnormal momenta. Flushing changes values only below ``1.2e-38``: a feature ``m r`` of such a moment is
+    below ``1e-30``, far under the float rounding of the update. A no-op where the CPU has no such mode.
+    """
+    already = bool((torch.tensor([1e-39]) * 1.0).item() == 0.0)
+    changed = not already and torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if changed:
+            torch.set_flush_denormal(False)
 
 
 class _Scalars(NamedTuple):

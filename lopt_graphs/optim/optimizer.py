@@ -17,7 +17,7 @@ from . import functional as _functional
 from . import learned as _learned
 from .bn_scale import base_step
 from .checkpoint import load_learned_update
-from .fast_step import fast_encoder_step_, fast_group_step_, fast_step_agrees, grad_norms
+from .fast_step import fast_encoder_step_, fast_group_step_, fast_step_agrees, flush_subnormals, grad_norms
 from .functional import apply_update, count_nonfinite, entry_features, ngo_update, node_contexts, param_step
 from .learned import LearnedUpdate
 
@@ -301,10 +301,11 @@ class NeuralGraphOptimizer(Optimizer):
             fast = self._fast(gi, params, grads, spec)
             if fast is not None:  # in place, the base step included
                 states = [self.state[p] if g is not None or p in self.state else {} for p, g in zip(params, grads)]
-                fast(self.learned, spec, [p.detach() for p in params], grads, states, lr=group["lr"],
-                     betas=group["betas"], eps=group["eps"], weight_decay=group["weight_decay"],
-                     total_steps=group.get("total_steps"), base=base, cache=self._fast_cache.setdefault(gi, {}),
-                     gnorms=norms[offsets[gi]: offsets[gi + 1]])
+                with flush_subnormals():
+                    fast(self.learned, spec, [p.detach() for p in params], grads, states, lr=group["lr"],
+                         betas=group["betas"], eps=group["eps"], weight_decay=group["weight_decay"],
+                         total_steps=group.get("total_steps"), base=base, cache=self._fast_cache.setdefault(gi, {}),
+                         gnorms=norms[offsets[gi]: offsets[gi + 1]])
                 continue
             self._fast_cache.pop(gi, None)
             states = [dict(self.state[p]) if p in self.state else {} for p in params]

@@ -323,3 +323,38 @@ def test_fast_path_resumes_exactly_and_follows_replaced_state():
         _train_big(model, o, 4, seed=3)
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def _flushing() -> bool:
+    return bool((torch.tensor([1e-39]) * 1.0).item() == 0.0)
+
+
+@pytest.mark.parametrize("before", [False, True])
+def test_subnormal_moments_step_as_the_reference_and_the_flush_mode_is_restored(before):
+    """Moments decaying through the subnormal range (a unit whose gradient stopped) are flushed to zero inside the
+    fast step only: the update equals the reference's up to float rounding, and the caller's mode is kept."""
+    learned = _learned("v1")
+    a, b = _big_model(), _big_model()
+    fast = NeuralGraphOptimizer(a.parameters(), copy.deepcopy(learned))
+    ref = NeuralGraphOptimizer(b.parameters(), copy.deepcopy(learned))
+    ref._fast = lambda *_: None
+    g = torch.Generator().manual_seed(0)
+    old = torch.set_flush_denormal(before) and before
+    try:
+        assert _flushing() == old
+        for step in range(12):
+            x, y = torch.randn(16, 70, generator=g), torch.randn(16, 3, generator=g)
+            for model, opt in ((a, fast), (b, ref)):
+                opt.zero_grad()
+                (model(x) - y).square().mean().backward()
+                if step >= 3:  # hidden units 0-9 stop learning: their moments decay
+                    model[0].weight.grad[:10] = 0.0
+                if step == 8:  # and sit in the subnormal range
+                    for st in opt.state.values():
+                        st["m_fast"].view(-1)[:700] = 1e-39
+                opt.step()
+                assert _flushing() == old
+        for p, q, p0 in zip(a.parameters(), b.parameters(), _big_model().parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=_atol(q, p0))
+    finally:
+        torch.set_flush_denormal(False)
