@@ -226,6 +226,11 @@ class _Param:
             self.p.copy_(self.work)
 
 
+def _zero_d(values: Sequence[float], like: Tensor) -> list[Tensor]:
+    """0-d tensors of ``values`` in ``like``'s dtype and device."""
+    return list(torch.tensor(values, dtype=like.dtype, device=like.device).unbind(0))
+
+
 def _clamp_into(x: Tensor, bound: float, out: Tensor) -> None:
     """``out = clip(x, -bound, bound)``; ``out`` may be of a lower precision (the head's dtype)."""
     if x.dtype == out.dtype:
@@ -241,8 +246,9 @@ def _step_(prm: _Param, betas: tuple[float, float], momenta: tuple[float, float]
     b1, b2_ = betas
     bf, bs = momenta
     prm.st["step"].add_(1)
-    e2, a_coef = prm.sc.e2, -eta * prm.sc.c[1] * prm.sc.s  # p += a_coef * (m_adam r') [* exp(clip(u))]
-    decay = 1.0 - eta * weight_decay
+    a_coef = -eta * prm.sc.c[1] * prm.sc.s  # p += a_coef * (m_adam r') [* exp(clip(u))]
+    # 0-d tensors in the state's dtype: a Python number in add(out=)/mul_ costs a conversion per call
+    e2, b2t, decay = _zero_d((prm.sc.e2, b2_, 1.0 - eta * weight_decay), prm.st["v"])
     row, low = prm.row, prm.low
     if not prm.base:
         prm.node_terms()
@@ -255,7 +261,7 @@ def _step_(prm: _Param, betas: tuple[float, float], momenta: tuple[float, float]
         mf.lerp_(gs, 1 - bf)
         ma.lerp_(gs, 1 - b1)
         ms.lerp_(gs, 1 - bs)
-        v.mul_(b2_).addcmul_(gs, gs, value=1 - b2_)
+        v.mul_(b2t).addcmul_(gs, gs, value=1 - b2_)
         r = torch.add(v, e2, out=vw.r).rsqrt_()
         pw = vw.p32.copy_(ps) if low else ps
         if prm.base:  # the base step: p <- p (1 - eta wd) - eta c_adam s (m_adam r')
