@@ -102,6 +102,25 @@ def encoder_due(t: int, every: int) -> bool:
     return (t - 1) % every == 0
 
 
+def runs_encoder(spec: GraphSpec, states: Sequence[dict[str, Tensor]], active: Sequence[int], t: int,
+                 every: int) -> bool:
+    """Whether :func:`ngo_update` runs the encoder at step ``t`` for the parameters ``active``: when one of
+    them sits on the graph and either one lacks cached node terms (a fresh state) or :func:`encoder_due`."""
+    if not any(spec.params[i].kind != "free" for i in active):
+        return False
+    need = any(spec.params[i].kind != "free" and not any(k.startswith("ctx") for k in states[i]) for i in active)
+    return need or encoder_due(t, every)
+
+
+def head_view(spec: GraphSpec, i: int, shape: Sequence[int]) -> tuple[int, ...]:
+    """The shape parameter ``i``'s entries take for the head: ``(O, C)`` or ``(O, C, S)`` for a weight,
+    ``(numel,)`` for a node parameter, ``shape`` itself when graph-free."""
+    slot = spec.params[i]
+    if slot.kind == "edge":
+        return (slot.rows, slot.cols) if slot.entries == 1 else (slot.rows, slot.cols, slot.entries)
+    return (slot.numel,) if slot.kind == "node" else tuple(shape)
+
+
 def node_contexts(learned: LearnedUpdate, spec: GraphSpec, feats: Sequence[Tensor]) -> list[dict[str, Tensor]]:
     """Run the encoder on the graph of ``feats`` and slice its node terms per parameter.
 
@@ -203,8 +222,6 @@ def ngo_update(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[Tensor]
     if not active:
         return list(params), list(states)
     t = int(states[active[0]]["step"]) + 1 if step is None else int(step)
-    need = any(spec.params[i].kind != "free" and not any(k.startswith("ctx") for k in states[i]) for i in active)
-    has_graph = any(spec.params[i].kind != "free" for i in active)
     eta = lr * cfg.base_lr
     if _fns:  # a compiled step specializes on Python floats: pass the (scheduled) step size as a tensor
         eta = torch.as_tensor(eta, dtype=torch.float32, device=params[active[0]].device)
@@ -215,12 +232,9 @@ def ngo_update(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[Tensor]
     hws = (learned.head_weights(free=False), learned.head_weights(free=True))
 
     def view(i: int) -> tuple[int, ...]:
-        slot = spec.params[i]
-        if slot.kind == "edge":
-            return (slot.rows, slot.cols) if slot.entries == 1 else (slot.rows, slot.cols, slot.entries)
-        return (slot.numel,) if slot.kind == "node" else tuple(params[i].shape)
+        return head_view(spec, i, params[i].shape)
 
-    if not (has_graph and (need or encoder_due(t, every))):
+    if not runs_encoder(spec, states, active, t, every):
         # Usual step: features and update fused per parameter, cached node terms reused.
         for i in active:
             out[i], new_states[i] = fns["step"](hws[spec.params[i].kind == "free"], params[i], grads[i], states[i],

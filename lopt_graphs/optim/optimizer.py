@@ -17,7 +17,7 @@ from . import functional as _functional
 from . import learned as _learned
 from .bn_scale import base_step
 from .checkpoint import load_learned_update
-from .fast_step import eager_param_step, fast_step_agrees
+from .fast_step import fast_encoder_step_, fast_group_step_, fast_step_agrees, flush_subnormals, grad_norms
 from .functional import apply_update, count_nonfinite, entry_features, ngo_update, node_contexts, param_step
 from .learned import LearnedUpdate
 
@@ -117,6 +117,7 @@ class NeuralGraphOptimizer(Optimizer):
         self.last_diagnostics: list[dict] = []
         self._fns: dict[str, Callable] = {}
         self._fast_ok: bool | None = None
+        self._fast_cache: dict[int, dict] = {}  # per group: what the fast step reuses between steps (not state)
         self._given_specs = list(_specs or [])
         self._names: list[list[str]] = []
         self._given_names: list[list[str]] = list(_names or [])
@@ -200,28 +201,40 @@ class NeuralGraphOptimizer(Optimizer):
         saved = state_dict["state"]
         ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         super().load_state_dict(state_dict)
+        self._fast_cache = {}
         params = [p for g in self.param_groups for p in g["params"]]
         for pid, p in zip(ids, params):
             for k, v in saved.get(pid, {}).items():
                 if isinstance(v, Tensor) and k in self.state[p]:
                     self.state[p][k] = v.to(device=p.device, copy=True)
 
-    def _compiled(self, params: list[Tensor] = ()) -> dict[str, Callable]:
-        if not self.compile:  # eager: the usual step with fewer passes over memory for large parameters
-            if not any(p.numel() >= fast_step.FAST_MIN_NUMEL for p in params):  # set it to inf to disable
-                return {}
-            cfg = self.learned.cfg
-            if cfg.tensor_lr or cfg.horizon_taus or self.record_diagnostics:  # the fast path is v1 maths only
-                return {}
-            if _functional.head is not _learned.head:  # the reference head is wrapped (instrumentation, e.g.
-                return {}                             # benchmarks/step_saturation.py): keep the reference path
-            if self._fast_ok is None:  # once: the fast path must reproduce the reference maths
-                self._fast_ok = fast_step_agrees(self.learned)
-                if not self._fast_ok:
-                    warnings.warn("NeuralGraphOptimizer: the eager fast step does not reproduce the reference "
-                                  "update for this checkpoint; using the reference (slower) step",
-                                  RuntimeWarning, stacklevel=3)
-            return {"step": eager_param_step} if self._fast_ok else {}
+    def _fast(self, gi: int, params: list[Tensor], grads: list[Tensor | None], spec: GraphSpec) -> Callable | None:
+        """The eager fast path (:mod:`lopt_graphs.optim.fast_step`) group ``gi``'s step takes, if any: its usual
+        step or its encoder step. Taken when eager, with a parameter of at least ``FAST_MIN_NUMEL`` entries (set
+        it to inf to disable), without diagnostics, the reference head not wrapped, and the maths checked once
+        per optimizer."""
+        if self.compile or self.record_diagnostics or not any(p.numel() >= fast_step.FAST_MIN_NUMEL for p in params):
+            return None
+        if _functional.head is not _learned.head:  # the reference head is wrapped (instrumentation): keep it
+            return None
+        if self._fast_ok is None:  # once: the fast path must reproduce the reference maths
+            self._fast_ok = fast_step_agrees(self.learned)
+            if not self._fast_ok:
+                warnings.warn("NeuralGraphOptimizer: the eager fast step does not reproduce the reference "
+                              "update for this checkpoint; using the reference (slower) step",
+                              RuntimeWarning, stacklevel=3)
+        if not self._fast_ok:
+            return None
+        active = [i for i, g in enumerate(grads) if g is not None]
+        states = [self.state[p] if p in self.state else {} for p in params]
+        first = states[active[0]]
+        t = int(first["step"]) + 1 if first else 1
+        every = self.param_groups[gi]["encoder_every"] or self.learned.cfg.encoder_every
+        return fast_encoder_step_ if _functional.runs_encoder(spec, states, active, t, every) else fast_group_step_
+
+    def _compiled(self) -> dict[str, Callable]:
+        if not self.compile:
+            return {}
         if not self._fns:
             import torch._dynamo
 
@@ -235,7 +248,7 @@ class NeuralGraphOptimizer(Optimizer):
         # torch.optim keeps only defaults/state/param_groups; the learned weights and graph specs must come
         # along for deepcopy and pickle. Compiled functions are rebuilt on demand.
         state = dict(self.__dict__)
-        state["_fns"] = {}
+        state["_fns"], state["_fast_cache"] = {}, {}
         return state
 
     @torch.no_grad()
@@ -257,7 +270,12 @@ class NeuralGraphOptimizer(Optimizer):
             if any(g is not None and g.is_sparse for g in grads):
                 raise RuntimeError("NeuralGraphOptimizer does not support sparse gradients; use "
                                    "torch.optim.SparseAdam for sparse parameters in a separate optimizer")
-        bad = int(count_nonfinite([g for grads in all_grads for g in grads]))
+        # one norm per gradient: finite exactly when the gradient holds no NaN/Inf (or its squares overflow: then
+        # the exact count decides); the fast step reuses them
+        norms = grad_norms([g for grads in all_grads for g in grads])
+        present = [n.to(torch.float32) for n in norms if n is not None]
+        finite = not present or bool(torch.isfinite(torch.stack(present)).all())
+        bad = 0 if finite else int(count_nonfinite([g for grads in all_grads for g in grads]))
         if bad:
             self.nonfinite_steps += 1
             warnings.warn(f"NeuralGraphOptimizer: {bad} gradient(s) hold NaN or Inf; the step was skipped and "
@@ -267,6 +285,9 @@ class NeuralGraphOptimizer(Optimizer):
         diag = None
         if self.record_diagnostics:
             self.last_diagnostics = []
+        offsets = [0]
+        for grads in all_grads:
+            offsets.append(offsets[-1] + len(grads))
         for gi, (group, grads) in enumerate(zip(self.param_groups, all_grads)):
             params: list[Tensor] = group["params"]
             diag = [] if self.record_diagnostics else None
@@ -275,15 +296,26 @@ class NeuralGraphOptimizer(Optimizer):
             device = next(p.device for p, g in zip(params, grads) if g is not None)
             if next(self.learned.parameters()).device != device:
                 self.learned.to(device)
+            spec = self._specs[gi].to(device)
+            base = set(spec.scale_invariant) if self.bn_weights == "base" else set()
+            fast = self._fast(gi, params, grads, spec)
+            if fast is not None:  # in place, the base step included
+                states = [self.state[p] if g is not None or p in self.state else {} for p, g in zip(params, grads)]
+                with flush_subnormals():
+                    fast(self.learned, spec, [p.detach() for p in params], grads, states, lr=group["lr"],
+                         betas=group["betas"], eps=group["eps"], weight_decay=group["weight_decay"],
+                         total_steps=group.get("total_steps"), base=base, cache=self._fast_cache.setdefault(gi, {}),
+                         gnorms=norms[offsets[gi]: offsets[gi + 1]])
+                continue
+            self._fast_cache.pop(gi, None)
             states = [dict(self.state[p]) if p in self.state else {} for p in params]
             new_params, new_states = ngo_update(
-                self.learned, self._specs[gi].to(device), [p.detach() for p in params], grads, states,
+                self.learned, spec, [p.detach() for p in params], grads, states,
                 lr=group["lr"], betas=group["betas"], eps=group["eps"], weight_decay=group["weight_decay"],
                 encoder_every=group["encoder_every"], total_steps=group.get("total_steps"),
-                diagnostics=diag, _fns=self._compiled(params))
+                diagnostics=diag, _fns=self._compiled())
             if diag is not None:
                 self.last_diagnostics.extend(diag)
-            base = set(self._specs[gi].scale_invariant) if self.bn_weights == "base" else set()
             eta = group["lr"] * self.learned.cfg.base_lr
             for j, (p, g, n, s) in enumerate(zip(params, grads, new_params, new_states)):
                 if g is not None:
