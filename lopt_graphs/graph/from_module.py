@@ -319,6 +319,15 @@ def graph_from_fx(module: nn.Module, graph: torch.fx.Graph, on_unsupported: Lite
         for i in ids:
             b.node_params.pop(i, None)
 
+    def give_up(node: torch.fx.Node, m: nn.Module, what: str, ins: list[_Val | None], exc: Exception) -> None:
+        # a layer rule failed: re-raise in error mode, else undo what it placed and free the module's parameters
+        if on_unsupported == "error":
+            raise exc
+        for sub in m.modules():
+            unplace(sub)
+        unsupported(f"{what}: {exc}", ins, m)
+        vals[node] = None
+
     def tensor_args(node: torch.fx.Node) -> list[torch.fx.Node]:
         # every input that is a tensor of the trace (nested in lists/tuples too); shape queries are skipped
         return [a for a in node.all_input_nodes if a in vals]
@@ -369,11 +378,7 @@ def graph_from_fx(module: nn.Module, graph: torch.fx.Graph, on_unsupported: Lite
                 try:
                     vals[node] = _Val(embedding_rule(b, m, lambda p: _take(p, index, placed), what), conv=False)
                 except GraphBuildError as exc:
-                    if on_unsupported == "error":
-                        raise
-                    unplace(m)
-                    unsupported(f"{what}: {exc}", ins, m)
-                    vals[node] = None
+                    give_up(node, m, what, ins, exc)
                 continue
             if isinstance(m, nn.RNNBase):
                 try:
@@ -387,11 +392,7 @@ def graph_from_fx(module: nn.Module, graph: torch.fx.Graph, on_unsupported: Lite
                                          pin_states=not _only_output_read(node))
                     vals[node] = _Multi((_Val(out, conv=False), None))
                 except GraphBuildError as exc:
-                    if on_unsupported == "error":
-                        raise
-                    unplace(m)
-                    unsupported(f"{what}: {exc}", ins, m)
-                    vals[node] = None
+                    give_up(node, m, what, ins, exc)
                 continue
             if isinstance(m, (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerEncoder)):
                 take = lambda p: _take(p, index, placed)  # noqa: E731
@@ -407,12 +408,7 @@ def graph_from_fx(module: nn.Module, graph: torch.fx.Graph, on_unsupported: Lite
                         rule = encoder_rule if isinstance(m, nn.TransformerEncoder) else encoder_layer_rule
                         vals[node] = _Val(rule(b, m, source(first, "last", False, 2).set, take, what), conv=False)
                 except (GraphBuildError, ValueError) as exc:
-                    if on_unsupported == "error":
-                        raise
-                    for sub in m.modules():
-                        unplace(sub)
-                    unsupported(f"{what}: {exc}", ins, m)
-                    vals[node] = None
+                    give_up(node, m, what, ins, exc)
                     continue
                 for p in m.parameters():  # the attention's in-projections
                     if index[id(p)] not in placed:
@@ -447,11 +443,7 @@ def graph_from_fx(module: nn.Module, graph: torch.fx.Graph, on_unsupported: Lite
                       and len(args[0].users) == 1):  # the weight's output goes nowhere but into the BN
                     scale_invariant.add(weight_of[args[0]])
             except GraphBuildError as exc:
-                if on_unsupported == "error":
-                    raise
-                unplace(m)
-                unsupported(f"{what}: {exc}", ins, m)
-                vals[node] = None
+                give_up(node, m, what, ins, exc)
             continue
         # call_function / call_method
         tgt = node.target
