@@ -22,6 +22,7 @@ from pathlib import Path
 
 from lopt_graphs import config as _cfg
 from lopt_graphs.plotting import new_figure, save_figure
+from meta_train.evaluate import ScoredRunKeys
 
 
 def validation_curve(run: Path) -> list[tuple[int, float]]:
@@ -30,24 +31,14 @@ def validation_curve(run: Path) -> list[tuple[int, float]]:
 
 
 @dataclass(frozen=True)
-class AblationConfig:
-    """Keys of ``benchmarks/ablation_ff.py``: the two run directories, the evaluation seeds and steps."""
+class AblationConfig(ScoredRunKeys):
+    """Keys of ``benchmarks/ablation_ff.py``: the two run directories, the output, and the evaluation's
+    :class:`~meta_train.evaluate.ScoredRunKeys` (3 seeds by default)."""
 
     graph: str = "runs/v2"
     ff: str = "runs/v2_ff"
     seeds: tuple[int, ...] = (0, 1, 2)
-    steps: int = 300
-    threads: int = 1
     out: str = "benchmarks/results/ablation_ff"
-
-    def __post_init__(self) -> None:
-        _cfg.check_types(self)
-        if self.steps < 1:
-            _cfg.bad_value("steps", self.steps, "an integer >= 1")
-        if not self.seeds:
-            _cfg.bad_value("seeds", self.seeds, "at least one seed")
-        if self.threads < 0:
-            _cfg.bad_value("threads", self.threads, "an integer >= 0 (0: torch's default)")
 
 
 def main(argv: list[str] | None = None) -> dict:

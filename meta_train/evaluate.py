@@ -186,31 +186,39 @@ def markdown(result: dict) -> str:
 
 
 @dataclass(frozen=True)
-class EvaluateConfig:
-    """Keys of ``lopt-evaluate`` (``python -m meta_train.evaluate``).
+class ScoredRunKeys(_cfg.CheckedConfig):
+    """Keys every evaluation against tuned Adam takes (``lopt-evaluate``, ``benchmarks/ablation_ff.py``).
 
     Attributes:
-        ckpt: learned-update checkpoint path, shipped name, or a meta-training run's ``ckpt.pt``.
         steps: inner training steps per task.
         seeds: scored seeds (``seeds=0,1,2``).
         threads: torch intra-op threads (results depend on it; ``0`` keeps torch's default); restored after.
-        out: JSON output (and a ``.md`` next to it); ``""``: print only.
     """
 
-    ckpt: str = "default"
     steps: int = 300
     seeds: tuple[int, ...] = (0,)
     threads: int = 1
-    out: str = ""
 
-    def __post_init__(self) -> None:
-        _cfg.check_types(self)
+    def validate(self) -> None:
         if self.steps < 1:
             _cfg.bad_value("steps", self.steps, "an integer >= 1")
         if not self.seeds:
             _cfg.bad_value("seeds", self.seeds, "at least one seed")
         if self.threads < 0:
             _cfg.bad_value("threads", self.threads, "an integer >= 0 (0 keeps torch's default)")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig(ScoredRunKeys):
+    """Keys of ``lopt-evaluate`` (``python -m meta_train.evaluate``): :class:`ScoredRunKeys` and
+
+    Attributes:
+        ckpt: learned-update checkpoint path, shipped name, or a meta-training run's ``ckpt.pt``.
+        out: JSON output (and a ``.md`` next to it); ``""``: print only.
+    """
+
+    ckpt: str = "default"
+    out: str = ""
 
 
 def main(argv: list[str] | None = None) -> dict:
