@@ -523,6 +523,21 @@ def fast_param_step(hw: HeadWeights, p: Tensor, g: Tensor, st: dict[str, Tensor]
     return p, prm.st
 
 
+def random_state(p: Tensor, kind: str, view: tuple[int, ...], hdim: int, tensor_lr: bool,
+                 gen: torch.Generator) -> dict[str, Tensor]:
+    """A fresh state of ``p`` with random cached node terms (``[O, H]``/``[H, C]`` for an edge, ``[H, n]`` for a
+    node parameter, and a per-tensor readout when ``tensor_lr``): the input of the fast path's checks."""
+    st = init_state(p)
+    if kind == "edge":
+        st["ctx_dst"] = torch.randn(view[0], hdim, generator=gen)
+        st["ctx_src"] = torch.randn(hdim, view[1], generator=gen)
+    elif kind == "node":
+        st["ctx"] = torch.randn(hdim, view[0], generator=gen)
+    if tensor_lr and kind != "free":
+        st["ctx_lr"] = torch.randn((), generator=gen)
+    return st
+
+
 def fast_step_agrees(learned: LearnedUpdate, atol: float = 1e-5) -> bool:
     """Whether :func:`fast_param_step` reproduces the reference ``param_step`` (and, with ``base=True``, the base
     step of :func:`~lopt_graphs.optim.bn_scale.base_step`) for ``learned``'s head, on small random parameters of
@@ -543,14 +558,7 @@ def fast_step_agrees(learned: LearnedUpdate, atol: float = 1e-5) -> bool:
                 hw = learned.head_weights(free=kind == "free")
                 dev = hw.w1.device
                 p = torch.randn(*shape, generator=gen)
-                st = init_state(p)
-                if kind == "edge":
-                    st["ctx_dst"] = torch.randn(view[0], hdim, generator=gen)
-                    st["ctx_src"] = torch.randn(hdim, view[1], generator=gen)
-                elif kind == "node":
-                    st["ctx"] = torch.randn(hdim, view[0], generator=gen)
-                if learned.cfg.tensor_lr and kind != "free":
-                    st["ctx_lr"] = torch.randn((), generator=gen)
+                st = random_state(p, kind, view, hdim, learned.cfg.tensor_lr, gen)
                 st = {k: v.to(dev) for k, v in st.items()}
                 a, sa, b, sb = p.to(dev), st, p.to(dev), st
                 for _ in range(3):

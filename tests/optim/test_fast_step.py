@@ -13,7 +13,7 @@ from torch import nn
 from lopt_graphs.optim import NeuralGraphOptimizer, fast_step
 from lopt_graphs.optim.bn_scale import base_step
 from lopt_graphs.optim.fast_step import fast_encoder_step_, fast_group_step_, fast_param_step
-from lopt_graphs.optim.functional import init_state, ngo_update, param_step
+from lopt_graphs.optim.functional import ngo_update, param_step
 from lopt_graphs.optim.learned import v2_config
 
 from .optim_infos import random_head_learned
@@ -38,15 +38,8 @@ def _learned(version: str, seed: int = 4, dtype: torch.dtype | None = None):
 
 
 def _state(p: torch.Tensor, kind: str, view: tuple[int, ...], hdim: int, v2: bool, g: torch.Generator) -> dict:
-    st = init_state(p)
-    if kind == "edge":
-        st["ctx_dst"] = torch.randn(view[0], hdim, generator=g)
-        st["ctx_src"] = torch.randn(hdim, view[1], generator=g)
-    elif kind == "node":
-        st["ctx"] = torch.randn(hdim, view[0], generator=g)
-    if v2 and kind != "free":
-        st["ctx_lr"] = torch.randn((), generator=g)
-    return st
+    from lopt_graphs.optim.fast_step import random_state
+    return random_state(p, kind, view, hdim, v2, g)
 
 
 def _atol(new: torch.Tensor, old: torch.Tensor) -> float:
