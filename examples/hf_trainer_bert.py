@@ -15,20 +15,16 @@ Prints the first and last training losses and the accuracy on held-out sequences
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
+import transformers
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import transformers  # noqa: E402
-
-from lopt_graphs import NeuralGraphOptimizer  # noqa: E402
-from lopt_graphs.config import TrainKeys, parse_command, set_threads  # noqa: E402
+from lopt_graphs import NeuralGraphOptimizer
+from lopt_graphs.config import TrainKeys, parse_command, set_threads
 
 
 class FirstToken(torch.utils.data.Dataset):

@@ -13,21 +13,17 @@ training losses.
 
 from __future__ import annotations
 
-import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
+import lightning as L
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import lightning as L  # noqa: E402
-
-from lopt_graphs import NeuralGraphOptimizer  # noqa: E402
-from lopt_graphs.config import TrainKeys, parse_command, set_threads  # noqa: E402
-from lopt_graphs.data import load_embedded  # noqa: E402
+from lopt_graphs import NeuralGraphOptimizer
+from lopt_graphs.config import TrainKeys, parse_command, set_threads
+from lopt_graphs.data import load_embedded
 
 
 class DigitsMLP(L.LightningModule):

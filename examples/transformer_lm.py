@@ -14,18 +14,15 @@ and the loss before and after. CPU, a few seconds; no download.
 from __future__ import annotations
 
 import math
-import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from lopt_graphs import NeuralGraphOptimizer  # noqa: E402
-from lopt_graphs.config import TrainKeys, parse_command, set_threads  # noqa: E402
+from lopt_graphs import NeuralGraphOptimizer
+from lopt_graphs.config import TrainKeys, parse_command, set_threads
 
 
 class TinyLM(nn.Module):
