@@ -72,7 +72,8 @@ class MetaTrainConfig(_cfg.CheckedConfig):
             ``population // 2`` antithetic pairs, so it must be even and >= 2. Ignored (but must be
             >= 1) for ``tbptt``.
         sigma: Standard deviation of the Gaussian perturbations of the meta-parameters (es/pes); > 0.
-        outer_lr: Learning rate of the outer optimizer on the meta-parameters; > 0.
+        outer_lr: Learning rate of the outer optimizer on the meta-parameters (a resumed run takes this value,
+            not the checkpoint's); > 0.
         grad_clip: Maximum global L2 norm of the meta-gradient; ``0`` disables clipping; >= 0.
         truncation: ``K``, the number of inner steps unrolled per outer step; 1 <= K <= ``horizon``.
         horizon: ``T``, the number of inner steps of one inner run before its task is reset; >= 1.
@@ -124,6 +125,9 @@ class MetaTrainConfig(_cfg.CheckedConfig):
             disjoint from the evaluation sets) every this many outer steps and keep the best as
             ``best.pt``; ``0`` disables; >= 0.
         validate_steps: Inner steps of each validation run; >= 1.
+        validate_seeds: Seeds each validation task is scored on (both optimizers; tuned Adam's lr is chosen on
+            a separate seed); the score is the mean over tasks and seeds. A single seed's score moves by
+            ~0.1 between outer steps by chance alone; >= 1.
         meta_params: Which parameters of the learned update are meta-trained: ``"all"``, or
             ``"no_encoder"`` (the encoder's message-passing weights stay at their seeded initialisation, a
             fixed equivariant feature map; its readouts, the head and the step-size schedule are trained:
@@ -164,6 +168,7 @@ class MetaTrainConfig(_cfg.CheckedConfig):
     max_group_params: int = 20000
     validate_every: int = 100
     validate_steps: int = 300
+    validate_seeds: int = 1
     meta_params: str = "all"
 
     def validate(self) -> None:
@@ -244,6 +249,8 @@ class MetaTrainConfig(_cfg.CheckedConfig):
             _bad("meta_params", self.meta_params, f"one of {list(META_PARAMS)}")
         if self.validate_steps < 1:
             _bad("validate_steps", self.validate_steps, "an integer >= 1")
+        if self.validate_seeds < 1:
+            _bad("validate_seeds", self.validate_seeds, "an integer >= 1")
 
     @property
     def num_pairs(self) -> int:

@@ -156,12 +156,13 @@ class MetaTrainer:
         from .validate import adam_references, references_match, validation_score
 
         v = self.validation
-        if v["refs"] is not None and not references_match(v["refs"], self.cfg.validate_steps):
+        steps, seeds = self.cfg.validate_steps, self.cfg.validate_seeds
+        if v["refs"] is not None and not references_match(v["refs"], steps, seeds=seeds):
             # resumed after the validation set changed: old scores are not comparable, the record restarts
             v.update(refs=None, best_score=float("inf"), best_step=-1)
         if v["refs"] is None:
-            v["refs"] = adam_references(self.cfg.validate_steps)
-        res = validation_score(self.learned, v["refs"], self.cfg.validate_steps)
+            v["refs"] = adam_references(steps, seeds=seeds)
+        res = validation_score(self.learned, v["refs"], steps, seeds=seeds)
         if res["score"] < v["best_score"]:
             v["best_score"], v["best_step"] = res["score"], self.step
             self.export(Path(out_dir) / "best.pt", meta={"validation": res})
@@ -207,6 +208,8 @@ class MetaTrainer:
         with torch.no_grad():
             self.theta.copy_(ck["theta"])
         self.outer.load_state_dict(ck["outer"])
+        for group in self.outer.param_groups:  # the checkpoint's lr would silently override outer_lr
+            group["lr"] = self.cfg.outer_lr
         self.space.load_into(self.learned, self.theta.detach())
         self.gen.set_state(ck["gen"])
         set_rng_state(ck["rng"])

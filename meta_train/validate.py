@@ -25,7 +25,8 @@ from .tasks import VALIDATION, VALIDATION_LONG, Task, TaskConfig
 
 #: Loss offset of the score's log-ratio (nats).
 SCORE_OFFSET = 0.01
-#: Seeds of the validation runs: tuned Adam's lr is chosen on TUNE_SEED, both optimizers are scored on SCORE_SEED.
+#: Seeds of the validation runs: tuned Adam's lr is chosen on TUNE_SEED, both optimizers are scored on SCORE_SEED
+#: (and on the seeds after it when a run asks for more than one: ``validate_seeds``).
 TUNE_SEED, SCORE_SEED = 1000, 0
 
 #: A validation task: a config, or ``(config, k)`` for one trained for ``k`` times the validation length.
@@ -43,47 +44,63 @@ def _entries(tasks: Sequence[ValidationTask], steps: int) -> list[tuple[TaskConf
     return [(t[0], t[1] * steps) if isinstance(t, tuple) else (t, steps) for t in tasks]
 
 
-def task_key(cfg: TaskConfig, steps: int) -> str:
-    """The name a reference is stored under: the task's name and its length."""
-    return f"{cfg.name}@{steps}"
+def task_key(cfg: TaskConfig, steps: int, seed: int = SCORE_SEED) -> str:
+    """The name a reference is stored under: the task's name, its length and (after the first) its seed."""
+    return f"{cfg.name}@{steps}" + ("" if seed == SCORE_SEED else f"#seed{seed}")
 
 
-def adam_references(steps: int, tasks: Sequence[ValidationTask] = DEFAULT_TASKS) -> list[dict]:
-    """Per validation task: the lr tuned on ``TUNE_SEED`` and Adam's final loss with it on ``SCORE_SEED``."""
+def _score_seeds(seeds: int) -> list[int]:
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds must be an integer >= 1 (validation runs per task), got {seeds!r}")
+    return [SCORE_SEED + k for k in range(seeds)]
+
+
+def _keys(tasks: Sequence[ValidationTask], steps: int, seeds: int) -> list[str]:
+    return [task_key(tc, n, s) for tc, n in _entries(tasks, steps) for s in _score_seeds(seeds)]
+
+
+def adam_references(steps: int, tasks: Sequence[ValidationTask] = DEFAULT_TASKS, seeds: int = 1) -> list[dict]:
+    """Per validation task and scoring seed (``SCORE_SEED`` and the ``seeds - 1`` after it): the lr tuned on
+    ``TUNE_SEED`` (once per task) and Adam's final loss with it on that seed."""
     refs = []
     for tc, n in _entries(tasks, steps):
         task = Task(tc)
         adam = lambda lr, seed: train_run(task, lambda m: torch.optim.Adam(m.parameters(), lr=lr), n, seed)  # noqa: E731
-        tuned = tuned_baseline(adam, ADAM_LRS, TUNE_SEED, [SCORE_SEED])
-        refs.append({"task": task_key(tc, n), "adam_lr": tuned.lr, "adam_final_loss": _final(tuned.runs[0].final_loss)})
+        tuned = tuned_baseline(adam, ADAM_LRS, TUNE_SEED, _score_seeds(seeds))
+        for s, run in zip(_score_seeds(seeds), tuned.runs):
+            refs.append({"task": task_key(tc, n, s), "seed": s, "adam_lr": tuned.lr,
+                         "adam_final_loss": _final(run.final_loss)})
     return refs
 
 
-def references_match(refs: Sequence[dict], steps: int, tasks: Sequence[ValidationTask] = DEFAULT_TASKS) -> bool:
-    """Whether ``refs`` were computed for exactly these tasks and lengths (a run resumed after the validation
-    set changed must recompute them: its old scores are not comparable)."""
-    return [r["task"] for r in refs] == [task_key(tc, n) for tc, n in _entries(tasks, steps)]
+def references_match(refs: Sequence[dict], steps: int, tasks: Sequence[ValidationTask] = DEFAULT_TASKS,
+                     seeds: int = 1) -> bool:
+    """Whether ``refs`` were computed for exactly these tasks, lengths and seeds (a run resumed after its
+    validation set changed must recompute them: its old scores are not comparable)."""
+    return [r["task"] for r in refs] == _keys(tasks, steps, seeds)
 
 
 def validation_score(learned: LearnedUpdate, refs: list[dict], steps: int,
-                     tasks: Sequence[ValidationTask] = DEFAULT_TASKS) -> dict:
-    """Score ``learned`` against the references of :func:`adam_references` (same ``tasks`` and ``steps``).
+                     tasks: Sequence[ValidationTask] = DEFAULT_TASKS, seeds: int = 1) -> dict:
+    """Score ``learned`` against the references of :func:`adam_references` (same ``tasks``, ``steps`` and
+    ``seeds``).
 
     Returns:
-        ``{"score": mean offset log-ratio, "tasks": [{task, steps, ngo_final_loss, adam_final_loss, log_ratio},
-        ...]}``.
+        ``{"score": mean offset log-ratio over tasks and seeds, "tasks": [{task, steps, seed, ngo_final_loss,
+        adam_final_loss, log_ratio}, ...]}``.
 
     Raises:
-        ValueError: if ``refs`` were computed for other tasks or lengths.
+        ValueError: if ``refs`` were computed for other tasks, lengths or seeds.
     """
-    if not references_match(refs, steps, tasks):
+    if not references_match(refs, steps, tasks, seeds):
         raise ValueError(f"Validation references are for {[r['task'] for r in refs]}, not for "
-                         f"{[task_key(tc, n) for tc, n in _entries(tasks, steps)]}: recompute them with "
-                         "adam_references")
+                         f"{_keys(tasks, steps, seeds)}: recompute them with adam_references")
+    runs = [(tc, n, s) for tc, n in _entries(tasks, steps) for s in _score_seeds(seeds)]
     rows = []
-    for (tc, n), ref in zip(_entries(tasks, steps), refs):
+    for (tc, n, s), ref in zip(runs, refs):
         make = lambda m: NeuralGraphOptimizer.for_module(m, copy.deepcopy(learned), total_steps=n)  # noqa: E731
-        ngo = _final(train_run(Task(tc), make, n, SCORE_SEED).final_loss)
-        rows.append({"task": tc.name, "steps": n, "ngo_final_loss": ngo, "adam_final_loss": ref["adam_final_loss"],
+        ngo = _final(train_run(Task(tc), make, n, s).final_loss)
+        rows.append({"task": tc.name, "steps": n, "seed": s, "ngo_final_loss": ngo,
+                     "adam_final_loss": ref["adam_final_loss"],
                      "log_ratio": math.log((ngo + SCORE_OFFSET) / (ref["adam_final_loss"] + SCORE_OFFSET))})
     return {"score": sum(r["log_ratio"] for r in rows) / len(rows), "tasks": rows}

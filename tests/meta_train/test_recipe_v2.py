@@ -183,3 +183,36 @@ def test_a_resume_point_is_small_and_continues_the_meta_parameters(tmp_path):
     assert len(b.runs) == 2 and all(r.step == 0 for r in b.runs)
     b.outer_step()
     assert b.step == 2
+
+
+def test_validation_on_several_seeds_scores_each_seed_against_its_own_reference():
+    from meta_train.validate import adam_references, references_match, validation_score
+    tasks = VALIDATION[:1]
+    refs = adam_references(4, tasks, seeds=2)
+    name = VALIDATION[0].name
+    assert [r["task"] for r in refs] == [f"{name}@4", f"{name}@4#seed1"] and [r["seed"] for r in refs] == [0, 1]
+    assert refs[0]["adam_lr"] == refs[1]["adam_lr"]  # tuned once, on the tuning seed
+    assert refs[0]["adam_final_loss"] != refs[1]["adam_final_loss"]  # different data order and init
+    assert references_match(refs, 4, tasks, seeds=2) and not references_match(refs, 4, tasks, seeds=1)
+    res = validation_score(LearnedUpdate(v2_config()), refs, 4, tasks, seeds=2)
+    assert [r["seed"] for r in res["tasks"]] == [0, 1]
+    assert res["score"] == pytest.approx(sum(r["log_ratio"] for r in res["tasks"]) / 2)
+    with pytest.raises(ValueError, match="recompute them"):
+        validation_score(LearnedUpdate(v2_config()), refs, 4, tasks, seeds=1)
+    with pytest.raises(ValueError, match="seeds must be an integer >= 1"):
+        adam_references(4, tasks, seeds=0)
+    with pytest.raises(ValueError, match="validate_seeds"):
+        load_config(None, ["validate_seeds=0"])
+
+
+def test_resume_takes_the_configured_outer_lr(tmp_path):
+    from meta_train.trainer import MetaTrainer
+    args = ["learned=v2_ff", "wandb=false", "groups=1", "tasks_per_group=1", "truncation=2", "horizon=4",
+            "horizon_min=0", "population=2", "outer_lr=0.003"]
+    tr = MetaTrainer(load_config(None, args))
+    tr.outer_step()
+    tr.save(tmp_path / "ck.pt")
+    again = MetaTrainer(load_config(None, [*args[:-1], "outer_lr=0.001"]))
+    again.load(tmp_path / "ck.pt")
+    assert again.outer.param_groups[0]["lr"] == 0.001
+    assert torch.equal(again.theta.detach(), tr.theta.detach()) and again.step == 1
