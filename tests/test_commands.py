@@ -68,3 +68,14 @@ def test_every_command_module_is_listed() -> None:
              if "\ndef main(" in p.read_text(encoding="utf-8")}
     scripts = {target.split(":")[0] for target in console_scripts().values()}
     assert found == scripts | set(MODULE_COMMANDS)
+
+
+def test_importing_the_package_prints_no_third_party_future_warning() -> None:
+    # torch_geometric's import calls the deprecated torch.jit.script; a user of lopt_graphs should not see that
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", "import lopt_graphs"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "jit.script" not in out.stderr
