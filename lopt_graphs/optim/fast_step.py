@@ -56,6 +56,7 @@ import torch
 from torch import Tensor
 
 from ..graph import GraphSpec
+from . import native
 from .functional import FEATURE_CLIP, compute_dtype, head_view, init_state
 from .learned import HeadWeights, LearnedUpdate
 
@@ -249,6 +250,9 @@ def _step_(prm: _Param, betas: tuple[float, float], momenta: tuple[float, float]
     a_coef = -eta * prm.sc.c[1] * prm.sc.s  # p += a_coef * (m_adam r') [* exp(clip(u))]
     # 0-d tensors in the state's dtype: a Python number in add(out=)/mul_ costs a conversion per call
     e2, b2t, decay = _zero_d((prm.sc.e2, b2_, 1.0 - eta * weight_decay), prm.st["v"])
+    if not prm.low and _native_step(prm, betas, momenta, eta, weight_decay, a_coef, w1, w2, b2):
+        prm.finish()
+        return
     row, low = prm.row, prm.low
     if not prm.base:
         prm.node_terms()
@@ -296,6 +300,39 @@ def _step_(prm: _Param, betas: tuple[float, float], momenta: tuple[float, float]
         if low:
             ps.copy_(pw)
     prm.finish()
+
+
+def _native_step(prm: _Param, betas: tuple[float, float], momenta: tuple[float, float], eta: float,
+                 weight_decay: float, a_coef: float, w1: Tensor | None, w2: Tensor | None, b2: Tensor | None) -> bool:
+    """:func:`_step_` by the C loop of :mod:`lopt_graphs.optim.native` when it is built and the tensors are
+    float32 on the CPU (``step`` is already counted); ``False``: the caller runs the eager blocks."""
+    st, kind = prm.st, prm.kind
+    moments = tuple(st[k] for k in _MOMENTS)
+    ctx: tuple[Tensor | None, Tensor | None] = (None, None)
+    if not prm.base:
+        if kind == "edge":
+            ctx = (st["ctx_dst"].t().contiguous(), st["ctx_src"].contiguous())
+        elif kind == "node":
+            ctx = (st["ctx"].contiguous(), None)
+    head = () if prm.base else (w1, w2, b2)
+    if not (native.available() and native.eligible(prm.work, prm.g, *moments, *ctx, *head)):
+        return False
+    hdim = prm.hw.w1.shape[0]
+    if not prm.base and hdim > native.MAX_HIDDEN:
+        return False
+    b1, b2_ = betas
+    bounds = prm.bounds if not prm.base else (0.0,) * 6
+    scalars = [1 - momenta[0], 1 - b1, 1 - momenta[1], b2_, 1 - b2_, prm.sc.e2, 1.0 - eta * weight_decay, a_coef,
+               eta, *bounds, prm.hw.mag_clip]
+    if prm.base:
+        w1s = w2c = b2c = torch.zeros(1)
+    else:
+        w1s = (w1 * torch.cat([prm.scale, prm.scale.new_ones(1)])).contiguous()
+        w2c, b2c = w2.contiguous(), b2.reshape(-1).contiguous()
+    tile = torch.empty(hdim * prm.row) if kind == "edge" and not prm.base else None
+    native.param_step_(kind, prm.work.numel(), prm.row, prm.work, prm.g, moments, ctx, w1s, w2c, b2c, scalars,
+                       prm.base, bool(weight_decay), tile)
+    return True
 
 
 def grad_norms(grads: Sequence[Tensor | None]) -> list[Tensor | None]:
