@@ -16,9 +16,11 @@ gradient is always zero); ``max_norm`` renormalizes rows, and a permutation of t
 norms, so the symmetry holds; ``sparse=True`` stays graph-free: its gradients are sparse tensors, which the
 graph's dense per-entry features (and ``NeuralGraphOptimizer``) do not take.
 
-Off by default in :func:`~lopt_graphs.graph.graph_from_module` (``embeddings="free"``):
-``NeuralGraphOptimizer``'s per-entry head reads every edge parameter as ``param.reshape(rows, cols)`` with
-destinations along dim 0, which a transposed weight is not; ``embeddings="edge"`` turns the rule on.
+On by default in :meth:`NeuralGraphOptimizer.for_module <lopt_graphs.optim.NeuralGraphOptimizer.for_module>`
+(its head reads a transposed weight as stored, ``[in, out]``, with the source and destination node terms
+swapped: :func:`~lopt_graphs.optim.functional.head_view`); off by default in
+:func:`~lopt_graphs.graph.graph_from_module` (``embeddings="free"``), whose spec other consumers read, and
+``embeddings="edge"`` turns it on there.
 """
 
 from __future__ import annotations
@@ -31,10 +33,10 @@ from .builder import GraphBuilder, GraphBuildError
 
 Take = Callable[[nn.Parameter], int]
 
-#: Why an ``Embedding`` is graph-free under the default ``embeddings="free"``.
-FREE_REASON = ("Embedding is graph-free by default: its weight is [num_embeddings, dim] = [in, out], transposed "
-               "relative to a Linear, and NeuralGraphOptimizer reads weights as [out, in]; "
-               "graph_from_module(..., embeddings='edge') puts it on the graph")
+#: Why an ``Embedding`` is graph-free under ``embeddings="free"``.
+FREE_REASON = ("Embedding is graph-free under embeddings='free' (the default of graph_from_module); "
+               "embeddings='edge' (the default of NeuralGraphOptimizer.for_module) puts it on the graph as one "
+               "input neuron per token")
 
 
 def embedding_rule(b: GraphBuilder, emb: nn.Embedding, take: Take, what: str) -> int:

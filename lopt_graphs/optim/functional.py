@@ -114,10 +114,13 @@ def runs_encoder(spec: GraphSpec, states: Sequence[dict[str, Tensor]], active: S
 
 def head_view(spec: GraphSpec, i: int, shape: Sequence[int]) -> tuple[int, ...]:
     """The shape parameter ``i``'s entries take for the head: ``(O, C)`` or ``(O, C, S)`` for a weight,
-    ``(numel,)`` for a node parameter, ``shape`` itself when graph-free."""
+    ``(C, O)`` for a transposed one (``ParamSlot.transposed``: an ``Embedding``, stored ``[in, out]``; its node
+    terms are swapped to match, see :func:`node_contexts`), ``(numel,)`` for a node parameter, ``shape``
+    itself when graph-free."""
     slot = spec.params[i]
     if slot.kind == "edge":
-        return (slot.rows, slot.cols) if slot.entries == 1 else (slot.rows, slot.cols, slot.entries)
+        rows, cols = (slot.cols, slot.rows) if slot.transposed else (slot.rows, slot.cols)
+        return (rows, cols) if slot.entries == 1 else (rows, cols, slot.entries)
     return (slot.numel,) if slot.kind == "node" else tuple(shape)
 
 
@@ -129,7 +132,9 @@ def node_contexts(learned: LearnedUpdate, spec: GraphSpec, feats: Sequence[Tenso
 
     Returns:
         Per parameter: ``{"ctx_dst": [O, H], "ctx_src": [H, C]}`` (weights), ``{"ctx": [H, numel]}``
-        (biases, norm parameters) or ``{}`` (graph-free parameters).
+        (biases, norm parameters) or ``{}`` (graph-free parameters). ``ctx_dst`` is the term of the rows of the
+        weight as stored and ``ctx_src`` of its columns: for a transposed weight (stored ``[in, out]``) the
+        source neurons' term ``[C, H]`` and the destinations' ``[H, O]``.
     """
     cfg = learned.cfg
     if not cfg.use_graph:
@@ -143,8 +148,12 @@ def node_contexts(learned: LearnedUpdate, spec: GraphSpec, feats: Sequence[Tenso
         if p.kind == "edge":
             # source and node terms stored [H, n]: the head reads them contiguously along a weight's rows
             rows, cols = h[p.dst_start: p.dst_start + p.rows], h[p.src_start: p.src_start + p.cols]
-            out.append({"ctx_dst": dst[p.dst_start: p.dst_start + p.rows],
-                        "ctx_src": src[p.src_start: p.src_start + p.cols].t().contiguous()})
+            if p.transposed:  # stored [in, out]: the sources' term per stored row, the destinations' per column
+                out.append({"ctx_dst": src[p.src_start: p.src_start + p.cols],
+                            "ctx_src": dst[p.dst_start: p.dst_start + p.rows].t().contiguous()})
+            else:
+                out.append({"ctx_dst": dst[p.dst_start: p.dst_start + p.rows],
+                            "ctx_src": src[p.src_start: p.src_start + p.cols].t().contiguous()})
         elif p.kind == "node":
             slot = learned.slot_type.weight[1 + p.slot]
             rows = cols = h[p.dst_start: p.dst_start + p.numel]
@@ -164,8 +173,9 @@ def _constant_contexts(learned: LearnedUpdate, spec: GraphSpec, feats: Sequence[
     for p, f in zip(spec.params, feats):
         zero = f.new_zeros(()).to(learned.w1.dtype)
         if p.kind == "edge":
-            out.append({"ctx_dst": learned.ctx_const[0].expand(p.rows, h) + zero,
-                        "ctx_src": f.new_zeros(h, p.cols).to(learned.w1.dtype)})
+            rows, cols = (p.cols, p.rows) if p.transposed else (p.rows, p.cols)  # as stored
+            out.append({"ctx_dst": learned.ctx_const[0].expand(rows, h) + zero,
+                        "ctx_src": f.new_zeros(h, cols).to(learned.w1.dtype)})
         elif p.kind == "node":
             c = learned.ctx_const[1] + learned.slot_type.weight[1 + p.slot] + zero
             out.append({"ctx": c[:, None].expand(h, p.numel).contiguous()})

@@ -126,18 +126,21 @@ class NeuralGraphOptimizer(Optimizer):
         super().__init__(params, defaults)
 
     @classmethod
-    def for_module(cls, module: nn.Module, ckpt: CkptLike = None, **kwargs) -> "NeuralGraphOptimizer":
+    def for_module(cls, module: nn.Module, ckpt: CkptLike = None, *, embeddings: str = "edge",
+                   **kwargs) -> "NeuralGraphOptimizer":
         """Optimizer over ``module.parameters()`` with the module's exact wiring (residuals, norms).
 
         The graph is traced with :func:`~lopt_graphs.graph.graph_from_module` (``torch.fx``, else the Hugging
-        Face tracer, else a module walk). Layers without a neural-graph rule (embeddings, attention, LSTM/GRU,
-        custom layers) make only their own parameters graph-free; one ``UserWarning`` names them and why
-        (:meth:`describe` lists every parameter).
+        Face tracer, else a module walk). Layers without a neural-graph rule (attention in-projections, custom
+        layers) make only their own parameters graph-free; one ``UserWarning`` names them and why
+        (:meth:`describe` lists every parameter). ``embeddings="edge"`` (default) puts each ``nn.Embedding``
+        on the graph (one input neuron per token, :mod:`lopt_graphs.graph.embedding_rules`); ``"free"`` keeps
+        them graph-free (Adam-like steps, no encoder cost for a large vocabulary).
         """
         on_unsupported = kwargs.get("on_unsupported", "free")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            spec = graph_from_module(module, on_unsupported=on_unsupported)
+            spec = graph_from_module(module, on_unsupported=on_unsupported, embeddings=embeddings)
         names = [n for n, _ in module.named_parameters()]
         for w in caught:  # what the tracers and models said, unchanged (our own fallback note is folded below)
             if not (spec.free_params and str(w.message).startswith("lopt_graphs: could not trace")):

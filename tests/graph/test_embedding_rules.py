@@ -151,7 +151,7 @@ def test_default_keeps_embeddings_free_and_sparse_stays_free() -> None:
     model = _model("mlp")
     spec = graph_from_module(model, on_unsupported="free")
     assert spec.free_params == [0] and FREE_REASON in spec.params[0].reason
-    with pytest.raises(GraphBuildError, match="Embedding is graph-free by default"):
+    with pytest.raises(GraphBuildError, match="Embedding is graph-free under embeddings='free'"):
         graph_from_module(model)
     with pytest.raises(ValueError, match="Invalid embeddings"):
         graph_from_module(model, embeddings="graph")  # type: ignore[arg-type]

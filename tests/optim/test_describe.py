@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import pytest
 from torch import Tensor, nn
 
 from lopt_graphs import NeuralGraphOptimizer
@@ -23,15 +24,26 @@ class _LM(nn.Module):
 def test_for_module_warns_once_naming_free_parameters() -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        opt = NeuralGraphOptimizer.for_module(_LM())
+        opt = NeuralGraphOptimizer.for_module(_LM(), embeddings="free")
     msgs = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
     assert len(msgs) == 1
     assert "emb.weight" in msgs[0] and "Embedding" in msgs[0] and "describe()" in msgs[0]
-    desc = opt.describe()  # the GRU is on the graph (tied gate groups); the embedding is free by default
+    desc = opt.describe()  # the GRU is on the graph (tied gate groups); the embedding is free when asked
     assert [r.kind for r in desc.rows] == ["free", "edge", "edge", "node", "node", "edge", "node"]
     assert desc.totals() == {"edge": (3, 240), "node": (3, 46), "free": (1, 40)}
     text = str(desc)
-    assert "out.weight" in text and "graph-free by default" in text and "1 of 7 parameters" in text
+    assert "out.weight" in text and "graph-free under embeddings='free'" in text and "1 of 7 parameters" in text
+
+
+def test_for_module_puts_embeddings_on_the_graph_by_default() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is free: no warning
+        opt = NeuralGraphOptimizer.for_module(_LM())
+    desc = opt.describe()
+    assert [r.kind for r in desc.rows] == ["edge", "edge", "edge", "node", "node", "edge", "node"]
+    assert desc.totals()["free"] == (0, 0) and desc.totals()["edge"] == (4, 280)
+    with pytest.raises(ValueError, match="embeddings"):
+        NeuralGraphOptimizer.for_module(_LM(), embeddings="sparse")
 
 
 def test_describe_without_free_parameters_and_no_warning() -> None:

@@ -198,18 +198,22 @@ class EmbeddingFirst(nn.Module):
 def _build(model_cls, how, **kw):
     torch.manual_seed(0)
     model = model_cls()
-    if how == "for_module":
-        return model, NeuralGraphOptimizer.for_module(model, **kw)
+    if how.startswith("for_module"):
+        emb = "free" if how == "for_module_free_embeddings" else "edge"
+        return model, NeuralGraphOptimizer.for_module(model, embeddings=emb, **kw)
     return model, NeuralGraphOptimizer(model.parameters(), **kw)
 
 
 CASES = [
     # (model, front end, expected kinds)
     (MLPWithExtras, "parameters", ["edge", "node", "edge", "node", "free", "free"]),
-    # tracing: the MLP reads the embedding's output through pinned boundary neurons; only emb and extra are free
-    (MLPWithExtras, "for_module", ["edge", "node", "edge", "node", "free", "free"]),
+    # tracing: the embedding is on the graph (token neurons into the MLP); only the bare parameter is free
+    (MLPWithExtras, "for_module", ["edge", "node", "edge", "node", "edge", "free"]),
+    # with the embedding graph-free the MLP reads its output through pinned boundary neurons
+    (MLPWithExtras, "for_module_free_embeddings", ["edge", "node", "edge", "node", "free", "free"]),
     (EmbeddingFirst, "parameters", None),
-    (EmbeddingFirst, "for_module", ["free", "edge", "node", "edge", "node", "free"]),
+    (EmbeddingFirst, "for_module", ["edge", "edge", "node", "edge", "node", "free"]),
+    (EmbeddingFirst, "for_module_free_embeddings", ["free", "edge", "node", "edge", "node", "free"]),
 ]
 
 
@@ -221,7 +225,8 @@ def test_free_parameters_train(model_cls, how, kinds, ckpt):
     spec = opt.graph_spec(0)
     if kinds is not None:
         assert [s.kind for s in spec.params] == kinds
-    assert len(spec.free_params) >= 2  # the embedding and the 5-D tensor at least
+    # the 5-D tensor at least; the embedding too unless for_module put it on the graph
+    assert len(spec.free_params) >= (1 if how == "for_module" else 2)
     idx = torch.arange(10).repeat(3)
     y = torch.linspace(-1, 1, 30)[:, None]
     before = snapshot(model)

@@ -8,6 +8,7 @@ parameters are not permuted and must take identical steps in A and B.
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -43,16 +44,22 @@ class TransformerLM(nn.Module):
         return self.out(self.enc(self.emb(t)))
 
 
-@pytest.mark.parametrize("factory", [LSTMLM, TransformerLM], ids=["lstm_lm", "transformer_lm"])
-def test_partial_graph_step_is_equivariant(factory) -> None:
+@pytest.mark.parametrize("factory, embeddings", [(LSTMLM, "free"), (LSTMLM, "edge"), (TransformerLM, "edge")],
+                         ids=["lstm_lm_free_embedding", "lstm_lm", "transformer_lm"])
+def test_partial_graph_step_is_equivariant(factory, embeddings) -> None:
     torch.manual_seed(0)
     a = factory().to(DT)
     b = copy.deepcopy(a)
-    with pytest.warns(UserWarning, match="graph-free"):
-        opt_a = NeuralGraphOptimizer.for_module(a, random_head_learned(seed=3, dtype=DT), encoder_every=1, lr=20.0)
-        opt_b = NeuralGraphOptimizer.for_module(b, random_head_learned(seed=3, dtype=DT), encoder_every=1, lr=20.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        opt_a = NeuralGraphOptimizer.for_module(a, random_head_learned(seed=3, dtype=DT), encoder_every=1, lr=20.0,
+                                                embeddings=embeddings)
+        opt_b = NeuralGraphOptimizer.for_module(b, random_head_learned(seed=3, dtype=DT), encoder_every=1, lr=20.0,
+                                                embeddings=embeddings)
     spec = opt_a.graph_spec(0)
-    assert spec.free_params and spec.hidden_sets()
+    # the warning names graph-free parameters exactly when there are some (the LSTM LM with its embedding: none)
+    assert bool(spec.free_params) == any("graph-free" in str(w.message) for w in caught)
+    assert bool(spec.free_params) == (factory is TransformerLM or embeddings == "free") and spec.hidden_sets()
     perm = spec.random_node_permutation(torch.Generator().manual_seed(1))
     assert not torch.equal(perm, torch.arange(spec.num_nodes))
     with torch.no_grad():
@@ -73,4 +80,4 @@ def test_partial_graph_step_is_equivariant(factory) -> None:
         torch.testing.assert_close(v.detach(), u, atol=1e-8, rtol=0, msg=lambda m: f"parameter {i}: {m}")
     # not vacuous: graph and free parameters moved
     moved = [float((p.detach() - q).abs().max()) for p, q in zip(a.parameters(), a0)]
-    assert min(moved[i] for i in spec.free_params) > 1e-3 and max(moved[i] for i in spec.edge_params) > 1e-3
+    assert min((moved[i] for i in spec.free_params), default=1.0) > 1e-3 and max(moved[i] for i in spec.edge_params) > 1e-3
