@@ -79,6 +79,11 @@ class ParamSlot:
     transposed: bool = False
 
     @property
+    def stored(self) -> tuple[int, int]:
+        """``(rows, cols)`` of an edge weight as its parameter stores them: ``(cols, rows)`` when transposed."""
+        return (self.cols, self.rows) if self.transposed else (self.rows, self.cols)
+
+    @property
     def numel(self) -> int:
         n = 1
         for s in self.shape:

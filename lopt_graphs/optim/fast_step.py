@@ -200,6 +200,11 @@ class _Param:
             self.scale = torch.tensor([s, cf * s, ca * s, cs * s, 1.0 / rms[0], 1.0 / rms[1]], dtype=hw.w1.dtype,
                                       device=p.device)
 
+    def scaled_w1(self, w1: Tensor) -> Tensor:
+        """The head's first layer with its step-bias column ``[H, 7]``, times the feature scales (the step bias
+        unscaled)."""
+        return w1 * torch.cat([self.scale, self.scale.new_ones(1)])
+
     def node_terms(self) -> None:
         """The head's per-block node terms, from the state, cached until the encoder next runs: edges
         ``ctx_src`` tiled over a block (the first matmul's input) and ``ctx_dst`` per block of rows; node
@@ -248,15 +253,15 @@ def _step_(prm: _Param, betas: tuple[float, float], momenta: tuple[float, float]
     bf, bs = momenta
     prm.st["step"].add_(1)
     a_coef = -eta * prm.sc.c[1] * prm.sc.s  # p += a_coef * (m_adam r') [* exp(clip(u))]
-    # 0-d tensors in the state's dtype: a Python number in add(out=)/mul_ costs a conversion per call
-    e2, b2t, decay = _zero_d((prm.sc.e2, b2_, 1.0 - eta * weight_decay), prm.st["v"])
     if not prm.low and _native_step(prm, betas, momenta, eta, weight_decay, a_coef, w1, w2, b2):
         prm.finish()
         return
+    # 0-d tensors in the state's dtype: a Python number in add(out=)/mul_ costs a conversion per call
+    e2, b2t, decay = _zero_d((prm.sc.e2, b2_, 1.0 - eta * weight_decay), prm.st["v"])
     row, low = prm.row, prm.low
     if not prm.base:
         prm.node_terms()
-        w1s = w1 * torch.cat([prm.scale, prm.scale.new_ones(1)])
+        w1s = prm.scaled_w1(w1)
         bd = prm.bounds
         merged = bd[0] == bd[1]  # the fast momentum's bias correction is 1 from t = 54 on: one clip for both
         mc = prm.hw.mag_clip
@@ -306,6 +311,8 @@ def _native_step(prm: _Param, betas: tuple[float, float], momenta: tuple[float, 
                  weight_decay: float, a_coef: float, w1: Tensor | None, w2: Tensor | None, b2: Tensor | None) -> bool:
     """:func:`_step_` by the C loop of :mod:`lopt_graphs.optim.native` when it is built and the tensors are
     float32 on the CPU (``step`` is already counted); ``False``: the caller runs the eager blocks."""
+    if not native.available():
+        return False
     st, kind = prm.st, prm.kind
     moments = tuple(st[k] for k in _MOMENTS)
     ctx: tuple[Tensor | None, Tensor | None] = (None, None)
@@ -315,7 +322,7 @@ def _native_step(prm: _Param, betas: tuple[float, float], momenta: tuple[float, 
         elif kind == "node":
             ctx = (st["ctx"].contiguous(), None)
     head = () if prm.base else (w1, w2, b2)
-    if not (native.available() and native.eligible(prm.work, prm.g, *moments, *ctx, *head)):
+    if not native.eligible(prm.work, prm.g, *moments, *ctx, *head):
         return False
     hdim = prm.hw.w1.shape[0]
     if not prm.base and hdim > native.MAX_HIDDEN:
@@ -327,7 +334,7 @@ def _native_step(prm: _Param, betas: tuple[float, float], momenta: tuple[float, 
     if prm.base:
         w1s = w2c = b2c = torch.zeros(1)
     else:
-        w1s = (w1 * torch.cat([prm.scale, prm.scale.new_ones(1)])).contiguous()
+        w1s = prm.scaled_w1(w1).contiguous()
         w2c, b2c = w2.contiguous(), b2.reshape(-1).contiguous()
     tile = torch.empty(hdim * prm.row) if kind == "edge" and not prm.base else None
     native.param_step_(kind, prm.work.numel(), prm.row, prm.work, prm.g, moments, ctx, w1s, w2c, b2c, scalars,

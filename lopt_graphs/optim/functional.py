@@ -119,8 +119,7 @@ def head_view(spec: GraphSpec, i: int, shape: Sequence[int]) -> tuple[int, ...]:
     itself when graph-free."""
     slot = spec.params[i]
     if slot.kind == "edge":
-        rows, cols = (slot.cols, slot.rows) if slot.transposed else (slot.rows, slot.cols)
-        return (rows, cols) if slot.entries == 1 else (rows, cols, slot.entries)
+        return slot.stored if slot.entries == 1 else (*slot.stored, slot.entries)
     return (slot.numel,) if slot.kind == "node" else tuple(shape)
 
 
@@ -148,12 +147,10 @@ def node_contexts(learned: LearnedUpdate, spec: GraphSpec, feats: Sequence[Tenso
         if p.kind == "edge":
             # source and node terms stored [H, n]: the head reads them contiguously along a weight's rows
             rows, cols = h[p.dst_start: p.dst_start + p.rows], h[p.src_start: p.src_start + p.cols]
-            if p.transposed:  # stored [in, out]: the sources' term per stored row, the destinations' per column
-                out.append({"ctx_dst": src[p.src_start: p.src_start + p.cols],
-                            "ctx_src": dst[p.dst_start: p.dst_start + p.rows].t().contiguous()})
-            else:
-                out.append({"ctx_dst": dst[p.dst_start: p.dst_start + p.rows],
-                            "ctx_src": src[p.src_start: p.src_start + p.cols].t().contiguous()})
+            d, s = dst[p.dst_start: p.dst_start + p.rows], src[p.src_start: p.src_start + p.cols]
+            # the term of each stored row and of each stored column (a transposed weight is stored [in, out])
+            per_row, per_col = (s, d) if p.transposed else (d, s)
+            out.append({"ctx_dst": per_row, "ctx_src": per_col.t().contiguous()})
         elif p.kind == "node":
             slot = learned.slot_type.weight[1 + p.slot]
             rows = cols = h[p.dst_start: p.dst_start + p.numel]
@@ -173,7 +170,7 @@ def _constant_contexts(learned: LearnedUpdate, spec: GraphSpec, feats: Sequence[
     for p, f in zip(spec.params, feats):
         zero = f.new_zeros(()).to(learned.w1.dtype)
         if p.kind == "edge":
-            rows, cols = (p.cols, p.rows) if p.transposed else (p.rows, p.cols)  # as stored
+            rows, cols = p.stored
             out.append({"ctx_dst": learned.ctx_const[0].expand(rows, h) + zero,
                         "ctx_src": f.new_zeros(h, cols).to(learned.w1.dtype)})
         elif p.kind == "node":

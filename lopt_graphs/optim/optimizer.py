@@ -129,7 +129,7 @@ class NeuralGraphOptimizer(Optimizer):
         super().__init__(params, defaults)
 
     @classmethod
-    def for_module(cls, module: nn.Module, ckpt: CkptLike = None, *, embeddings: str = "edge",
+    def for_module(cls, module: nn.Module, ckpt: CkptLike = None, *, embeddings: Literal["free", "edge"] = "edge",
                    **kwargs) -> "NeuralGraphOptimizer":
         """Optimizer over ``module.parameters()`` with the module's exact wiring (residuals, norms).
 
