@@ -170,6 +170,21 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
+def _compile(cc: str, flags: list[str], lib: Path) -> bool:
+    """Build the C step into ``lib`` (written whole or not at all); ``False`` (with a warning) when cc fails."""
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:
+        src, out = Path(tmp) / "ngo_step.c", Path(tmp) / "ngo_step.so"
+        src.write_text(_SOURCE)
+        res = subprocess.run([cc, *flags, str(src), "-o", str(out), "-lm"], capture_output=True, text=True)
+        if res.returncode != 0:
+            log.warning("lopt_graphs.optim.native: building the C step failed (the eager fast step is used):\n%s",
+                        res.stderr[-2000:])
+            return False
+        os.replace(out, lib)  # atomic: a concurrent process sees the old state or the whole library
+    return True
+
+
 def _build() -> ctypes.CDLL | None:
     cc = shutil.which(os.environ.get("CC", "cc"))
     if cc is None or platform.system() != "Linux":
@@ -179,18 +194,15 @@ def _build() -> ctypes.CDLL | None:
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
     key = hashlib.sha256("\0".join([_SOURCE, *flags, *version, _cpu_flags(), platform.machine()]).encode()).hexdigest()
     lib = _cache_dir() / f"ngo_step_{key[:16]}.so"
-    if not lib.exists():
-        lib.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:
-            src, out = Path(tmp) / "ngo_step.c", Path(tmp) / "ngo_step.so"
-            src.write_text(_SOURCE)
-            res = subprocess.run([cc, *flags, str(src), "-o", str(out), "-lm"], capture_output=True, text=True)
-            if res.returncode != 0:
-                log.warning("lopt_graphs.optim.native: building the C step failed (the eager fast step is used):\n%s",
-                            res.stderr[-2000:])
-                return None
-            os.replace(out, lib)  # atomic: a concurrent process sees the old state or the whole library
-    so = ctypes.CDLL(str(lib))
+    if not lib.exists() and not _compile(cc, flags, lib):
+        return None
+    try:
+        so = ctypes.CDLL(str(lib))
+    except OSError as e:  # a damaged cached library (a disk error, a copied cache): rebuild it once
+        log.warning("lopt_graphs.optim.native: the cached C step %s does not load (%s); rebuilding it", lib, e)
+        if not _compile(cc, flags, lib):
+            return None
+        so = ctypes.CDLL(str(lib))
     fn = so.ngo_param_step
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     fn.argtypes = [ctypes.c_int, i64, i64, i64, *[ptr] * 8, ctypes.c_int, *[ptr] * 4, ctypes.c_int, ctypes.c_int, ptr]

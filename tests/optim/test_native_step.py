@@ -117,6 +117,21 @@ def test_build_is_cached_and_keyed_by_the_source(fresh_native, monkeypatch):
     assert native.available() and len(list(fresh_native.glob("ngo_step_*.so"))) == 2
 
 
+@needs_cc
+def test_a_damaged_cached_library_is_rebuilt(fresh_native, monkeypatch, tmp_path, caplog):
+    assert native.available()
+    name = next(fresh_native.glob("ngo_step_*.so")).name
+    other = tmp_path / "other_cache"  # a cache this process has not loaded from (a loaded file is mapped)
+    other.mkdir()
+    (other / name).write_bytes(b"not a shared library")
+    monkeypatch.setenv("LOPT_GRAPHS_CACHE", str(other))
+    monkeypatch.setattr(native, "_tried", False)
+    with caplog.at_level("WARNING"):
+        assert native.available()
+    assert "does not load" in caplog.text and "rebuilding it" in caplog.text
+    assert (other / name).stat().st_size > 1000 and [p.name for p in other.iterdir()] == [name]
+
+
 def test_falls_back_without_a_compiler_or_when_switched_off(fresh_native, monkeypatch, caplog):
     monkeypatch.setenv("CC", "/nonexistent/cc")
     assert not native.available() and native.library() is None
