@@ -39,9 +39,9 @@ __all__ = [
 ESTIMATORS: tuple[str, ...] = ("es", "pes", "tbptt")
 
 #: Valid values of :attr:`MetaTrainConfig.learned`.
-LEARNED_ARCHS: tuple[str, ...] = ("v1", "v2", "v2_ff", "v2_cosine", "v2_ff_cosine")
+LEARNED_ARCHS: tuple[str, ...] = ("v1", "v2", "v2_ff", "v2_cosine", "v2_ff_cosine", "v2_cosine_bounded")
 #: Valid values of :attr:`MetaTrainConfig.objective` (see :func:`meta_train.unroll.unroll`).
-OBJECTIVES: tuple[str, ...] = ("mean_loss", "log_late")
+OBJECTIVES: tuple[str, ...] = ("mean_loss", "log_late", "log_final")
 
 #: Valid values of :attr:`MetaTrainConfig.meta_params`, and the parameter-name prefixes each freezes.
 META_PARAMS: dict[str, tuple[str, ...]] = {
@@ -109,10 +109,13 @@ class MetaTrainConfig(_cfg.CheckedConfig):
             step size and schedule, small log-magnitude; :func:`lopt_graphs.optim.learned.v2_config`) or
             ``"v2_ff"`` (v2 without the encoder: the per-parameter "FF" ablation); ``"v2_cosine"`` /
             ``"v2_ff_cosine"``: the same with a step bound of ``e**5`` and a warmup-cosine schedule prior when
-            the horizon is known (:func:`meta_train.trainer.fresh_learned_update`).
+            the horizon is known (:func:`meta_train.trainer.fresh_learned_update`); ``"v2_cosine_bounded"``:
+            ``"v2_cosine"`` with the encoder readout's factor on a tensor's step bounded to ``e**+-1`` (safe on
+            models far larger than meta-training's).
         objective: Meta-loss of a truncation: ``"mean_loss"`` (mean minibatch loss) or ``"log_late"``
-            (``log(L / L_0)`` per task, weighted ``2 t / T`` toward the end of the run); see
-            :func:`meta_train.unroll.unroll`.
+            (``log(L / L_0)`` per task, weighted ``2 t / T`` toward the end of the run) or ``"log_final"``
+            (``log((L + 0.01) / L_0)`` over the last fifth of the run: the final loss as validation scores
+            it); see :func:`meta_train.unroll.unroll`.
         horizon_min: ``> 0`` samples each group's run length log-uniformly in ``[horizon_min, horizon]``
             (rounded to whole truncations); ``0`` keeps every run at ``horizon``.
         hidden_horizon_prob: Probability that a group's learned update is not told its horizon

@@ -32,19 +32,24 @@ from .unroll import Stepper, ThetaSpace
 CKPT_FORMAT, CKPT_VERSION = CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION
 #: Peak step of the warmup-cosine schedule prior of ``learned=v2_cosine`` (chosen on the validation tasks).
 COSINE_PEAK = 0.05
+#: Bound of the encoder readout's log-step share in ``learned=v2_cosine_bounded`` (a tensor's step within
+#: ``e**+-1`` of the schedule's, whatever the size of the model).
+READOUT_BOUND = 1.0
 
 
 def fresh_learned_update(arch: str = "v1") -> LearnedUpdate:
     """A fresh learned update of architecture ``arch`` (one of :data:`~meta_train.config.LEARNED_ARCHS`):
     ``"v1"``, ``"v2"``, ``"v2_ff"``, or ``"v2_cosine"`` / ``"v2_ff_cosine"``: v2 with a step bound of
     ``e**5`` whose schedule starts as a warmup-cosine prior (peak :data:`COSINE_PEAK`) when told its horizon
-    (Adam at 0.01 without one)."""
+    (Adam at 0.01 without one); ``"v2_cosine_bounded"``: ``"v2_cosine"`` with the readout's share of the log
+    step bounded by :data:`READOUT_BOUND`."""
     if arch == "v1":
         return LearnedUpdate()
     if arch in ("v2", "v2_ff"):
         return LearnedUpdate(v2_config(use_graph=arch == "v2"))
-    if arch in ("v2_cosine", "v2_ff_cosine"):
-        learned = LearnedUpdate(v2_config(use_graph=arch == "v2_cosine", lr_bound=5.0))
+    if arch in ("v2_cosine", "v2_ff_cosine", "v2_cosine_bounded"):
+        bound = READOUT_BOUND if arch == "v2_cosine_bounded" else 0.0
+        learned = LearnedUpdate(v2_config(use_graph=arch != "v2_ff_cosine", lr_bound=5.0, readout_bound=bound))
         return learned.fit_schedule_(warmup_cosine(COSINE_PEAK))
     raise ValueError(f"Unknown learned-update architecture {arch!r}; expected one of {list(LEARNED_ARCHS)}")
 

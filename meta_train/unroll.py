@@ -17,6 +17,12 @@ from lopt_graphs.optim import LearnedUpdate, ngo_update
 from .config import OBJECTIVES
 from .tasks import Task
 
+#: Loss offset (nats) of the ``log_final`` objective and of the validation score's log-ratio: a task that a run
+#: drives to 1e-4 counts no more than one driven to 1e-2, as the final-loss evaluation sees it.
+LOSS_OFFSET = 0.01
+#: ``log_final`` scores the last this fraction of a run (its final loss, as a minibatch estimate).
+FINAL_FRACTION = 0.2
+
 
 class ThetaSpace:
     """Flat-vector view of the meta-trained parameters of a :class:`LearnedUpdate`.
@@ -99,13 +105,16 @@ def unroll(stepper: Stepper, space: ThetaSpace, theta: Tensor, task: Task, param
     loss = torch.nan_to_num(loss, nan=loss_cap, posinf=loss_cap).clamp(max=loss_cap)
     if objective == "mean_loss":
         return loss.mean(), (params, states)
-    if objective != "log_late":
+    if objective not in ("log_late", "log_final"):
         raise ValueError(f"Unknown objective {objective!r}; expected one of {OBJECTIVES}")
     if length < 1:
-        raise ValueError(f"objective 'log_late' needs the run length (got length={length})")
+        raise ValueError(f"objective {objective!r} needs the run length (got length={length})")
     t = torch.arange(t0 + 1, t0 + xs.shape[0] + 1, dtype=loss.dtype)
-    w = 2.0 * t / length
-    return (w * torch.log(loss.clamp(min=1e-8) / task.loss_scale)).mean(), (params, states)
+    if objective == "log_late":
+        w = 2.0 * t / length
+        return (w * torch.log(loss.clamp(min=1e-8) / task.loss_scale)).mean(), (params, states)
+    w = (t > (1.0 - FINAL_FRACTION) * length).to(loss.dtype) / FINAL_FRACTION
+    return (w * torch.log((loss.clamp(min=0.0) + LOSS_OFFSET) / task.loss_scale)).mean(), (params, states)
 
 
 def detach_tree(tree):

@@ -22,9 +22,10 @@ from lopt_graphs.optim import LearnedUpdate
 
 from .evaluate import ADAM_LRS
 from .tasks import VALIDATION, VALIDATION_LONG, Task, TaskConfig
+from .unroll import LOSS_OFFSET
 
-#: Loss offset of the score's log-ratio (nats).
-SCORE_OFFSET = 0.01
+#: Loss offset of the score's log-ratio (nats); the ``log_final`` meta-objective uses the same.
+SCORE_OFFSET = LOSS_OFFSET
 #: Seeds of the validation runs: tuned Adam's lr is chosen on TUNE_SEED, both optimizers are scored on SCORE_SEED
 #: (and on the seeds after it when a run asks for more than one: ``validate_seeds``).
 TUNE_SEED, SCORE_SEED = 1000, 0

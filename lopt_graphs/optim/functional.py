@@ -159,7 +159,9 @@ def node_contexts(learned: LearnedUpdate, spec: GraphSpec, feats: Sequence[Tenso
             out.append({})
             continue
         if cfg.tensor_lr:  # invariant: means over the tensor's neurons
-            out[-1]["ctx_lr"] = learned.lr_readout(torch.cat([rows.mean(0), cols.mean(0)]))[0]
+            r = learned.lr_readout(torch.cat([rows.mean(0), cols.mean(0)]))[0]
+            b = cfg.readout_bound
+            out[-1]["ctx_lr"] = b * torch.tanh(r / b) if b > 0 else r
     return out
 
 

@@ -50,6 +50,10 @@ class LearnedUpdateConfig:
         lr_bound: the soft bound of the per-tensor log step (``tensor_lr``).
         lr_init: the initial log step (the schedule's bias): a fresh v2 update is Adam with step
             ``base_lr * e**lr_init``.
+        readout_bound: ``> 0`` bounds the readout's share of the per-tensor log step softly,
+            ``readout_bound * tanh(readout / readout_bound)``, so a model far larger than those meta-training
+            saw (whose node embeddings the readout extrapolates) gets at most ``e**readout_bound`` times the
+            schedule's step; ``0``: unbounded (checkpoints from before the bound).
         use_graph: ``False`` drops the encoder (the "FF" ablation: a per-parameter learned optimizer whose
             head sees no neuron context; node terms are learned per-kind constants).
     """
@@ -68,6 +72,7 @@ class LearnedUpdateConfig:
     tensor_lr: bool = False
     lr_bound: float = 4.0
     lr_init: float = 0.0
+    readout_bound: float = 0.0
     use_graph: bool = True
 
     def __post_init__(self) -> None:
@@ -87,6 +92,9 @@ class LearnedUpdateConfig:
                 raise ValueError(f"Invalid momentum timescale: {b} (expected in [0, 1))")
         if not self.lr_bound > 0:
             raise ValueError(f"Invalid lr_bound: {self.lr_bound} (expected > 0)")
+        if not (math.isfinite(self.readout_bound) and self.readout_bound >= 0):
+            raise ValueError(f"Invalid readout_bound: {self.readout_bound} (expected a finite float >= 0; 0 leaves "
+                             "the readout unbounded)")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -107,18 +115,20 @@ class LearnedUpdateConfig:
         return cls(**d)
 
 
-def v2_config(use_graph: bool = True, lr_bound: float = 4.0) -> LearnedUpdateConfig:
+def v2_config(use_graph: bool = True, lr_bound: float = 4.0, readout_bound: float = 0.0) -> LearnedUpdateConfig:
     """The recipe-v2 learned update: horizon features, a learned per-tensor step size and schedule, a small
     learned log-magnitude (``mag_scale`` 0.05, so the hard ``mag_clip`` of 5 sits 100 head units away) and
     a narrower encoder (hidden 16) than v1; starts as Adam with step ``0.01`` (``lr_init`` is set so that
     ``base_lr * exp(lr_bound * tanh(lr_init / lr_bound)) = 0.01``). ``lr_bound`` is the soft bound of the
-    per-tensor log step: steps stay below ``base_lr * e**lr_bound`` (0.055 at 4, 0.148 at 5)."""
+    per-tensor log step: steps stay below ``base_lr * e**lr_bound`` (0.055 at 4, 0.148 at 5); ``readout_bound``
+    bounds the encoder readout's factor on a tensor's step to ``e**+-readout_bound`` (``0``: unbounded)."""
     enc = EncoderConfig(node_in=len(FEATURES), edge_in=len(FEATURES), hidden=16, edge_hidden=8, layers=2,
                         max_positions=64, position_overflow="wrap", max_kernel=16, entry_nonlinearity=False)
     return LearnedUpdateConfig(encoder=enc, head_hidden=4, base_lr=1e-3, mag_scale=0.05, mag_clip=5.0,
                                dir_scale=0.1, encoder_every=100, horizon_taus=(0.1, 0.3, 0.5, 0.7, 0.9),
                                tensor_lr=True, lr_bound=lr_bound,
-                               lr_init=lr_bound * math.atanh(math.log(10.0) / lr_bound), use_graph=use_graph)
+                               lr_init=lr_bound * math.atanh(math.log(10.0) / lr_bound), readout_bound=readout_bound,
+                               use_graph=use_graph)
 
 
 def warmup_cosine(peak: float, warmup: float = 0.05, final: float = 0.02) -> Callable[[Tensor], Tensor]:

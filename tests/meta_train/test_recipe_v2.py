@@ -48,6 +48,36 @@ def test_log_late_objective_is_the_weighted_mean_of_log_losses():
         unroll(stepper, space, theta, task, params, states, 0, xs, ys, 100.0, objective="log_late")
 
 
+def test_log_final_objective_scores_the_offset_loss_over_the_last_fifth():
+    from meta_train.unroll import LOSS_OFFSET
+    from meta_train.validate import SCORE_OFFSET
+    assert LOSS_OFFSET == SCORE_OFFSET == 0.01  # the objective scores what validation scores
+    learned = LearnedUpdate(v2_config())
+    space, stepper = ThetaSpace(learned), Stepper(learned)
+    theta = space.flatten(learned)
+    task, gen = Task(TINY), torch.Generator().manual_seed(0)
+    params = task.init_params(gen)
+    states = [{} for _ in params]
+    xs, ys = task.batches(gen, 4)
+    losses, p, s = [], params, states
+    for k in range(4):
+        loss, (p, s) = unroll(stepper, space, theta, task, p, s, 14 + k, xs[k:k + 1], ys[k:k + 1], 100.0,
+                              total_steps=20)
+        losses.append(loss.item())
+    # steps 15..18 of a 20-step run: only 17 and 18 are in the last fifth (t > 16), weighted 1 / 0.2
+    got, _ = unroll(stepper, space, theta, task, params, states, 14, xs, ys, 100.0, objective="log_final",
+                    length=20, total_steps=20)
+    want = sum(5.0 * math.log((v + 0.01) / math.log(10)) for v in losses[2:]) / 4
+    assert got.item() == pytest.approx(want, rel=1e-5)
+    early, _ = unroll(stepper, space, theta, task, params, states, 0, xs, ys, 100.0, objective="log_final",
+                      length=20, total_steps=20)
+    assert early.item() == 0.0  # before the last fifth nothing is scored
+    with pytest.raises(ValueError, match="'log_final' needs the run length"):
+        unroll(stepper, space, theta, task, params, states, 0, xs, ys, 100.0, objective="log_final")
+    with pytest.raises(ValueError, match="Unknown objective 'final'"):
+        unroll(stepper, space, theta, task, params, states, 0, xs, ys, 100.0, objective="final", length=20)
+
+
 def test_group_budget_and_input_scale_augmentation():
     gen = torch.Generator().manual_seed(0)
     for _ in range(10):

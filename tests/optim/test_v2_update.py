@@ -154,6 +154,28 @@ def test_fit_schedule_follows_the_prior_for_every_horizon_and_keeps_the_unknown_
         LearnedUpdate().fit_schedule_(warmup_cosine(0.05))
 
 
+def test_readout_bound_limits_a_tensors_step_factor_on_any_model():
+    from lopt_graphs.graph import graph_from_module
+    from lopt_graphs.optim.functional import node_contexts
+    model = nn.Sequential(nn.Linear(5, 64), nn.Tanh(), nn.Linear(64, 3))
+    spec = graph_from_module(model)
+    feats = [torch.randn(*p.shape, 6) * 100 for p in model.parameters()]  # far outside meta-training's range
+    free = LearnedUpdate(v2_config(readout_bound=0.0))
+    bounded = LearnedUpdate(v2_config(readout_bound=1.0))
+    bounded.load_state_dict(free.state_dict())
+    with torch.no_grad():
+        for m in (free, bounded):
+            m.lr_readout.weight.fill_(1.0)
+    raw = torch.stack([c["ctx_lr"] for c in node_contexts(free, spec, feats)])
+    got = torch.stack([c["ctx_lr"] for c in node_contexts(bounded, spec, feats)])
+    assert raw.abs().max() > 3.0  # unbounded, the readout runs away
+    torch.testing.assert_close(got, torch.tanh(raw))  # bounded: 1 * tanh(raw / 1), within +-1
+    with pytest.raises(ValueError, match="Invalid readout_bound: -1.0"):
+        v2_config(readout_bound=-1.0)
+    old = {k: v for k, v in free.cfg.to_dict().items() if k != "readout_bound"}  # a checkpoint from before
+    assert LearnedUpdate(type(free.cfg).from_dict(old)).cfg.readout_bound == 0.0
+
+
 def test_fresh_v2_cosine_starts_at_the_prior():
     from meta_train.trainer import COSINE_PEAK, fresh_learned_update
     learned = fresh_learned_update("v2_cosine")
@@ -161,5 +183,10 @@ def test_fresh_v2_cosine_starts_at_the_prior():
     peak = float(learned.schedule(torch.linspace(0, 1, 41), total=1000).max())
     assert 0.8 * COSINE_PEAK < peak < 1.2 * COSINE_PEAK
     assert not fresh_learned_update("v2_ff_cosine").cfg.use_graph
+    assert learned.cfg.readout_bound == 0.0
+    bounded = fresh_learned_update("v2_cosine_bounded")
+    assert bounded.cfg.readout_bound == 1.0 and bounded.cfg.use_graph and bounded.cfg.lr_bound == 5.0
+    torch.testing.assert_close(bounded.schedule(torch.linspace(0, 1, 41), total=1000),
+                               learned.schedule(torch.linspace(0, 1, 41), total=1000))
     with pytest.raises(ValueError, match="Unknown learned-update architecture 'v3'"):
         fresh_learned_update("v3")

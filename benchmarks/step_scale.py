@@ -1,0 +1,209 @@
+"""How a learned per-tensor step size carries over to models far larger than meta-training's.
+
+Commands::
+
+    lopt-step-scale                                                  # default and v2 checkpoints, ResNet-18
+    lopt-step-scale ckpts=default,v2_cosine_pes_100 models=resnet18,mlp_wide steps=60 out=benchmarks/results/step_scale.json
+    python -m benchmarks.step_scale --help                           # the keys and their defaults
+
+Meta-training sees MLPs and CNNs of at most ~20k parameters. A v2 update's per-tensor step is a learned schedule
+plus a readout of the encoder's node embeddings; on a model with 500-wide layers the readout reads embeddings
+it never saw, and its step can be off by orders of magnitude. For each checkpoint and model this trains the
+model with ``NeuralGraphOptimizer.for_module`` **without** ``total_steps`` (the ``for_module`` default, what a
+user who passes nothing gets) and, in the same process, with Adam at lr 1e-3 and 1e-2, and reports:
+
+* the per-tensor step ``lr * base_lr * e**sigma`` (v2; from the optimizer's public diagnostics) at the first
+  step: median and maximum over the tensors, and the step with a zero readout (the schedule's alone);
+* the loss before and after ``steps`` steps, in eval mode on the training batches (BatchNorm's running
+  statistics must follow the weights) -- the set-up of ``tests/optim/test_batchnorm.py``.
+
+Models: ``resnet18`` (torchvision, 11.2M parameters, 10 classes, 32x32 random inputs, 32 samples in two
+batches of 16) and ``mlp_wide`` (784-1024-1024-10 ReLU on the embedded MNIST-5k, batch 64). Prints a markdown
+table and writes JSON + markdown.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from lopt_graphs import NeuralGraphOptimizer
+from lopt_graphs import config as _cfg
+from lopt_graphs.config import bad_value
+from lopt_graphs.io import atomic_write_text
+from lopt_graphs.optim import LearnedUpdate
+from meta_train.evaluate import load_any
+
+MODELS = ("resnet18", "mlp_wide")
+
+
+@dataclass(frozen=True)
+class StepScaleConfig:
+    """Keys of ``lopt-step-scale``.
+
+    Attributes:
+        ckpts: checkpoints (shipped names, paths, or a meta-training run's ``ckpt.pt``).
+        models: models to train (``resnet18``, ``mlp_wide``).
+        steps: optimizer steps per run (>= 1).
+        out: JSON output (the markdown goes next to it, ``.md``).
+        threads: torch intra-op threads (``0`` leaves torch's default).
+    """
+
+    ckpts: tuple[str, ...] = ("default", "v2_cosine_pes_100", "v2_ff_cosine_pes_100")
+    models: tuple[str, ...] = ("resnet18",)
+    steps: int = 60
+    out: str = "benchmarks/results/step_scale.json"
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        _cfg.check_types(self)
+        if not self.ckpts:
+            bad_value("ckpts", self.ckpts, "at least one checkpoint")
+        for m in self.models:
+            if m not in MODELS:
+                bad_value("models", self.models, f"names from {list(MODELS)}")
+        if not self.models:
+            bad_value("models", self.models, f"at least one of {list(MODELS)}")
+        if self.steps < 1:
+            bad_value("steps", self.steps, "an integer >= 1")
+        if self.threads < 0:
+            bad_value("threads", self.threads, "an integer >= 0 (0: torch's default)")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A model factory and its fixed data: ``batches[i % len(batches)]`` trains step ``i``; the loss before and
+    after is measured on all of them (eval mode)."""
+
+    make: Callable[[], nn.Module]
+    batches: list[tuple[Tensor, Tensor]]
+
+
+def problem(name: str) -> Problem:
+    """The model ``name`` (one of :data:`MODELS`) with its data, seeded."""
+    g = torch.Generator().manual_seed(0)
+    if name == "resnet18":
+        import torchvision
+
+        x, y = torch.randn(32, 3, 32, 32, generator=g), torch.randint(0, 10, (32,), generator=g)
+        return Problem(lambda: torchvision.models.resnet18(num_classes=10), [(x[:16], y[:16]), (x[16:], y[16:])])
+    if name == "mlp_wide":
+        from lopt_graphs.data import load_embedded
+
+        data = load_embedded("mnist5k")
+        x, y = data.x_train.flatten(1), data.y_train
+        idx = torch.randperm(len(x), generator=g)[:640]
+        batches = [(x[idx[i:i + 64]], y[idx[i:i + 64]]) for i in range(0, 640, 64)]
+        return Problem(lambda: nn.Sequential(nn.Flatten(), nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024),
+                                             nn.ReLU(), nn.Linear(1024, 10)), batches)
+    raise ValueError(f"Unknown model {name!r}; expected one of {list(MODELS)}")
+
+
+def _eval_loss(model: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> float:
+    model.eval()
+    with torch.no_grad():
+        out = statistics.mean(float(nn.functional.cross_entropy(model(x), y)) for x, y in batches)
+    model.train()
+    return out
+
+
+def train(prob: Problem, make_opt: Callable[[nn.Module], torch.optim.Optimizer], steps: int,
+          on_first_step: Callable[[torch.optim.Optimizer], None] | None = None) -> tuple[float, float]:
+    """``(loss before, loss after)`` of ``steps`` steps from the seed-0 initialization."""
+    torch.manual_seed(0)
+    model = prob.make()
+    start = _eval_loss(model, prob.batches)
+    opt = make_opt(model)
+    for i in range(steps):
+        x, y = prob.batches[i % len(prob.batches)]
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        if i == 0 and on_first_step is not None:
+            on_first_step(opt)
+    return start, _eval_loss(model, prob.batches)
+
+
+def tensor_steps(opt: NeuralGraphOptimizer, learned: LearnedUpdate) -> dict[str, float] | None:
+    """Median and maximum per-tensor step ``base_lr * e**sigma`` of the optimizer's last step (v2), and the step
+    of a zero readout (the schedule alone, no horizon); ``None`` for an update without a per-tensor step."""
+    sig = [d["sigma"] for d in opt.last_diagnostics if d["sigma"] is not None]
+    if not sig:
+        return None
+    base = learned.cfg.base_lr
+    steps = [base * float(torch.tensor(s).exp()) for s in sig]
+    return {"median_step": statistics.median(steps), "max_step": max(steps), "min_step": min(steps),
+            "schedule_step": float(learned.schedule(torch.zeros(1), total=None)[0]), "tensors": len(steps)}
+
+
+def measure(ckpt: str, model: str, steps: int) -> dict:
+    """One row: the checkpoint's per-tensor steps and losses on ``model``."""
+    learned, prob = load_any(ckpt), problem(model)
+    seen: dict = {}
+
+    def make_opt(m: nn.Module) -> NeuralGraphOptimizer:
+        opt = NeuralGraphOptimizer.for_module(m, copy.deepcopy(learned))
+        opt.record_diagnostics = True
+        return opt
+
+    def first(opt: torch.optim.Optimizer) -> None:
+        seen["steps"] = tensor_steps(opt, learned)
+        opt.record_diagnostics = False  # the diagnostics' per-entry copies cost time on 11M parameters
+
+    start, end = train(prob, make_opt, steps, first)
+    row = {"ckpt": ckpt, "model": model, "params": sum(p.numel() for p in prob.make().parameters()),
+           "loss_start": start, "ngo_loss_end": end, **(seen["steps"] or {})}
+    print(f"  {ckpt} on {model}: {start:.3f} -> {end:.4g}", file=sys.stderr)
+    return row
+
+
+def adam_rows(model: str, steps: int) -> dict:
+    """Adam at lr 1e-3 and 1e-2 on ``model``, the same runs as :func:`measure`'s."""
+    prob = problem(model)
+    return {f"adam_{lr:g}_loss_end": train(prob, lambda m, lr=lr: torch.optim.Adam(m.parameters(), lr=lr), steps)[1]
+            for lr in (1e-3, 1e-2)}
+
+
+def markdown(rows: list[dict], steps: int) -> str:
+    """The table of the result rows."""
+    lines = [f"Without `total_steps`, {steps} steps; loss in eval mode on the training batches. Per-tensor step "
+             "(v2): at the first step, median / max over the tensors, and the schedule's (zero readout).", "",
+             "| checkpoint | model | params | median step | max step | schedule step | loss start | NGO end | "
+             "Adam 1e-3 end | Adam 1e-2 end |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def f(r: dict, k: str, fmt: str = ".3g") -> str:
+        return "-" if r.get(k) is None else f"{r[k]:{fmt}}"
+
+    for r in rows:
+        lines.append(f"| {r['ckpt']} | {r['model']} | {r['params']:,} | {f(r, 'median_step')} | {f(r, 'max_step')} | "
+                     f"{f(r, 'schedule_step')} | {r['loss_start']:.3f} | {r['ngo_loss_end']:.4g} | "
+                     f"{r['adam_0.001_loss_end']:.4g} | {r['adam_0.01_loss_end']:.4g} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Command-line entry point: ``[--config FILE] [key=value ...]``; returns the result document."""
+    cfg = _cfg.parse_command(StepScaleConfig, argv, (__doc__ or "").split("\n")[0])
+    _cfg.set_threads(cfg.threads)
+    rows = []
+    for model in cfg.models:
+        adam = adam_rows(model, cfg.steps)
+        rows += [{**measure(c, model, cfg.steps), **adam} for c in cfg.ckpts]
+    text = markdown(rows, cfg.steps)
+    print(text)
+    res = {"steps": cfg.steps, "seed": 0, "threads": torch.get_num_threads(), "total_steps": None, "rows": rows}
+    atomic_write_text(cfg.out, json.dumps(res, indent=1))
+    atomic_write_text(Path(cfg.out).with_suffix(".md"), text + "\n")
+    return res
+
+
+if __name__ == "__main__":
+    main()

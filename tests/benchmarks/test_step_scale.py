@@ -1,0 +1,44 @@
+"""Tests of ``benchmarks.step_scale``: the per-tensor steps it reads off the optimizer's diagnostics, and the
+readout bound that keeps them near the schedule's on a model far larger than meta-training's."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import step_scale as mod
+from lopt_graphs.optim import save_checkpoint
+from meta_train.trainer import fresh_learned_update
+
+
+def _runaway(bound: bool, path: Path) -> str:
+    torch.manual_seed(0)  # the same encoder for both
+    learned = fresh_learned_update("v2_cosine_bounded" if bound else "v2_cosine")
+    with torch.no_grad():
+        learned.lr_readout.weight.fill_(1.0)  # a readout that extrapolates on wide layers
+    save_checkpoint(learned, path)
+    return str(path)
+
+
+def test_readout_bound_keeps_every_tensor_within_e_of_the_schedule(tmp_path: Path):
+    free, bounded = _runaway(False, tmp_path / "free.pt"), _runaway(True, tmp_path / "bounded.pt")
+    res = mod.main([f"ckpts=adam_init,{free},{bounded}", "models=mlp_wide", "steps=1", f"out={tmp_path / 's.json'}"])
+    v1, f, b = res["rows"]
+    assert v1["ckpt"] == "adam_init" and "median_step" not in v1  # v1: no per-tensor step
+    assert f["schedule_step"] == pytest.approx(0.01, rel=0.02) == b["schedule_step"]
+    assert b["tensors"] == f["tensors"] == 6
+    assert b["schedule_step"] / math.e <= b["min_step"] <= b["max_step"] <= b["schedule_step"] * math.e
+    assert max(f["max_step"] / f["schedule_step"], f["schedule_step"] / f["min_step"]) > 3  # unbounded: runs away
+    assert res["rows"][0]["adam_0.001_loss_end"] == res["rows"][2]["adam_0.001_loss_end"]  # one Adam run per model
+    assert json.loads((tmp_path / "s.json").read_text())["rows"] == res["rows"]
+    assert "| schedule step |" in (tmp_path / "s.md").read_text()
+
+
+@pytest.mark.parametrize("bad, match", [("models=vgg", "models"), ("steps=0", "steps=0"), ("ckpts=", "ckpts")])
+def test_bad_keys_raise(bad: str, match: str, tmp_path: Path):
+    with pytest.raises(ValueError, match=match):
+        mod.main(["ckpts=adam_init", bad, f"out={tmp_path / 'x.json'}"])
