@@ -26,7 +26,7 @@ def _runaway(bound: bool, path: Path) -> str:
 
 def test_readout_bound_keeps_every_tensor_within_e_of_the_schedule(tmp_path: Path):
     free, bounded = _runaway(False, tmp_path / "free.pt"), _runaway(True, tmp_path / "bounded.pt")
-    res = mod.main([f"ckpts=adam_init,{free},{bounded}", "models=mlp_wide", "steps=1", f"out={tmp_path / 's.json'}"])
+    res = mod.main([f"ckpts=adam_init,{free},{bounded}", "models=mlp_wide", "steps=1", "seeds=1", f"out={tmp_path / 's.json'}"])
     v1, f, b = res["rows"]
     assert v1["ckpt"] == "adam_init" and "median_step" not in v1  # v1: no per-tensor step
     assert f["schedule_step"] == pytest.approx(0.01, rel=0.02) == b["schedule_step"]
@@ -38,7 +38,7 @@ def test_readout_bound_keeps_every_tensor_within_e_of_the_schedule(tmp_path: Pat
     assert "| schedule step |" in (tmp_path / "s.md").read_text()
 
 
-@pytest.mark.parametrize("bad, match", [("models=vgg", "models"), ("steps=0", "steps=0"), ("ckpts=", "ckpts")])
+@pytest.mark.parametrize("bad, match", [("models=vgg", "models"), ("steps=0", "steps=0"), ("ckpts=", "ckpts"), ("seeds=0", "seeds=0")])
 def test_bad_keys_raise(bad: str, match: str, tmp_path: Path):
     with pytest.raises(ValueError, match=match):
         mod.main(["ckpts=adam_init", bad, f"out={tmp_path / 'x.json'}"])

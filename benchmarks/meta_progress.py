@@ -1,0 +1,185 @@
+"""Does meta-training improve what it optimizes, and what validation scores? Checkpoints of one run side by side.
+
+Commands::
+
+    lopt-meta-progress ckpts=fresh:v2_cosine_bounded,runs/v2_final/ckpt.pt refs_from=runs/v2_final/ckpt.pt
+    python -m benchmarks.meta_progress --help                  # the keys and their defaults
+
+For each checkpoint (a shipped name, a path, a meta-training run's ``ckpt.pt``/``best.pt``, or
+``fresh:ARCH`` for a fresh learned update of ``meta_train``'s ``learned=ARCH``, seeded 0) it reports:
+
+* ``validation``: ``meta_train.validate.validation_score`` (the score a run selects on: mean over the
+  validation tasks and seeds of ``log((L + 0.01) / (L_adam + 0.01))``, final full-training-set loss against
+  Adam at an lr tuned on a separate seed; lower is better). The references come from a run checkpoint
+  (``refs_from``; those a run computed) or are computed here.
+* ``train_family``: the meta-objective's own quantity on tasks drawn from the training family (``tasks`` draws
+  of ``family`` with the run's input-scale augmentation, fixed ``sample_seed``), each trained ``steps`` steps
+  told its horizon (seed 0): the mean of ``log((L + 0.01) / log(classes))`` of the final full-training-set loss. If a
+  run improves this but not ``validation``, its training distribution is the problem; if neither, its
+  meta-gradient is (noise moves the meta-parameters as much as signal).
+* per task, each checkpoint against the first: how many tasks it has the lower value on.
+
+Prints a markdown table and writes JSON (with every per-task value) + markdown.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lopt_graphs import NeuralGraphOptimizer
+from lopt_graphs import config as _cfg
+from lopt_graphs.config import bad_value
+from lopt_graphs.evaluation import train_run
+from lopt_graphs.io import atomic_write_text
+from lopt_graphs.optim import LearnedUpdate
+from lopt_graphs.optim.checkpoint import read_checkpoint
+from meta_train.config import LEARNED_ARCHS
+from meta_train.evaluate import load_any
+from meta_train.tasks import FAMILIES, Task, TaskConfig, sample_group
+from meta_train.unroll import LOSS_OFFSET
+from meta_train.validate import adam_references, validation_score
+
+FRESH = "fresh:"
+
+
+@dataclass(frozen=True)
+class MetaProgressConfig:
+    """Keys of ``lopt-meta-progress``.
+
+    Attributes:
+        ckpts: checkpoints to compare (the first is the reference of the per-task counts).
+        refs_from: a meta-training checkpoint whose validation references to use; ``""`` computes them.
+        validate_steps: length of the validation runs (the run's ``validate_steps``).
+        validate_seeds: seeds per validation task (the run's ``validate_seeds``).
+        family: training family the tasks are drawn from.
+        input_scale: the run's input-scale augmentation (``1``: none).
+        tasks: number of training-family tasks.
+        steps: inner steps of each training-family run.
+        sample_seed: seed of the task draws.
+        out: JSON output (the markdown goes next to it, ``.md``).
+        threads: torch intra-op threads.
+    """
+
+    ckpts: tuple[str, ...] = ("fresh:v2_cosine", "v2_cosine_pes_100")
+    refs_from: str = ""
+    validate_steps: int = 300
+    validate_seeds: int = 2
+    family: str = "mixture_v2"
+    input_scale: float = 2.0
+    tasks: int = 24
+    steps: int = 300
+    sample_seed: int = 12345
+    out: str = "benchmarks/results/meta_progress.json"
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        _cfg.check_types(self)
+        if not self.ckpts:
+            bad_value("ckpts", self.ckpts, "at least one checkpoint (a name, a path or fresh:ARCH)")
+        for c in self.ckpts:
+            if c.startswith(FRESH) and c[len(FRESH):] not in LEARNED_ARCHS:
+                bad_value("ckpts", c, f"fresh:ARCH with ARCH one of {list(LEARNED_ARCHS)}")
+        if self.family not in FAMILIES:
+            bad_value("family", self.family, f"one of {sorted(FAMILIES)}")
+        for key in ("validate_steps", "validate_seeds", "tasks", "steps"):
+            if getattr(self, key) < 1:
+                bad_value(key, getattr(self, key), "an integer >= 1")
+        if not self.input_scale >= 1:
+            bad_value("input_scale", self.input_scale, "a float >= 1")
+        if self.threads < 0:
+            bad_value("threads", self.threads, "an integer >= 0 (0: torch's default)")
+
+
+def load(ckpt: str) -> LearnedUpdate:
+    """The learned update ``ckpt`` names (``fresh:ARCH``: a fresh one, seeded 0)."""
+    if ckpt.startswith(FRESH):
+        from meta_train.trainer import fresh_learned_update
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return fresh_learned_update(ckpt[len(FRESH):])
+    return load_any(ckpt)
+
+
+def family_tasks(cfg: MetaProgressConfig) -> list[TaskConfig]:
+    """``cfg.tasks`` draws of the training family (one task per draw), as a run samples them."""
+    gen = torch.Generator().manual_seed(cfg.sample_seed)
+    return [sample_group(cfg.family, gen, 1, input_scale=cfg.input_scale)[0] for _ in range(cfg.tasks)]
+
+
+def family_values(learned: LearnedUpdate, tasks: Sequence[TaskConfig], steps: int, seed: int) -> list[float]:
+    """Per task, ``log((L + c) / log(classes))`` of the final training loss after ``steps`` steps (3 if it
+    diverged)."""
+    out = []
+    for tc in tasks:
+        task = Task(tc)
+        r = train_run(task, lambda m: NeuralGraphOptimizer.for_module(m, copy.deepcopy(learned), total_steps=steps),
+                      steps, seed)
+        out.append(math.log((r.final_loss + LOSS_OFFSET) / task.loss_scale) if math.isfinite(r.final_loss) else 3.0)
+    return out
+
+
+def references(cfg: MetaProgressConfig) -> list[dict]:
+    if cfg.refs_from:
+        refs = read_checkpoint(cfg.refs_from).get("validation", {}).get("refs")
+        if not refs:
+            raise ValueError(f"refs_from={cfg.refs_from!r} holds no validation references (a meta-training "
+                             "checkpoint of a run with validate_every > 0 has them); leave refs_from empty to "
+                             "compute them")
+        return refs
+    return adam_references(cfg.validate_steps, seeds=cfg.validate_seeds)
+
+
+def markdown(rows: list[dict], cfg: MetaProgressConfig) -> str:
+    lines = [f"validation: {cfg.validate_seeds} seeds, {cfg.validate_steps} steps (lower is better, 0 = tuned Adam). "
+             f"train_family: {cfg.tasks} tasks of `{cfg.family}` (input scale x{cfg.input_scale:g}), {cfg.steps} "
+             "steps, mean log((L + 0.01) / L_0) of the final loss. Per task: where it is lower than the first "
+             "checkpoint's.", "",
+             "| checkpoint | validation | validation tasks lower | train_family | train_family tasks lower |",
+             "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['ckpt']} | {r['validation']:+.3f} | {r['validation_lower']} | {r['train_family']:+.3f} | "
+                     f"{r['train_family_lower']} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Command-line entry point: ``[--config FILE] [key=value ...]``; returns the result document."""
+    cfg = _cfg.parse_command(MetaProgressConfig, argv, (__doc__ or "").split("\n")[0])
+    _cfg.set_threads(cfg.threads)
+    refs, tasks = references(cfg), family_tasks(cfg)
+    rows: list[dict] = []
+    for ckpt in cfg.ckpts:
+        learned = load(ckpt)
+        val = validation_score(learned, refs, cfg.validate_steps, seeds=cfg.validate_seeds)
+        fam = family_values(learned, tasks, cfg.steps, seed=0)
+        val_tasks = [t["log_ratio"] for t in val["tasks"]]
+        first = rows[0] if rows else None
+        rows.append({"ckpt": ckpt, "validation": val["score"], "validation_tasks": val["tasks"],
+                     "train_family": sum(fam) / len(fam), "train_family_values": fam,
+                     "validation_lower": "-" if first is None else
+                     f"{sum(a < b for a, b in zip(val_tasks, (t['log_ratio'] for t in first['validation_tasks'])))}"
+                     f"/{len(val_tasks)}",
+                     "train_family_lower": "-" if first is None else
+                     f"{sum(a < b for a, b in zip(fam, first['train_family_values']))}/{len(fam)}"})
+        print(f"  {ckpt}: validation {val['score']:+.3f}, train_family {rows[-1]['train_family']:+.3f}", file=sys.stderr)
+    text = markdown(rows, cfg)
+    print(text)
+    res = {"config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "tasks": [t.name for t in tasks],
+           "rows": rows}
+    res["config"]["ckpts"] = list(cfg.ckpts)
+    atomic_write_text(cfg.out, json.dumps(res, indent=1))
+    atomic_write_text(Path(cfg.out).with_suffix(".md"), text + "\n")
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Tests of ``benchmarks.meta_progress``: validation and training-family scores of checkpoints side by side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import meta_progress as mod
+from lopt_graphs.optim import save_checkpoint
+
+
+def test_scores_and_per_task_counts(tmp_path: Path):
+    # a copy of the fresh update whose step schedule is 100x lower trains far less: worse on every task
+    slow = mod.load("fresh:v2_cosine_bounded")
+    with torch.no_grad():
+        slow.lr_sched.bias.sub_(5.0)
+    save_checkpoint(slow, tmp_path / "slow.pt")
+    res = mod.main(["ckpts=fresh:v2_cosine_bounded," + str(tmp_path / "slow.pt"), "validate_steps=10",
+                    "validate_seeds=1", "tasks=3", "steps=20", f"out={tmp_path / 'p.json'}"])
+    fresh, worse = res["rows"]
+    assert fresh["validation_lower"] == "-" and len(fresh["train_family_values"]) == 3 == len(res["tasks"])
+    assert worse["train_family"] > fresh["train_family"] and worse["train_family_lower"] == "0/3"
+    assert worse["validation"] > fresh["validation"] and worse["validation_lower"].endswith("/8")
+    assert json.loads((tmp_path / "p.json").read_text())["rows"][1]["train_family"] == worse["train_family"]
+    assert "| train_family |" in (tmp_path / "p.md").read_text()
+    assert mod.family_tasks(mod.MetaProgressConfig(ckpts=("x",), tasks=3)) == mod.family_tasks(
+        mod.MetaProgressConfig(ckpts=("y",), tasks=3))  # a fixed draw
+
+
+@pytest.mark.parametrize("bad, match", [("ckpts=fresh:v9", "fresh:ARCH"), ("tasks=0", "tasks=0"),
+                                        ("family=nope", "family")])
+def test_bad_keys_raise(bad: str, match: str, tmp_path: Path):
+    with pytest.raises(ValueError, match=match):
+        mod.main(["ckpts=fresh:v2", bad, f"out={tmp_path / 'x.json'}"])
+
+
+def test_refs_from_a_file_without_references_is_an_error(tmp_path: Path):
+    save_checkpoint(mod.load("fresh:v2"), tmp_path / "plain.pt")
+    with pytest.raises(ValueError, match="holds no validation references"):
+        mod.main(["ckpts=fresh:v2", f"refs_from={tmp_path / 'plain.pt'}", f"out={tmp_path / 'x.json'}"])
