@@ -89,13 +89,7 @@ class MetaProgressConfig:
                 bad_value("ckpts", c, f"fresh:ARCH with ARCH one of {list(LEARNED_ARCHS)}")
         if self.family not in FAMILIES:
             bad_value("family", self.family, f"one of {sorted(FAMILIES)}")
-        for key in ("validate_steps", "validate_seeds", "tasks", "steps"):
-            if getattr(self, key) < 1:
-                bad_value(key, getattr(self, key), "an integer >= 1")
-        if not self.input_scale >= 1:
-            bad_value("input_scale", self.input_scale, "a float >= 1")
-        if self.threads < 0:
-            bad_value("threads", self.threads, "an integer >= 0 (0: torch's default)")
+        _cfg.check_minimums(self, validate_steps=1, validate_seeds=1, tasks=1, steps=1, input_scale=1, threads=0)
 
 
 def load(ckpt: str) -> LearnedUpdate:

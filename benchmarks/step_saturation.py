@@ -64,10 +64,7 @@ class StepSaturationConfig:
         _cfg.check_types(self)
         if not self.ckpts:
             bad_value("ckpts", self.ckpts, "at least one checkpoint")
-        if self.steps < 10:
-            bad_value("steps", self.steps, "an integer >= 10")
-        if self.threads < 0:
-            bad_value("threads", self.threads, "an integer >= 0 (0: torch's default)")
+        _cfg.check_minimums(self, steps=10, threads=0)
 
 
 def step_row(diagnostics: list[dict]) -> tuple[float, float, float, float | None]:

@@ -79,12 +79,7 @@ class StepScaleConfig:
                 bad_value("models", self.models, f"names from {list(MODELS)}")
         if not self.models:
             bad_value("models", self.models, f"at least one of {list(MODELS)}")
-        if self.steps < 1:
-            bad_value("steps", self.steps, "an integer >= 1")
-        if self.seeds < 1:
-            bad_value("seeds", self.seeds, "an integer >= 1")
-        if self.threads < 0:
-            bad_value("threads", self.threads, "an integer >= 0 (0: torch's default)")
+        _cfg.check_minimums(self, steps=1, seeds=1, threads=0)
 
 
 @dataclass(frozen=True)

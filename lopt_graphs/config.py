@@ -29,7 +29,7 @@ import yaml
 
 from .io import atomic_write_text
 
-__all__ = ["CheckedConfig", "TrainKeys", "bad_value", "check_types", "command_parser", "config_from_dict",
+__all__ = ["CheckedConfig", "TrainKeys", "bad_value", "check_minimums", "check_types", "command_parser", "config_from_dict",
            "config_to_dict", "field_names", "keys_help", "load_config", "parse_command", "parse_override",
            "reject_unknown_keys", "save_resolved_config", "set_threads"]
 
@@ -40,6 +40,16 @@ _SCALARS: dict[str, type] = {"bool": bool, "int": int, "float": float, "str": st
 def bad_value(key: str, value: Any, expected: str) -> None:
     """Raise the uniform :class:`ValueError` of a config's ``validate``."""
     raise ValueError(f"invalid config value {key}={value!r}: expected {expected}")
+
+
+def check_minimums(cfg: Any, **minimums: int | float) -> None:
+    """:func:`bad_value` for the first of the numeric fields ``key=minimum`` whose value is below its minimum
+    (``threads`` is told that ``0`` means torch's default)."""
+    for key, low in minimums.items():
+        value = getattr(cfg, key)
+        if not value >= low:  # NaN fails too
+            kind = "an integer" if isinstance(value, int) else "a float"
+            bad_value(key, value, f"{kind} >= {low}" + (" (0: torch's default)" if key == "threads" else ""))
 
 
 def _fields(cls: type) -> dict[str, dataclasses.Field]:

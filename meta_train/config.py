@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 #: Valid values of :attr:`MetaTrainConfig.estimator`.
-ESTIMATORS: tuple[str, ...] = ("es", "pes", "tbptt")
+ESTIMATORS: tuple[str, ...] = ("es", "pes", "full_es", "tbptt")
 
 #: Valid values of :attr:`MetaTrainConfig.learned`.
 LEARNED_ARCHS: tuple[str, ...] = ("v1", "v2", "v2_ff", "v2_cosine", "v2_ff_cosine", "v2_cosine_bounded")
@@ -52,7 +52,7 @@ META_PARAMS: dict[str, tuple[str, ...]] = {
 }
 
 #: Estimators that sample antithetic perturbation pairs (``population`` must be even and >= 2).
-_ANTITHETIC_ESTIMATORS: frozenset[str] = frozenset({"es", "pes"})
+_ANTITHETIC_ESTIMATORS: frozenset[str] = frozenset({"es", "pes", "full_es"})
 
 
 @dataclass(frozen=True)
@@ -66,12 +66,14 @@ class MetaTrainConfig(_cfg.CheckedConfig):
         outer_steps: Total number of outer (meta) steps of the run; a resumed run continues up to this
             count. ``0`` is allowed (e.g. evaluate or report only).
         estimator: Meta-gradient estimator: ``"es"`` (antithetic evolution strategies on each
-            truncation), ``"pes"`` (persistent ES, unbiased across truncations) or ``"tbptt"``
-            (truncated backpropagation through the unroll).
-        population: Number of perturbed unrolls per outer step for ``es``/``pes``; they are drawn as
+            truncation), ``"pes"`` (persistent ES, unbiased across truncations), ``"full_es"`` (antithetic ES
+            over whole runs: one perturbation per pair from a run's reset to its end, computed a truncation at
+            a time; unbiased, and its variance does not grow with the truncations of a run as PES's does) or
+            ``"tbptt"`` (truncated backpropagation through the unroll).
+        population: Number of perturbed unrolls per outer step for ``es``/``pes``/``full_es``; they are drawn as
             ``population // 2`` antithetic pairs, so it must be even and >= 2. Ignored (but must be
             >= 1) for ``tbptt``.
-        sigma: Standard deviation of the Gaussian perturbations of the meta-parameters (es/pes); > 0.
+        sigma: Standard deviation of the Gaussian perturbations of the meta-parameters (es/pes/full_es); > 0.
         outer_lr: Learning rate of the outer optimizer on the meta-parameters (a resumed run takes this value,
             not the checkpoint's); > 0.
         grad_clip: Maximum global L2 norm of the meta-gradient; ``0`` disables clipping; >= 0.

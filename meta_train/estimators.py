@@ -1,4 +1,4 @@
-"""Gradient estimators behind one interface: antithetic ES, PES and truncated backprop.
+"""Gradient estimators behind one interface: antithetic ES, PES, full-run ES and truncated backprop.
 
 Every estimator implements :class:`Estimator`::
 
@@ -11,9 +11,9 @@ group's meta-loss (averaged over its runs), the meta-loss, metrics, and the grou
 the optimizer's inside. All runs of the group, times all population members, go through one nested
 ``torch.func.vmap`` call (tasks outside, members inside).
 
-Distributed use (ES/PES): every rank draws the same ``eps`` (shared seed) and evaluates only ``members``,
+Distributed use (ES/PES/full-run ES): every rank draws the same ``eps`` (shared seed) and evaluates only ``members``,
 its share of the antithetic pairs; the estimator all-reduces the ``[N, pairs]`` loss differences (and,
-for PES, the meta-loss), so every rank forms the same gradient. Only scalars per pair cross the wire.
+for PES and full-run ES, the meta-loss), so every rank forms the same gradient. Only scalars per pair cross the wire.
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ from lopt_graphs.optim.functional import init_state
 from .runs import RunGroup
 from .unroll import Stepper, ThetaSpace, detach_tree, unroll
 
-ESTIMATORS = ("es", "pes", "tbptt")
+ESTIMATORS = ("es", "pes", "full_es", "tbptt")
+#: Estimators whose population members carry their own inner states across truncations.
+PERSISTENT_ESTIMATORS = ("pes", "full_es")
 
 
 @dataclass(frozen=True)
@@ -144,11 +146,15 @@ class PES(_Base):
 
     name = "pes"
 
+    def _noise(self, runs: RunGroup, eps: Tensor) -> tuple[Tensor, Tensor]:
+        """``(perturbation of this truncation, xi the gradient is formed with)``, both ``[N, pairs, D]``."""
+        return eps, (eps if runs.xi is None else runs.xi + eps)
+
     def estimate(self, theta: Tensor, runs: RunGroup, batches: tuple[Tensor, Tensor], eps: Tensor | None,
                  members: list[int]) -> EstimatorOut:
         xs, ys = batches
         n, pairs = runs.size, eps.shape[1]
-        xi = eps if runs.xi is None else runs.xi + eps
+        pert, xi = self._noise(runs, eps)
         diffs = torch.zeros(n, pairs)
         loss_sum = torch.zeros(2)  # (sum of member losses, number of members) on this rank
         mp, ms = runs.member_params, runs.member_states
@@ -158,7 +164,7 @@ class PES(_Base):
                 rep = lambda t: t.unsqueeze(1).expand(n, 2 * m, *t.shape[1:]).clone()  # noqa: E731
                 mp = tuple(rep(p) for p in runs.params)
                 ms = tuple(vmap(vmap(init_state))(p) for p in mp)
-            losses, mp, ms = self._population(theta, runs, xs, ys, eps[:, members], mp, ms, shared_start=False)
+            losses, mp, ms = self._population(theta, runs, xs, ys, pert[:, members], mp, ms, shared_start=False)
             losses = losses.detach()
             diffs[:, members] = losses[:, :m] - losses[:, m:]
             loss_sum = torch.stack([torch.nan_to_num(losses).sum(), torch.tensor(float(losses.numel()))])
@@ -169,6 +175,25 @@ class PES(_Base):
         grad = torch.einsum("np,npd->d", diffs, xi) / (2 * self.sigma * n * pairs)
         new = replace(runs, member_params=mp, member_states=ms, xi=xi, step=runs.step + xs.shape[1])
         return EstimatorOut(torch.nan_to_num(grad), meta_loss, {}, new)
+
+
+class FullRunES(PES):
+    """Antithetic ES over whole inner runs, computed a truncation at a time (VeLO's final-loss ES).
+
+    Each pair draws one perturbation when its run is reset and keeps it to the run's end; its members carry
+    their own inner states (as in PES). The truncations' estimates sum to the antithetic ES gradient of the
+    whole run's meta-loss, unbiased like PES's; but the noise the gradient is formed with stays one draw
+    (``|xi| ~ sqrt(D)``) instead of growing with the truncations seen (PES: ``sqrt(k D)``), so its variance
+    does not grow over runs of many truncations::
+
+        xi_ji = eps_ji drawn at the reset;   g = 1 / (2 sigma N n) * sum_j sum_i (L_j(theta + sigma xi_ji) - L_j(theta - sigma xi_ji)) xi_ji
+    """
+
+    name = "full_es"
+
+    def _noise(self, runs: RunGroup, eps: Tensor) -> tuple[Tensor, Tensor]:
+        xi = eps if runs.xi is None else runs.xi
+        return xi, xi
 
 
 class TruncatedBackprop(_Base):
@@ -199,7 +224,7 @@ def make_estimator(name: str, stepper: Stepper, space: ThetaSpace, sigma: float,
                    objective: str = "mean_loss") -> Estimator:
     """The estimator called ``name`` (one of :data:`ESTIMATORS`) of the meta-loss ``objective``
     (see :func:`~meta_train.unroll.unroll`)."""
-    cls = {"es": AntitheticES, "pes": PES, "tbptt": TruncatedBackprop}.get(name)
+    cls = {"es": AntitheticES, "pes": PES, "full_es": FullRunES, "tbptt": TruncatedBackprop}.get(name)
     if cls is None:
         raise ValueError(f"Unknown estimator {name!r}; expected one of {ESTIMATORS}")
     return cls(stepper, space, sigma, loss_cap_factor, objective)

@@ -23,7 +23,7 @@ from .checkpointing import (
     set_rng_state,
 )
 from .config import LEARNED_ARCHS, META_PARAMS, MetaTrainConfig, config_to_dict
-from .estimators import make_estimator
+from .estimators import PERSISTENT_ESTIMATORS, make_estimator
 from .runs import RunGroup, new_group
 from .sampling import log_uniform
 from .tasks import sample_group
@@ -92,7 +92,7 @@ class MetaTrainer:
     def __init__(self, cfg: MetaTrainConfig, rank: int = 0, world: int = 1):
         self.cfg, self.rank, self.world = cfg, rank, world
         if cfg.estimator == "tbptt" and world > 1:
-            raise ValueError("estimator='tbptt' runs on one process; use 'es' or 'pes' under torchrun")
+            raise ValueError("estimator='tbptt' runs on one process; use 'es', 'pes' or 'full_es' under torchrun")
         torch.manual_seed(cfg.seed)
         self.learned = initial_learned_update(cfg.init_ckpt, cfg.mag_clip, cfg.learned)
         self.space = ThetaSpace(self.learned, META_PARAMS[cfg.meta_params])
@@ -192,7 +192,7 @@ class MetaTrainer:
             dist.barrier()
         if self.rank == 0:
             save_checkpoint_atomic(self.state_dict(), path)
-        if self.world > 1 and self.cfg.estimator == "pes":
+        if self.world > 1 and self.cfg.estimator in PERSISTENT_ESTIMATORS:
             save_checkpoint_atomic({**self.state_dict(), "rank": self.rank}, path.with_suffix(f".rank{self.rank}.pt"))
         if self.world > 1:
             dist.barrier()
@@ -202,7 +202,7 @@ class MetaTrainer:
         without its inner runs, :func:`~meta_train.checkpointing.resume_point`) the meta-parameters, outer
         Adam state, RNG states and validation record continue and the inner runs start afresh."""
         path = Path(path)
-        if self.world > 1 and self.cfg.estimator == "pes":
+        if self.world > 1 and self.cfg.estimator in PERSISTENT_ESTIMATORS:
             path = path.with_suffix(f".rank{self.rank}.pt")
         ck = load_checkpoint(path)
         if ck.get("format") != CKPT_FORMAT or ck.get("format_version") != CKPT_VERSION:

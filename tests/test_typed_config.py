@@ -8,6 +8,7 @@ import pytest
 
 from lopt_graphs.config import (
     TrainKeys,
+    check_minimums,
     check_types,
     config_to_dict,
     field_names,
@@ -84,3 +85,26 @@ def test_reject_unknown_keys_names_them_and_the_valid_ones():
     reject_unknown_keys(_Cfg, {"steps": 1, "lr": 2}, "test")
     with pytest.raises(ValueError, match=r"Unknown test config keys \['stpes'\]; valid keys: \['fast', 'lr', "):
         reject_unknown_keys(_Cfg, {"stpes": 1}, "test")
+
+
+@dataclass(frozen=True)
+class _Bounded:
+    steps: int = 10
+    scale: float = 1.0
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        check_minimums(self, steps=10, scale=1, threads=0)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"steps": 9}, r"invalid config value steps=9: expected an integer >= 10$"),
+    ({"scale": 0.5}, r"scale=0.5: expected a float >= 1$"),
+    ({"scale": float("nan")}, r"scale=nan: expected a float >= 1$"),
+    ({"threads": -1}, r"threads=-1: expected an integer >= 0 \(0: torch's default\)"),
+])
+def test_check_minimums_names_the_key_the_value_and_the_bound(kw, match):
+    with pytest.raises(ValueError, match=match):
+        _Bounded(**kw)
+    assert _Bounded(steps=10, scale=1, threads=0).scale == 1.0  # the bounds themselves are allowed

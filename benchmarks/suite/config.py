@@ -40,6 +40,8 @@ class VsAdamConfig(_cfg.CheckedConfig):
             speed-up compares them). Those whose package is missing are skipped with a message.
         ngo_lr: NGO's ``lr`` (multiplier of the learned step; 1.0 is the meta-trained setting).
         ngo_compile: run NGO with ``compile=True``.
+        ngo_total_steps: tell NGO each run's length (``total_steps=steps``, as a user gives ``T_max`` to a
+            scheduler); ``false`` measures ``NeuralGraphOptimizer(params)`` without a horizon.
         smooth: window (steps) of the trailing moving average of the minibatch loss.
         data_root: torchvision root holding MNIST / FashionMNIST / CIFAR-10; ``""`` skips the paper tasks.
         paper_train_limit: training images kept per torchvision dataset (the test split is complete).
@@ -63,6 +65,7 @@ class VsAdamConfig(_cfg.CheckedConfig):
     optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS
     ngo_lr: float = 1.0
     ngo_compile: bool = False
+    ngo_total_steps: bool = True
     smooth: int = 20
     data_root: str = ""
     paper_train_limit: int = 10000

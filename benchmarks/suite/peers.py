@@ -95,8 +95,11 @@ def warmup_cosine(steps: int, warmup_fraction: float) -> Callable[[int], float]:
     return factor
 
 
-def ngo_kwargs(steps: int) -> dict[str, Any]:
-    """``{"total_steps": steps}`` when this ``NeuralGraphOptimizer`` takes ``total_steps``, else ``{}``."""
+def ngo_kwargs(steps: int, cfg: Any = None) -> dict[str, Any]:
+    """``{"total_steps": steps}`` when this ``NeuralGraphOptimizer`` takes ``total_steps`` (and the suite's
+    ``ngo_total_steps`` is on), else ``{}``."""
+    if cfg is not None and not cfg.ngo_total_steps:
+        return {}
     return {"total_steps": steps} if "total_steps" in inspect.signature(NeuralGraphOptimizer).parameters else {}
 
 
@@ -108,11 +111,12 @@ def build(kind: str, lr: float, steps: int, cfg: Any, learned: Any = None
         kind: a :attr:`Peer.kind`.
         lr: its learning rate.
         steps: the run's length (warmup + cosine and NGO's ``total_steps`` need it).
-        cfg: the suite's config (``adamw_weight_decay``, ``sgd_momentum``, ``warmup_fraction``, ``ngo_compile``).
+        cfg: the suite's config (``adamw_weight_decay``, ``sgd_momentum``, ``warmup_fraction``, ``ngo_compile``,
+            ``ngo_total_steps``).
         learned: NGO's learned update.
     """
     if kind == "ngo":
-        extra = ngo_kwargs(steps)
+        extra = ngo_kwargs(steps, cfg)
         return lambda m: NeuralGraphOptimizer.for_module(m, learned, lr=lr, compile=cfg.ngo_compile, **extra)
     if kind == "adam":
         return lambda m: torch.optim.Adam(m.parameters(), lr=lr)
@@ -146,7 +150,7 @@ def hyper(kind: str, cfg: Any) -> dict[str, Any]:
     if kind == "adam_cosine":
         return {"warmup_fraction": cfg.warmup_fraction, "schedule": "linear warmup, then cosine to 0"}
     if kind == "ngo":
-        return {"compile": cfg.ngo_compile, **({"total_steps": True} if ngo_kwargs(1) else {})}
+        return {"compile": cfg.ngo_compile, "total_steps": bool(ngo_kwargs(1, cfg))}
     if kind in ("sf_adamw", "prodigy", "dadapt_adam"):
         return {"other": "library defaults"}
     return {}

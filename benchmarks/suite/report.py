@@ -80,6 +80,11 @@ def _group_summary(group: str, ts: list[dict[str, Any]], names: list[str], label
             f"{len(reached)} runs).")
 
 
+def _horizon_note(doc: dict[str, Any]) -> str:
+    """How NGO was run: told each run's length (``total_steps``; results from before the key: told) or not."""
+    return ", told total_steps" if doc["config"].get("ngo_total_steps", True) else ", **not told total_steps**"
+
+
 def markdown(doc: dict[str, Any]) -> str:
     """The markdown report of a result document."""
     cfg = doc["config"]
@@ -92,7 +97,7 @@ def markdown(doc: dict[str, Any]) -> str:
              f"{doc['date']} · torch {doc['torch']} · {doc['machine']['cpus']} CPUs, "
              f"{doc['machine']['torch_threads']} torch thread(s) · {doc['seconds']:.0f} s wall, "
              f"{doc['cpu_seconds']:.0f} s CPU · NGO checkpoint `{ck['path']}` (sha256 {str(ck['sha256'])[:12]}, "
-             f"meta.trained={trained}) · scored seeds {cfg['seeds']} · **tuned lrs chosen on seed "
+             f"meta.trained={trained}{_horizon_note(doc)}) · scored seeds {cfg['seeds']} · **tuned lrs chosen on seed "
              f"{cfg['tune_seed']}, which is not scored** (grid {', '.join(f'{x:g}' for x in cfg['adam_lrs'])}; "
              "lowest final full-training loss) · peers: "
              + ", ".join(f"{k} {v}" for k, v in doc.get("peer_versions", {}).items()), ""]

@@ -84,6 +84,7 @@ def test_tiny_suite_has_every_peer_and_summaries_only(tiny: tuple[dict[str, Any]
     for label in ("Prodigy", "D-Adaptation", "Schedule-free AdamW", "Adam warmup+cosine", "NGO", "Adam lr=1e-3"):
         assert label in md
     assert "chosen on seed 1000, which is not scored" in md and "- **long** (2 tasks)" in md
+    assert ", told total_steps)" in md and doc["config"]["ngo_total_steps"] is True
     assert (out / "curves.png").stat().st_size > 1000
 
 
@@ -187,10 +188,19 @@ def test_warmup_cosine_and_ngo_total_steps(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(peers, "NeuralGraphOptimizer", WithoutTotal)
     peers.build("ngo", 1.0, 3000, cfg)(torch.nn.Linear(2, 2))
     assert seen == [{"lr": 1.0, "compile": False, "total_steps": 3000}, {"lr": 1.0, "compile": False}]
+    assert peers.hyper("ngo", cfg) == {"compile": False, "total_steps": False}  # WithoutTotal cannot be told
+    monkeypatch.setattr(peers, "NeuralGraphOptimizer", WithTotal)
+    untold = SimpleCfg()
+    untold.ngo_total_steps = False  # what NeuralGraphOptimizer(params) without a horizon does
+    peers.build("ngo", 1.0, 3000, untold)(torch.nn.Linear(2, 2))
+    assert seen[-1] == {"lr": 1.0, "compile": False}
+    assert peers.hyper("ngo", untold) == {"compile": False, "total_steps": False}
+    assert peers.hyper("ngo", cfg) == {"compile": False, "total_steps": True}
 
 
 class SimpleCfg:
     ngo_compile = False
+    ngo_total_steps = True
     warmup_fraction = 0.05
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lopt_graphs.optim import LearnedUpdate
-from meta_train.estimators import PES, AntitheticES, TruncatedBackprop, make_estimator
+from meta_train.estimators import PES, AntitheticES, FullRunES, TruncatedBackprop, make_estimator
 from meta_train.runs import RunGroup, new_group
 from meta_train.tasks import FAMILIES, HELD_OUT, Task, TaskConfig, arch_key, sample_group, sample_task
 from meta_train.unroll import Stepper, ThetaSpace, unroll
@@ -161,9 +161,29 @@ def test_pes_accumulates_perturbations_and_keeps_member_states():
     assert not torch.equal(out.runs.member_params[0][:, 0], out.runs.member_params[0][:, 2])
 
 
+def test_full_run_es_over_truncations_is_antithetic_es_over_the_whole_run():
+    """One perturbation per pair from the reset on: two 2-step truncations give the ES gradient of the 4-step
+    run (mean_loss averages a truncation's steps, so the 4-step gradient is the mean of the two), and the
+    second draw of noise is ignored."""
+    _, space, stepper, theta = _setup()
+    gen = torch.Generator().manual_seed(3)
+    runs = _group(2, gen)
+    xs, ys = runs.batches(gen, 4)
+    e1, e2 = torch.randn(2, 2, space.dim, generator=gen), torch.randn(2, 2, space.dim, generator=gen)
+    whole = AntitheticES(stepper, space, 1e-2, 100.0).estimate(theta, runs, (xs, ys), e1, [0, 1])
+    fes = FullRunES(stepper, space, 1e-2, 100.0)
+    a = fes.estimate(theta, runs, (xs[:, :2], ys[:, :2]), e1, [0, 1])
+    b = fes.estimate(theta, a.runs, (xs[:, 2:], ys[:, 2:]), e2, [0, 1])
+    torch.testing.assert_close(b.runs.xi, e1)
+    torch.testing.assert_close((a.grad + b.grad) / 2, whole.grad, rtol=1e-3, atol=1e-5)
+    assert not torch.allclose(a.grad, b.grad)  # each truncation carries its own signal
+    assert b.runs.step == 4 and b.runs.member_params[0].shape[:2] == (2, 4)
+
+
 def test_make_estimator_rejects_unknown_names():
     _, space, stepper, _ = _setup()
     assert isinstance(make_estimator("es", stepper, space, 0.1, 3.0), AntitheticES)
+    assert isinstance(make_estimator("full_es", stepper, space, 0.1, 3.0), FullRunES)
     with pytest.raises(ValueError, match="Unknown estimator 'sgd'"):
         make_estimator("sgd", stepper, space, 0.1, 3.0)
 

@@ -27,14 +27,18 @@ from meta_train.unroll import Stepper, ThetaSpace, unroll
 TINY = TaskConfig("digits", "mlp", (8,), "tanh", 16, 1.0)
 
 
-def test_log_late_objective_is_the_weighted_mean_of_log_losses():
+def _tiny_run():
+    """A fresh v2 update and a TINY task: ``(stepper, space, theta, task, params, states, xs, ys)``, 4 batches."""
     learned = LearnedUpdate(v2_config())
     space, stepper = ThetaSpace(learned), Stepper(learned)
-    theta = space.flatten(learned)
     task, gen = Task(TINY), torch.Generator().manual_seed(0)
     params = task.init_params(gen)
-    states = [{} for _ in params]
     xs, ys = task.batches(gen, 4)
+    return stepper, space, space.flatten(learned), task, params, [{} for _ in params], xs, ys
+
+
+def test_log_late_objective_is_the_weighted_mean_of_log_losses():
+    stepper, space, theta, task, params, states, xs, ys = _tiny_run()
     got, _ = unroll(stepper, space, theta, task, params, states, 10, xs, ys, 100.0, objective="log_late", length=40,
                     total_steps=40)
     losses, p, s = [], params, states  # the same steps one at a time: each one's pre-update loss
@@ -52,13 +56,7 @@ def test_log_final_objective_scores_the_offset_loss_over_the_last_fifth():
     from meta_train.unroll import LOSS_OFFSET
     from meta_train.validate import SCORE_OFFSET
     assert LOSS_OFFSET == SCORE_OFFSET == 0.01  # the objective scores what validation scores
-    learned = LearnedUpdate(v2_config())
-    space, stepper = ThetaSpace(learned), Stepper(learned)
-    theta = space.flatten(learned)
-    task, gen = Task(TINY), torch.Generator().manual_seed(0)
-    params = task.init_params(gen)
-    states = [{} for _ in params]
-    xs, ys = task.batches(gen, 4)
+    stepper, space, theta, task, params, states, xs, ys = _tiny_run()
     losses, p, s = [], params, states
     for k in range(4):
         loss, (p, s) = unroll(stepper, space, theta, task, p, s, 14 + k, xs[k:k + 1], ys[k:k + 1], 100.0,
