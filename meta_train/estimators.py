@@ -88,12 +88,17 @@ class _Base:
         kw = dict(objective=self.objective, length=runs.length, total_steps=runs.total_steps)
         return lambda th, p, s, x, y: unroll(self.stepper, self.space, th, task, p, s, t0, x, y, cap, **kw)
 
+    # ES-type estimators only evaluate the meta-loss: no_grad keeps autograd from recording the whole
+    # truncation through the frozen weights the unroll reads from the module (nn.Parameters; ~20 GB on a group
+    # of 64-channel MNIST CNNs). The inner gradient is a torch.func transform, which no_grad leaves alone.
+    @torch.no_grad()
     def _central(self, theta: Tensor, runs: RunGroup, xs: Tensor, ys: Tensor):
         """Every run of the group advanced with the unperturbed ``theta``: ``(losses [N], params, states)``."""
         f = vmap(self._unroll_fn(runs), in_dims=(None, 0, 0, 0, 0))
         losses, (params, states) = f(theta, runs.params, runs.states, xs, ys)
         return losses, tuple(params), tuple(states)
 
+    @torch.no_grad()
     def _population(self, theta: Tensor, runs: RunGroup, xs: Tensor, ys: Tensor, e: Tensor, params, states,
                     shared_start: bool):
         """``2m`` perturbed members per run (``theta +- sigma e``, ``e [N, m, D]``), one nested vmap call.
