@@ -7,6 +7,7 @@ Commands (from the repository root)::
     python benchmarks/vs_adam.py --config configs/benchmarks/default.yaml ckpt=PATH out=DIR   # another checkpoint
     python benchmarks/vs_adam.py ... data_root=~/data/torchvision    # + FashionMNIST / MNIST / CIFAR-10 tasks
     python benchmarks/vs_adam.py --report benchmarks/results/vs_adam/results.json   # re-render md + png only
+    python benchmarks/vs_adam.py --merge A/results.json B/results.json out=DIR   # join runs split with only=
 
 Every ``key=value`` after the options overrides a key of :class:`benchmarks.suite.VsAdamConfig` (unknown
 keys are errors). The peers (Prodigy, D-Adaptation, schedule-free AdamW) are the ``bench`` extra:
@@ -44,23 +45,32 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from benchmarks.suite import VsAdamConfig, load, report, run
+from benchmarks.suite import VsAdamConfig, load, merge, report, run
 from lopt_graphs import config as _cfg
 
 __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Command-line entry point: ``[--config YAML] [key=value ...]`` or ``--report RESULTS_JSON``; returns
-    the result document."""
+    """Command-line entry point: ``[--config YAML] [key=value ...]``, ``--report RESULTS_JSON`` or ``--merge
+    RESULTS_JSON ... out=DIR``; returns the result document."""
     ap = _cfg.command_parser(VsAdamConfig, (__doc__ or "").split("\n")[0])
     ap.add_argument("--report", default=None, metavar="RESULTS_JSON",
                     help="only re-render results.md (and curves.png) next to an existing results.json")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="RESULTS_JSON",
+                    help="join the results.json of runs split with only=... into the folder out=DIR")
     args = ap.parse_args(argv)
     if args.report:
         if args.config or args.overrides:
             ap.error("--report takes no config")
         return report(args.report)
+    if args.merge:  # argparse's nargs="+" also swallows the key=value after the files
+        args.overrides = [*args.overrides, *(a for a in args.merge if "=" in a)]
+        args.merge = [a for a in args.merge if "=" not in a]
+        outs = [o for o in args.overrides if o.startswith("out=")]
+        if args.config or len(outs) != 1 or len(args.overrides) != 1:
+            ap.error("--merge takes exactly one key, out=DIR (the merged folder), and no --config")
+        return merge(args.merge, outs[0][len("out="):])
     cfg = load(args.config, args.overrides)
     argv_list = list(sys.argv[1:] if argv is None else argv)
     return run(cfg, command=" ".join(["python benchmarks/vs_adam.py", *argv_list]))

@@ -110,7 +110,8 @@ class MetaTrainer:
     # ------------------------------------------------------------------ inner runs
     def _new_group(self, i: int, first: bool = False) -> RunGroup:
         cfg = self.cfg
-        cfgs = sample_group(cfg.family, self.gen, cfg.tasks_per_group, cfg.input_scale, cfg.max_group_params)
+        cfgs = sample_group(cfg.family, self.gen, cfg.tasks_per_group, cfg.input_scale, cfg.max_group_params,
+                            cfg.max_group_activations)
         horizon = cfg.horizon
         if cfg.horizon_min:  # log-uniform, whole truncations
             h = log_uniform(self.gen, cfg.horizon_min, cfg.horizon)

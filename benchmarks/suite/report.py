@@ -9,6 +9,7 @@ import json
 import math
 import os
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,11 @@ def _group_summary(group: str, ts: list[dict[str, Any]], names: list[str], label
             f"{len(reached)} runs).")
 
 
+def _parts_note(doc: dict[str, Any]) -> str:
+    parts = doc.get("merged_from") or []
+    return f" (summed over {len(parts)} runs merged with --merge: {', '.join(parts)})" if parts else ""
+
+
 def _horizon_note(doc: dict[str, Any]) -> str:
     """How NGO was run: told each run's length (``total_steps``; results from before the key: told) or not."""
     return ", told total_steps" if doc["config"].get("ngo_total_steps", True) else ", **not told total_steps**"
@@ -96,7 +102,7 @@ def markdown(doc: dict[str, Any]) -> str:
     lines = [f"# NeuralGraphOptimizer vs Adam and tuning-free peers — suite `{cfg['suite']}`", "",
              f"{doc['date']} · torch {doc['torch']} · {doc['machine']['cpus']} CPUs, "
              f"{doc['machine']['torch_threads']} torch thread(s) · {doc['seconds']:.0f} s wall, "
-             f"{doc['cpu_seconds']:.0f} s CPU · NGO checkpoint `{ck['path']}` (sha256 {str(ck['sha256'])[:12]}, "
+             f"{doc['cpu_seconds']:.0f} s CPU{_parts_note(doc)} · NGO checkpoint `{ck['path']}` (sha256 {str(ck['sha256'])[:12]}, "
              f"meta.trained={trained}{_horizon_note(doc)}) · scored seeds {cfg['seeds']} · **tuned lrs chosen on seed "
              f"{cfg['tune_seed']}, which is not scored** (grid {', '.join(f'{x:g}' for x in cfg['adam_lrs'])}; "
              "lowest final full-training loss) · peers: "
@@ -207,6 +213,56 @@ def report(results_json: str | os.PathLike[str]) -> dict[str, Any]:
     print(md)
     atomic_write_text(path.parent / "results.md", md)
     side = path.parent / doc.get("curves_file", "curves.json.gz")
-    if doc["config"].get("plot", True) and side.is_file():
+    if doc["config"].get("plot", True) and doc.get("curves_file", "curves.json.gz") and side.is_file():
         plot(doc, read_curves(side), path.parent / "curves.png")
     return doc
+
+
+#: Config keys that may differ between the parts of a merged suite run (none changes a result).
+_PART_KEYS = ("only", "out", "plot")
+
+
+def merge(results_jsons: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> dict[str, Any]:
+    """One result document in ``out`` from suite runs split with ``only`` (for example one process per core):
+    tasks in the suite's group order, times summed, the curves side files joined when every part has one; then
+    ``results.md`` and ``curves.png`` as :func:`report` writes them.
+
+    Raises:
+        ValueError: fewer than two parts, parts whose configs differ beyond ``only``/``out``/``plot`` (the differing keys
+            are named), other NGO checkpoints (sha256), or a task in two parts.
+    """
+    paths = [Path(p) for p in results_jsons]
+    if len(paths) < 2:
+        raise ValueError(f"merge needs at least two results.json files, got {[str(p) for p in paths]}")
+    docs = [json.loads(p.read_text(encoding="utf-8")) for p in paths]
+    base = docs[0]
+    for p, d in zip(paths[1:], docs[1:]):
+        keys = sorted(k for k in set(base["config"]) | set(d["config"])
+                      if k not in _PART_KEYS and base["config"].get(k) != d["config"].get(k))
+        if keys:
+            raise ValueError(f"{p} ran another config than {paths[0]}: {keys} differ (only {list(_PART_KEYS)} may)")
+        if d["ckpt"].get("sha256") != base["ckpt"].get("sha256"):
+            raise ValueError(f"{p} scored another NGO checkpoint than {paths[0]} ({d['ckpt'].get('path')} against "
+                             f"{base['ckpt'].get('path')})")
+    names = Counter(t["name"] for d in docs for t in d["tasks"])
+    twice = sorted(n for n, c in names.items() if c > 1)
+    if twice:
+        raise ValueError(f"tasks {twice} are in more than one part; merge parts of disjoint `only` filters")
+    tasks = sorted((t for d in docs for t in d["tasks"]), key=lambda t: GROUPS.index(t["group"]))  # stable
+    only = [] if any(not d["config"].get("only") for d in docs) else [o for d in docs for o in d["config"]["only"]]
+    merged = {**base, "seconds": sum(d["seconds"] for d in docs), "cpu_seconds": sum(d["cpu_seconds"] for d in docs),
+              "command": " ; ".join(d.get("command", "") for d in docs), "tasks": tasks,
+              "config": {**base["config"], "only": only, "out": str(out)}, "merged_from": [str(p) for p in paths]}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sides = [p.parent / d.get("curves_file", "curves.json.gz") for p, d in zip(paths, docs)]
+    if all(side.is_file() for side in sides):
+        curves: dict[str, Any] = {}
+        for side in sides:
+            curves.update(json.loads(gzip.decompress(side.read_bytes())))
+        data = gzip.compress(json.dumps(curves, separators=(",", ":"), allow_nan=False).encode(), mtime=0)
+        atomic_write(out / "curves.json.gz", lambda fh: fh.write(data))
+    else:
+        merged["curves_file"] = ""
+    atomic_write_text(out / "results.json", json.dumps(merged, indent=1, allow_nan=False))
+    return report(out / "results.json")

@@ -10,10 +10,11 @@ from .families import (
                        TaskConfig,
                        arch_key,
                        build_module,
+                       num_activations,
                        num_params,
                        sample_group,
                        sample_task,
 )
 
 __all__ = ["FAMILIES", "HELD_OUT", "IN_DISTRIBUTION", "VALIDATION", "VALIDATION_LONG", "Task", "TaskConfig", "arch_key", "build_module",
-           "num_params", "sample_group", "sample_task"]
+           "num_activations", "num_params", "sample_group", "sample_task"]

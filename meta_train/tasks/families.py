@@ -249,13 +249,15 @@ def sample_task(family: str, gen: torch.Generator) -> Task:
 
 
 def sample_group(family: str, gen: torch.Generator, n: int, input_scale: float = 1.0,
-                 max_params: int = 0) -> list[TaskConfig]:
+                 max_params: int = 0, max_activations: int = 0) -> list[TaskConfig]:
     """``n`` task configs that share one architecture, dataset and batch size (one draw of ``family``), so
     they run stacked in one ``vmap`` call; each has its own init scale (log-uniform in [0.5, 2]; the first
     keeps the family's draw), and their inits and data orders differ because each draws its own.
     ``input_scale > 1`` also draws each task's input scale log-uniformly in ``[1/input_scale, input_scale]``;
     ``max_params > 0`` shrinks the group so that it holds at most that many parameters in all (at least one
-    task: wide nets come in small groups).
+    task: wide nets come in small groups); ``max_activations > 0`` likewise caps its activation values per
+    minibatch (:func:`num_activations`: a 64-channel CNN on 28x28 images costs ~100x a small MLP per step,
+    with about as many parameters).
 
     (The embedded datasets have different input shapes, so a group holds one dataset; a batch size is one
     per group because the stacked minibatches share a shape.)"""
@@ -266,6 +268,8 @@ def sample_group(family: str, gen: torch.Generator, n: int, input_scale: float =
     first = FAMILIES[family](gen)
     if max_params > 0:
         n = max(1, min(n, max_params // num_params(first)))
+    if max_activations > 0:
+        n = max(1, min(n, max_activations // num_activations(first)))
     cfgs = [first] + [replace(first, init_scale=_log_uniform(gen, 0.5, 2.0)) for _ in range(n - 1)]
     if input_scale > 1.0:
         cfgs = [replace(c, input_scale=_log_uniform(gen, 1.0 / input_scale, input_scale)) for c in cfgs]
@@ -275,6 +279,27 @@ def sample_group(family: str, gen: torch.Generator, n: int, input_scale: float =
 def num_params(cfg: TaskConfig) -> int:
     """Number of parameters of the task's optimizee."""
     return sum(p.numel() for p in _template(arch_key(cfg))[0].parameters())
+
+
+def num_activations(cfg: TaskConfig) -> int:
+    """Activation values of one minibatch's forward pass: ``batch_size`` times the outputs of every leaf module
+    for one example (what a step's memory and time grow with, beyond the parameters)."""
+    return cfg.batch_size * _activations_per_example(arch_key(cfg))
+
+
+@lru_cache(maxsize=None)
+def _activations_per_example(key: tuple) -> int:
+    module, _, _ = _template(key)
+    sizes: list[int] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel()))
+             for m in module.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            module(torch.zeros(1, *_data(key[0]).input_shape))
+    finally:
+        for h in hooks:
+            h.remove()
+    return sum(sizes)
 
 #: Validation configurations: in the families' distribution but disjoint from :data:`IN_DISTRIBUTION` and
 #: :data:`HELD_OUT`. Meta-training scores checkpoints on them (``validate_every``) and promotes the best;

@@ -3,6 +3,7 @@ skipped), fair lr tuning, schedule-free's eval mode, warmup+cosine, summaries-on
 
 from __future__ import annotations
 
+import gzip
 import inspect
 import json
 import math
@@ -293,3 +294,30 @@ def test_table_cells_keep_small_losses_readable() -> None:
     assert fmt(0.0331, 0.0052) == "0.033 ± 0.005" and fmt(0.00042, 0.0001) == "4.2e-04 ± 1.0e-04"
     assert fmt(0.9712, 0.0104, 1, 100.0) == "97.1 ± 1.0" and fmt(None, None) == "diverged"
     assert fmt_speedup({"mean": 0.95, "std": 0.09, "reached": [True, False, False]}) == "0.95× ± 0.09 (1/3)"
+
+
+def test_merge_joins_parts_split_with_only_and_refuses_mismatched_parts(bench: ModuleType, tmp_path: Path) -> None:
+    for pkg in PEER_PKGS:
+        pytest.importorskip(pkg)
+    common = [a for a in TINY if not a.startswith("only=")]
+    out_a, out_b = tmp_path / "a", tmp_path / "b"
+    doc_a = bench.main([*common, "only=long", f"out={out_a}"])  # the part that ran second in the suite's order
+    doc_b = bench.main([*common, "only=_elu", f"out={out_b}"])
+    merged = bench.main(["--merge", str(out_a / "results.json"), str(out_b / "results.json"), f"out={tmp_path / 'm'}"])
+    assert [t["group"] for t in merged["tasks"]] == ["ood", "long", "long"]
+    assert merged["seconds"] == pytest.approx(doc_a["seconds"] + doc_b["seconds"])
+    assert merged["config"]["only"] == ["long", "_elu"]
+    md = (tmp_path / "m" / "results.md").read_text()
+    assert "tiny_digits_mlp_elu" in md and "- **ood** (1 task)" in md and "- **long** (2 tasks)" in md
+    assert "(summed over 2 runs merged with --merge" in md
+    with gzip.open(tmp_path / "m" / "curves.json.gz") as fh:
+        assert set(json.load(fh)) == {t["name"] for t in merged["tasks"]}
+    with pytest.raises(ValueError, match=r"tasks \['long24_tiny_digits_mlp'"):
+        bench.main(["--merge", str(out_a / "results.json"), str(out_a / "results.json"), f"out={tmp_path / 'x'}"])
+    other = json.loads((out_b / "results.json").read_text())
+    other["config"]["seeds"] = [5]
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(ValueError, match=r"\['seeds'\] differ"):
+        bench.main(["--merge", str(out_a / "results.json"), str(tmp_path / "other.json"), f"out={tmp_path / 'x'}"])
+    with pytest.raises(SystemExit):
+        bench.main(["--merge", str(out_a / "results.json"), str(out_b / "results.json")])  # no out=DIR

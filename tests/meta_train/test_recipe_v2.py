@@ -19,6 +19,7 @@ from meta_train.tasks import (
     VALIDATION_LONG,
     Task,
     TaskConfig,
+    num_activations,
     num_params,
     sample_group,
 )
@@ -82,6 +83,14 @@ def test_group_budget_and_input_scale_augmentation():
         cfgs = sample_group("mixture", gen, 8, input_scale=2.0, max_params=20000)
         assert 1 <= len(cfgs) <= max(1, 20000 // num_params(cfgs[0]))
         assert all(0.5 <= c.input_scale <= 2.0 for c in cfgs)
+    big = TaskConfig("mnist5k", "cnn", (64,), "silu", 128, 1.0)  # 1,290 parameters, 3.2M activation values
+    assert num_activations(big) == 128 * num_activations(replace(big, batch_size=1)) > 3_000_000
+    capped = []
+    for _ in range(30):
+        cfgs = sample_group("mixture", gen, 4, max_params=20000, max_activations=2_000_000)
+        assert len(cfgs) == 1 or len(cfgs) * num_activations(cfgs[0]) <= 2_000_000
+        capped.append(len(cfgs) < min(4, 20000 // num_params(cfgs[0])))
+    assert any(capped)  # some MNIST CNN groups shrink on activations alone
     c = replace(TINY, input_scale=3.0)
     x1, _ = Task(c).batches(torch.Generator().manual_seed(1), 1)
     x0, _ = Task(TINY).batches(torch.Generator().manual_seed(1), 1)
