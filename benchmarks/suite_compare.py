@@ -49,7 +49,8 @@ class CompareConfig(_cfg.CheckedConfig):
 def load_runs(paths: Sequence[str | Path]) -> dict[str, dict[str, Any]]:
     """``{checkpoint label: {task name: task record}}`` from suite ``results.json`` files, skipped tasks left
     out. The label is the checkpoint as it was given (``ckpt.arg``: a shipped name, ``default`` when empty, a
-    file's stem for a path); files of one checkpoint are merged.
+    file's stem for a path; `` (no total_steps)`` appended for a run with ``ngo_total_steps=false``); files of one
+    label are merged.
 
     Raises:
         FileNotFoundError: a path does not exist. ValueError: a file is not a suite result, or two files of
@@ -65,6 +66,8 @@ def load_runs(paths: Sequence[str | Path]) -> dict[str, dict[str, Any]]:
             raise ValueError(f"{path} is not a vs-Adam suite results.json (no 'tasks' or 'ckpt')")
         arg = str(data["ckpt"].get("arg") or "default")
         label, sha = (Path(arg).stem if arg.endswith(".pt") else arg), data["ckpt"].get("sha256", "")
+        if not data.get("config", {}).get("ngo_total_steps", True):
+            label += " (no total_steps)"  # another way of running the same file: its own column
         if hashes.setdefault(label, sha) != sha:
             raise ValueError(f"{path}: checkpoint {label!r} has another file hash than in an earlier results file")
         tasks = runs.setdefault(label, {})

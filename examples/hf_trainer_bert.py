@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -51,15 +51,20 @@ class _Losses(transformers.TrainerCallback):
             self.losses.append(float(logs["loss"]))
 
 
-def train(steps: int = 60, seed: int = 0, quiet: bool = False) -> dict:
-    """Train with ``Trainer``; returns first/last logged losses and held-out accuracy."""
+def train(steps: int = 60, seed: int = 0, quiet: bool = False, ckpt: str | None = None,
+          total_steps: int | None = None,
+          make_opt: Callable[[torch.nn.Module], torch.optim.Optimizer] | None = None) -> dict:
+    """Train with ``Trainer``; returns first/last logged losses and held-out accuracy.
+
+    ``ckpt`` and ``total_steps`` go to ``NeuralGraphOptimizer.for_module``; ``make_opt(model)`` replaces it
+    (another optimizer, for comparisons: ``benchmarks/hf_bert.py``)."""
     transformers.set_seed(seed)
     cfg = transformers.BertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                   intermediate_size=64, max_position_embeddings=16, num_labels=2)
     model = transformers.BertForSequenceClassification(cfg)
     with warnings.catch_warnings():  # lists the graph-free parameters; describe() says the same
         warnings.simplefilter("ignore", UserWarning)
-        opt = NeuralGraphOptimizer.for_module(model)
+        opt = make_opt(model) if make_opt else NeuralGraphOptimizer.for_module(model, ckpt, total_steps=total_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10))  # 10-step warm-up
     losses = _Losses()
     with tempfile.TemporaryDirectory() as out:
@@ -73,10 +78,11 @@ def train(steps: int = 60, seed: int = 0, quiet: bool = False) -> dict:
     model.eval()
     with torch.no_grad():
         acc = float((model(input_ids=test.ids).logits.argmax(-1) == test.labels).float().mean())
+    describe = getattr(opt, "describe", None)
     out = {"first_loss": losses.losses[0], "last_loss": losses.losses[-1], "test_accuracy": acc,
-           "description": opt.describe()}
-    if not quiet:
-        print(opt.describe())
+           "description": describe() if describe else None}
+    if not quiet and describe:
+        print(out["description"])
         print(f"\nloss {out['first_loss']:.3f} -> {out['last_loss']:.3f} in {steps} steps; held-out accuracy "
               f"{acc:.3f}")
     return out

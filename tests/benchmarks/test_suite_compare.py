@@ -39,6 +39,17 @@ def test_split_runs_merge_and_counts(tmp_path):
     assert (s["long_tasks"], s["long_tasks_trained"], d["long_tasks_trained"]) == (1, 1, 0)
 
 
+def test_a_run_without_total_steps_is_its_own_column(tmp_path):
+    told = _write(tmp_path / "a" / "results.json", "x", "h", [_task("t1", "in_dist", {"ngo": 0.2, **PEERS})])
+    untold = tmp_path / "b" / "results.json"
+    _write(untold, "x", "h", [_task("t1", "in_dist", {"ngo": 0.05, **PEERS})])
+    doc = json.loads(untold.read_text())
+    untold.write_text(json.dumps({**doc, "config": {"ngo_total_steps": False}}))
+    runs = load_runs([told, str(untold)])
+    assert runs["x"]["t1"]["optimizers"]["ngo"]["final_loss_mean"] == 0.2
+    assert runs["x (no total_steps)"]["t1"]["optimizers"]["ngo"]["final_loss_mean"] == 0.05
+
+
 def test_errors(tmp_path):
     a = _write(tmp_path / "a" / "results.json", "x", "h", [_task("t1", "in_dist", {"ngo": 0.2, **PEERS})])
     with pytest.raises(ValueError, match="already in an earlier file"):

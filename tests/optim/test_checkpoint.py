@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import re
@@ -19,7 +20,6 @@ from lopt_graphs.optim import (
     save_checkpoint,
     shipped_checkpoints,
 )
-from lopt_graphs.optim.learned import v2_config
 
 from .optim_infos import assert_tree_equal, random_head_learned, tiny_mlp
 
@@ -79,7 +79,7 @@ def test_ckpt_forms(tmp_path, form):
 
 
 #: The shipped checkpoint the default names (see lopt_graphs/checkpoints/README.md).
-DEFAULT_SOURCE = "v2_cosine_pes_100_bounded"
+DEFAULT_SOURCE = "meta_tbptt_clip3_1875"
 
 
 @pytest.mark.parametrize("ckpt", [None, "default"])
@@ -87,11 +87,10 @@ def test_default_checkpoint(ckpt):
     assert "default" in shipped_checkpoints()
     opt = NeuralGraphOptimizer(tiny_mlp().parameters(), ckpt)
     _same_weights(opt.learned, _default_weights())
-    # the default is recipe v2 with a bounded readout: the per-tensor step size is meta-trained (the readout of
-    # the encoder, zero in a fresh v2 update, is not), the per-entry head is Adam's direction (output layer 0)
+    # the default is meta-trained (non-zero output layer) with a bounded step multiplier
     _same_weights(opt.learned, load_learned_update(DEFAULT_SOURCE))
-    assert torch.count_nonzero(opt.learned.lr_readout.weight) > 0 and torch.count_nonzero(opt.learned.w2) == 0
-    assert opt.learned.cfg == v2_config(lr_bound=5.0, readout_bound=1.0)
+    assert torch.count_nonzero(opt.learned.w2) > 0
+    assert opt.learned.cfg == dataclasses.replace(LearnedUpdateConfig(), mag_clip=3.0)
 
 
 def test_meta_trained_checkpoint_is_shipped():
