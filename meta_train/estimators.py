@@ -28,10 +28,10 @@ from torch.func import grad_and_value, vmap
 
 from lopt_graphs.optim.functional import init_state
 
+from .config import ESTIMATORS
 from .runs import RunGroup
 from .unroll import Stepper, ThetaSpace, detach_tree, unroll
 
-ESTIMATORS = ("es", "pes", "full_es", "tbptt")
 #: Estimators whose population members carry their own inner states across truncations.
 PERSISTENT_ESTIMATORS = ("pes", "full_es")
 

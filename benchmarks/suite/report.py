@@ -156,6 +156,20 @@ def read_curves(path: str | os.PathLike[str]) -> dict[str, Any]:
     return doc
 
 
+def _sig(x: float, digits: int = 6) -> float:
+    return float(f"{x:.{digits}g}")
+
+
+def write_curves(path: Path, curves: dict[str, Any]) -> None:
+    """``curves.json.gz``: ``{task: {"steps", "optimizers": {name: per-seed loss curves (5 digits)}}}``."""
+    doc = {t: {"steps": c["steps"], "optimizers": {n: [[_sig(v, 5) if v == v and abs(v) != float("inf") else None
+                                                        for v in seed] for seed in per]
+                                                   for n, per in c["optimizers"].items()}}
+           for t, c in curves.items()}
+    data = gzip.compress(json.dumps(doc, separators=(",", ":"), allow_nan=False).encode(), mtime=0)
+    atomic_write(path, lambda fh: fh.write(data))
+
+
 _POINTS = 400  # points per plotted curve at most
 _COLORS = {"ngo": "C3", "adam": "C7", "adam_tuned": "C0", "adam_cosine_tuned": "C9", "sf_adamw": "C4",
            "sf_adamw_tuned": "C6", "prodigy": "C2", "dadapt_adam": "C1", "adamw_tuned": "C5", "sgd_tuned": "C8"}
@@ -259,9 +273,8 @@ def merge(results_jsons: Sequence[str | os.PathLike[str]], out: str | os.PathLik
     if all(side.is_file() for side in sides):
         curves: dict[str, Any] = {}
         for side in sides:
-            curves.update(json.loads(gzip.decompress(side.read_bytes())))
-        data = gzip.compress(json.dumps(curves, separators=(",", ":"), allow_nan=False).encode(), mtime=0)
-        atomic_write(out / "curves.json.gz", lambda fh: fh.write(data))
+            curves.update(read_curves(side))
+        write_curves(out / "curves.json.gz", curves)
     else:
         merged["curves_file"] = ""
     atomic_write_text(out / "results.json", json.dumps(merged, indent=1, allow_nan=False))

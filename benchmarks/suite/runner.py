@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
@@ -18,20 +17,16 @@ import torch
 from lopt_graphs import config as _cfg
 from lopt_graphs.data import DatasetSplits, load_torchvision
 from lopt_graphs.evaluation import RunResult, curve_stats, mean_std, smooth, speedup, train_run, tuned_baseline
-from lopt_graphs.io import atomic_write, atomic_write_text
+from lopt_graphs.io import atomic_write_text
 from lopt_graphs.optim.checkpoint import DEFAULT_ALIAS, load_learned_update, shipped_path
 from meta_train.tasks.families import Task
 
 from . import peers
 from .config import VsAdamConfig
-from .report import DEFINITIONS, fmt, fmt_speedup, markdown, plot
+from .report import DEFINITIONS, fmt, fmt_speedup, markdown, plot, write_curves
 from .tasks import SplitsTask, TaskSpec, expand_long, suite_tasks
 
 __all__ = ["run", "run_task"]
-
-
-def _sig(x: float, digits: int = 6) -> float:
-    return float(f"{x:.{digits}g}")
 
 
 def finite_or_none(obj: Any) -> Any:
@@ -159,16 +154,6 @@ def _load_task(spec: TaskSpec, cfg: VsAdamConfig, vision: dict[str, Any]) -> Tas
                 vision[ds] = (f"skipped: {ds} not found under {root!r} (pass data_root=...)", str(exc))
     found = vision[ds]
     return SplitsTask(spec.config, found) if isinstance(found, DatasetSplits) else found
-
-
-def write_curves(path: Path, curves: dict[str, Any]) -> None:
-    """``curves.json.gz``: ``{task: {"steps", "optimizers": {name: per-seed loss curves (5 digits)}}}``."""
-    doc = {t: {"steps": c["steps"], "optimizers": {n: [[_sig(v, 5) if v == v and abs(v) != float("inf") else None
-                                                        for v in seed] for seed in per]
-                                                   for n, per in c["optimizers"].items()}}
-           for t, c in curves.items()}
-    data = gzip.compress(json.dumps(doc, separators=(",", ":"), allow_nan=False).encode(), mtime=0)
-    atomic_write(path, lambda fh: fh.write(data))
 
 
 def run(cfg: VsAdamConfig, command: str = "") -> dict[str, Any]:
