@@ -18,12 +18,42 @@ MODULE_COMMANDS = ["benchmarks.ablation_ff", "lopt_graphs.tasks.cnn_zoo.make_zoo
                    "lopt_graphs.tasks.inr.make_dataset", "meta_train.checkpointing"]
 
 
-def console_scripts() -> dict[str, str]:
-    """``name -> "module:function"`` as ``setup.cfg`` declares them."""
+def declared_scripts() -> dict[str, str]:
+    """``name -> "module:function"`` as ``setup.cfg`` declares them (the ``lopt_graphs.cli`` wrappers)."""
     cp = configparser.ConfigParser()
     cp.read(SETUP_CFG, encoding="utf-8")
     lines = cp["options.entry_points"]["console_scripts"].strip().splitlines()
     return dict(tuple(part.strip() for part in line.split("=", 1)) for line in lines)
+
+
+def console_scripts() -> dict[str, str]:
+    """``name -> "module:main"``: the command each console script runs."""
+    from lopt_graphs.cli import COMMANDS
+
+    return {name: COMMANDS[name] for name in declared_scripts()}
+
+
+def test_every_console_script_goes_through_the_cli_wrapper() -> None:
+    from lopt_graphs import cli
+
+    declared = declared_scripts()
+    assert set(declared) == set(cli.COMMANDS)
+    for name, entry in declared.items():
+        assert entry == f"lopt_graphs.cli:{name.replace('-', '_')}", entry
+        assert callable(getattr(cli, name.replace("-", "_")))
+
+
+def test_console_script_exits_zero_when_its_main_returns_a_result(tmp_path) -> None:
+    # the wrapper pip generates is ``sys.exit(entry())``: a returned dict would print and exit with status 1
+    import subprocess
+    import sys
+
+    code = ("import sys; from lopt_graphs.cli import lopt_suite_compare as e; "
+            "sys.argv = ['lopt-suite-compare', 'results=" + str(SETUP_CFG.parent / "benchmarks/results/vs_adam/"
+                                                               "results.json") + "']; sys.exit(e())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ahead_of_tuned_adam" in out.stdout
 
 
 def test_setup_cfg_declares_the_commands() -> None:
