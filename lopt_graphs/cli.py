@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "lopt-graph-cost": "benchmarks.graph_cost:main",
     "lopt-suite-compare": "benchmarks.suite_compare:main",
     "lopt-headroom": "benchmarks.headroom:main",
+    "lopt-lr-sweep": "benchmarks.lr_sweep:main",
 }
 
 

@@ -1,0 +1,49 @@
+"""benchmarks/lr_sweep.py: NGO's lr multiplier swept and tuned per task on the issue-13 targets."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from benchmarks.lr_sweep import main, summarize
+
+
+def _row(group: str, adam: list[float], per_m: dict[str, tuple[list[float], list[float]]], tuned: float) -> dict:
+    return {"group": group, "adam_final_loss_per_seed": adam, "tuned_multiplier": tuned,
+            "multipliers": {k: {"final_loss_per_seed": f, "fraction_per_seed": fr} for k, (f, fr) in per_m.items()}}
+
+
+def test_summarize_counts_the_chosen_multiplier():
+    rows = [_row("in_distribution", [1.0, 1.0], {"0.5": ([2.0, 2.0], [math.inf, math.inf]),
+                                                  "2.0": ([0.5, 0.5], [0.4, 0.6])}, 2.0),
+            _row("held_out", [1.0, 1.0], {"0.5": ([0.9, 1.1], [0.9, math.inf]),
+                                           "2.0": ([math.inf, 0.2], [math.inf, 0.1])}, 0.5)]
+    s = summarize(rows, lambda r: "0.5")
+    assert math.isinf(s["median_fraction_in_dist"]) and s["in_dist_runs_reached"] == 0
+    assert (s["held_out_runs_at_or_below_tuned_adam"], s["held_out_runs"]) == (1, 2)
+    t = summarize(rows, lambda r: str(r["tuned_multiplier"]))
+    assert t["median_fraction_in_dist"] == pytest.approx(0.5) and t["in_dist_runs_reached"] == 2
+    assert summarize(rows, lambda r: "2.0")["held_out_runs_at_or_below_tuned_adam"] == 1  # a diverged run never counts
+
+
+def test_small_sweep_end_to_end(tmp_path):
+    doc = main(["ckpt=default", "multipliers=0.5,1", "steps=20", "seeds=0", "only=digits_mlp_32_relu",
+                f"out={tmp_path}"])
+    (row,) = doc["rows"]
+    assert row["adam_tune_seed"] == 1000 and set(row["multipliers"]) == {"0.5", "1.0"}
+    tune = {float(k): v["tune_seed_final_loss"] for k, v in row["multipliers"].items()}
+    assert row["tuned_multiplier"] == min(tune, key=tune.get)  # chosen on the tuning seed, never a scored one
+    for v in row["multipliers"].values():
+        assert all(f == math.inf or 0 < f <= 1 for f in v["fraction_per_seed"])
+    assert set(doc["summary"]) == {"x0.5", "x1.0", "tuned per task (on the tuning seed)"}
+    saved = json.loads((tmp_path / "lr_sweep.json").read_text())  # strict JSON (not reached -> null)
+    assert saved["rows"][0]["task"] == row["task"] and (tmp_path / "lr_sweep.md").read_text().count("|") > 10
+
+
+@pytest.mark.parametrize("args, match", [(["multipliers=0,1"], "multipliers"), (["only=no_such_task"], "only"),
+                                         (["seeds="], "seeds")])
+def test_bad_keys(args, match):
+    with pytest.raises(ValueError, match=match):
+        main(["steps=2", *args])
