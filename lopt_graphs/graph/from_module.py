@@ -6,6 +6,10 @@ The trace follows which *neuron set* every intermediate tensor carries:
 * ``BatchNorm1d/2d``, ``LayerNorm`` over the feature dim, ``GroupNorm`` put their affine parameters on the
   neurons they normalize (node slots ``norm_weight`` / ``norm_bias``);
 * activations, dropout, pooling and flattening keep the set (activations are recorded on it);
+* ``nn.Unflatten`` of the last dim of the network's input splits it into tokens (a sequence ``[B, T, F]``):
+  the ``F`` features are a new set of input neurons, read by every token alike (as a conv's input channels
+  are at every position); Linear layers, norms and attention keep the token dim, and a mean (sum, max) over
+  it keeps the neurons (sequence pooling);
 * adding (or multiplying) two tensors merges their sets: the neurons of a residual stream are one set
   and are permuted together;
 * ``nn.MultiheadAttention`` / ``nn.TransformerEncoderLayer`` / ``nn.TransformerEncoder``
@@ -54,7 +58,10 @@ class _Multi(tuple):
 class _Val:
     set: int
     conv: bool  # carries conv channels (possibly pooled/flattened): a linear may group its inputs
-    ndim: int = 2  # dims of the tensor with batch: 2 for [B, C(*S)], 3 for conv1d maps, 4 for conv2d maps
+    # dims of the tensor with batch: 2 for [B, C(*S)], 3 for conv1d maps, 4 for conv2d maps; a non-conv value
+    # has its neurons last and counts token dims only where they are known ([B, T, C]: 3, after nn.Unflatten
+    # of the input), so it never counts more dims than the tensor has (the rules below stay conservative)
+    ndim: int = 2
 
 
 _ACT_MODULES: dict[type, str] = {
@@ -89,25 +96,28 @@ def _arg(node: torch.fx.Node, pos: int, name: str, default: Any) -> Any:
 
 
 def _flatten(v: _Val, start: Any) -> _Val | None:
-    """Flattening from ``start`` keeps the neurons if the channel dim stays put (``start >= 1``)."""
+    """Flattening from ``start`` keeps the neurons if the channel dim stays put (``start >= 1``) and, for a
+    sequence (neurons last), no token dim is folded into the neurons."""
     if not isinstance(start, int) or start < 0:
         start = start + v.ndim if isinstance(start, int) else -1
-    if start < 1:
+    if start < 1 or (not v.conv and start < v.ndim - 1):
         return None
     return _Val(v.set, v.conv, ndim=min(v.ndim, start + 1))
 
 
 def _reduce(v: _Val, dims: Any, keepdim: Any) -> _Val | None:
-    """Pooling by reduction keeps the neurons only if it reduces spatial dims (``>= 2``) of a conv map."""
-    if not v.conv or dims is None:
+    """Pooling by reduction keeps the neurons only if it reduces spatial dims (``>= 2``) of a conv map, or
+    token dims (``1 .. ndim - 2``, the neurons being last) of a sequence."""
+    if dims is None:
         return None
     dims = [dims] if isinstance(dims, int) else list(dims) if isinstance(dims, (tuple, list)) else None
     if dims is None or not all(isinstance(d, int) for d in dims):
         return None
     dims = [d + v.ndim if d < 0 else d for d in dims]
-    if any(d < 2 or d >= v.ndim for d in dims):
+    lo, hi = (2, v.ndim) if v.conv else (1, v.ndim - 1)
+    if any(d < lo or d >= hi for d in dims):
         return None
-    return _Val(v.set, True, ndim=v.ndim if keepdim else v.ndim - len(dims))
+    return _Val(v.set, v.conv, ndim=v.ndim if keepdim else v.ndim - len(dims))
 _MERGE_FUNCS = {operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, torch.add, torch.sub,
                 torch.mul}
 _MERGE_METHODS = {"add", "add_", "sub", "mul"}
@@ -398,15 +408,17 @@ def graph_from_fx(module: nn.Module, graph: torch.fx.Graph, on_unsupported: Lite
                 take = lambda p: _take(p, index, placed)  # noqa: E731
                 first = node.args[0] if node.args else next(iter(node.kwargs.values()), None)
                 try:
+                    # the output has the query's shape (its token dims too)
                     if isinstance(m, nn.MultiheadAttention):
-                        qkv = [a for a in node.args[:3] if isinstance(a, torch.fx.Node)]
-                        srcs = [source(a, "last", False, 2).set for a in qkv]
-                        vals[node] = _Multi((_Val(mha_rule(b, m, srcs, take, what), conv=False), None))
+                        qkv = [source(a, "last", False, 2) for a in node.args[:3] if isinstance(a, torch.fx.Node)]
+                        out = mha_rule(b, m, [v.set for v in qkv], take, what)
+                        vals[node] = _Multi((_Val(out, conv=False, ndim=qkv[0].ndim if qkv else 2), None))
                     else:
                         if not isinstance(first, torch.fx.Node):
                             raise GraphBuildError("its input is not a traced tensor")
                         rule = encoder_rule if isinstance(m, nn.TransformerEncoder) else encoder_layer_rule
-                        vals[node] = _Val(rule(b, m, source(first, "last", False, 2).set, take, what), conv=False)
+                        x = source(first, "last", False, 2)
+                        vals[node] = _Val(rule(b, m, x.set, take, what), conv=False, ndim=x.ndim)
                 except (GraphBuildError, ValueError) as exc:
                     give_up(node, m, what, ins, exc)
                     continue
@@ -418,6 +430,11 @@ def graph_from_fx(module: nn.Module, graph: torch.fx.Graph, on_unsupported: Lite
                     if v is not None:
                         b.pin(v.set)
                 continue
+            if isinstance(m, nn.Unflatten) and len(args) == 1 and ins[0] is not None:
+                tokens = _unflatten_input(b, ins[0], m.dim, len(m.unflattened_size))
+                if tokens is not None:
+                    vals[node] = tokens
+                    continue
             known = isinstance(m, _WEIGHT_TYPES + _NORM_TYPES) or type(m) in _ACT_MODULES or isinstance(
                 m, _KEEP_MODULES) or isinstance(m, nn.Flatten)
             if not known or len(args) != 1:
@@ -482,6 +499,18 @@ def graph_from_fx(module: nn.Module, graph: torch.fx.Graph, on_unsupported: Lite
     return dataclasses.replace(spec, built_by=built_by, scale_invariant=kept, _cache={})
 
 
+def _unflatten_input(b: GraphBuilder, v: _Val, dim: Any, parts: int) -> _Val | None:
+    """``nn.Unflatten`` of the last dim of the network's input into ``parts`` dims (tokens, then features):
+    a new set of input neurons, the features, with the token dims counted; ``None`` for any other unflatten
+    (its result is unknown: hidden neurons read by position must be pinned)."""
+    inputs = {b.find(s) for s in b.inputs}
+    if v.conv or b.find(v.set) not in inputs or not isinstance(dim, int) or dim not in (-1, v.ndim - 1):
+        return None
+    features = b.new_set()
+    b.inputs.append(features)  # input neurons are positional: nothing is claimed about their order
+    return _Val(features, conv=False, ndim=v.ndim + parts - 1)
+
+
 def _only_output_read(node: torch.fx.Node) -> bool:
     """Whether only element 0 (the output sequence) of a recurrent module's ``(output, states)`` is read."""
     for u in node.users:
@@ -515,11 +544,13 @@ def _module_rule(b: GraphBuilder, m: nn.Module, what: str, arg: torch.fx.Node, s
                      flatten_ok=v.conv and isinstance(m, nn.Linear))
         if m.bias is not None:
             b.add_node_param(pidx(m.bias), tuple(m.bias.shape), dst, "bias", what)
-        return _Val(dst, conv=False) if not conv else _Val(dst, conv=True, ndim=m.weight.dim())
+        if conv:
+            return _Val(dst, conv=True, ndim=m.weight.dim())
+        return _Val(dst, conv=False, ndim=2 if v.conv else v.ndim)  # a Linear keeps a sequence's token dims
     if isinstance(m, _NORM_TYPES):
         last = isinstance(m, nn.LayerNorm)
         v = source(arg, "last" if last else "channel", not last, 2 if last else 3)
-        if isinstance(m, nn.LayerNorm) and (len(m.normalized_shape) != 1 or v.ndim != 2):
+        if isinstance(m, nn.LayerNorm) and (len(m.normalized_shape) != 1 or (v.conv and v.ndim != 2)):
             raise GraphBuildError(f"LayerNorm over {tuple(m.normalized_shape)} is not per neuron")
         if isinstance(m, nn.GroupNorm) and 1 < m.num_groups < m.num_channels:
             raise GraphBuildError(f"GroupNorm with {m.num_groups} groups of channels only allows permutations "

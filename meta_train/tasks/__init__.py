@@ -6,6 +6,7 @@ from .families import (
                        IN_DISTRIBUTION,
                        VALIDATION,
                        VALIDATION_LONG,
+                       VALIDATION_TRANSFORMER,
                        Task,
                        TaskConfig,
                        arch_key,
@@ -16,5 +17,5 @@ from .families import (
                        sample_task,
 )
 
-__all__ = ["FAMILIES", "HELD_OUT", "IN_DISTRIBUTION", "VALIDATION", "VALIDATION_LONG", "Task", "TaskConfig", "arch_key", "build_module",
-           "num_activations", "num_params", "sample_group", "sample_task"]
+__all__ = ["FAMILIES", "HELD_OUT", "IN_DISTRIBUTION", "VALIDATION", "VALIDATION_LONG", "VALIDATION_TRANSFORMER", "Task",
+           "TaskConfig", "arch_key", "build_module", "num_activations", "num_params", "sample_group", "sample_task"]

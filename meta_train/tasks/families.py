@@ -1,13 +1,18 @@
-"""Task families for meta-training: optimizees (MLPs, small CNNs) on the embedded datasets.
+"""Task families for meta-training: optimizees (MLPs, small CNNs, small transformers) on the embedded datasets.
 
 A :class:`TaskConfig` fixes an architecture, a dataset, a batch size and an init scale; a :class:`Task` turns
 it into a functional problem: ``init_params(gen)``, ``loss(params, x, y)``, ``batches(gen, k)``. Families
 sample configs from ranges; :data:`HELD_OUT` lists configurations that no family samples (widths,
 activations and batch sizes outside the sampled sets), kept for evaluation.
+
+The transformer tasks (:mod:`.transformer`: attention, LayerNorm, a residual stream, a positional embedding)
+run stacked under ``torch.func.vmap`` like the others; their attention runs on PyTorch's math kernel there
+(:meth:`Task.logits`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from dataclasses import asdict, dataclass, replace
@@ -17,11 +22,13 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lopt_graphs.data import DatasetSplits, load_embedded
 from lopt_graphs.graph import GraphSpec, graph_from_module
 
 from ..sampling import log_uniform
+from .transformer import TRANSFORMER_ACTS, TokenTransformer, reset_attention
 
 _ACTS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU, "elu": nn.ELU,
@@ -34,12 +41,15 @@ class TaskConfig:
 
     Attributes:
         dataset: ``"digits"``, ``"mnist5k"`` or ``"mnist1d"``.
-        arch: ``"mlp"`` or ``"cnn"`` (Conv2d for images, Conv1d for mnist1d; stride 2, then global pooling).
-        widths: hidden widths (MLP) or channels (CNN).
-        activation: one of ``relu, tanh, gelu, silu, elu``.
+        arch: ``"mlp"``, ``"cnn"`` (Conv2d for images, Conv1d for mnist1d; stride 2, then global pooling) or
+            ``"transformer"`` (:class:`~meta_train.tasks.transformer.TokenTransformer`: image rows or 4-value
+            patches of a signal as tokens).
+        widths: hidden widths (MLP), channels (CNN), or one equal width per encoder layer (transformer:
+            ``d_model``).
+        activation: one of ``relu, tanh, gelu, silu, elu`` (transformer: ``relu`` or ``gelu``).
         batch_size: minibatch size.
         init_scale: multiplier of PyTorch's default initialization.
-        kernel: conv kernel size.
+        kernel: conv kernel size (CNN only).
         input_scale: multiplier of the inputs (augmentation; 1 = the dataset as it is).
     """
 
@@ -67,8 +77,24 @@ def _data(name: str) -> DatasetSplits:
     return load_embedded(name, seed=0)
 
 
+ARCHS: tuple[str, ...] = ("mlp", "cnn", "transformer")
+
+
 def build_module(cfg: TaskConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """The optimizee as an ``nn.Module`` (also traced for its neural graph)."""
+    """The optimizee as an ``nn.Module`` (also traced for its neural graph).
+
+    Raises:
+        ValueError: for an unknown arch or activation, a transformer with unequal widths or an activation
+            other than ``relu``/``gelu``.
+    """
+    if cfg.arch == "transformer":
+        if cfg.activation not in TRANSFORMER_ACTS:
+            raise ValueError(f"Invalid activation for arch 'transformer': {cfg.activation!r} (expected one of "
+                             f"{list(TRANSFORMER_ACTS)})")
+        if not cfg.widths or len(set(cfg.widths)) != 1:
+            raise ValueError(f"Invalid widths for arch 'transformer': {tuple(cfg.widths)} (expected one width "
+                             f"per layer, all equal: the residual stream's d_model)")
+        return TokenTransformer(input_shape, num_classes, cfg.widths[0], len(cfg.widths), cfg.activation)
     if cfg.activation not in _ACTS:
         raise ValueError(f"Unknown activation {cfg.activation!r}; expected one of {sorted(_ACTS)}")
     act = _ACTS[cfg.activation]
@@ -88,7 +114,7 @@ def build_module(cfg: TaskConfig, input_shape: tuple[int, ...], num_classes: int
             prev = w
         layers += [pool(1), nn.Flatten(), nn.Linear(prev, num_classes)]
     else:
-        raise ValueError(f"Unknown arch {cfg.arch!r}; expected 'mlp' or 'cnn'")
+        raise ValueError(f"Unknown arch {cfg.arch!r}; expected one of {list(ARCHS)}")
     return nn.Sequential(*layers)
 
 
@@ -105,7 +131,18 @@ def _template(key: tuple) -> tuple[nn.Module, tuple[str, ...], GraphSpec]:
     data = _data(dataset)
     module = build_module(TaskConfig(dataset, arch, widths, activation, kernel=kernel), data.input_shape,
                           data.num_classes)
-    return module, tuple(n for n, _ in module.named_parameters()), graph_from_module(module)
+    names = tuple(n for n, _ in module.named_parameters())
+    if arch != "transformer":
+        return module, names, graph_from_module(module)
+    # A transformer cannot build with on_unsupported="error": the attention in-projections read the stream by
+    # position through the attention scores and have no graph rule, by design. Trace it as
+    # NeuralGraphOptimizer.for_module does (what the meta-trained optimizer meets when it is used): only the
+    # in-projections go free, and the positional nn.Embedding is on the graph (embeddings="edge"). Anything
+    # else found free would be a wiring the tracer lost: refuse it rather than meta-train on it.
+    spec = graph_from_module(module, on_unsupported="free", embeddings="edge")
+    lost = [names[i] for i in spec.free_params if ".self_attn.in_proj_" not in names[i]]
+    assert not lost, f"transformer parameters off the graph besides the in-projections: {lost}"
+    return module, names, spec
 
 
 class Task:
@@ -135,6 +172,7 @@ class Task:
             for m in module.modules():
                 if hasattr(m, "reset_parameters") and m is not module:
                     m.reset_parameters()
+            reset_attention(module)  # nn.MultiheadAttention has no public reset_parameters
         return [p.detach().clone() * self.cfg.init_scale for p in module.parameters()]
 
     def new_model(self, gen: torch.Generator) -> nn.Module:
@@ -146,7 +184,13 @@ class Task:
         return model
 
     def logits(self, params: list[Tensor], x: Tensor) -> Tensor:
-        return functional_call(self.module, dict(zip(self.names, params)), (x,))
+        # Attention on PyTorch's math kernel: it is made of ops that vmap batches, where the fused CPU kernel has
+        # no batching rule (vmap falls back to a loop over the stacked tasks, with a UserWarning), and it can be
+        # differentiated twice (the truncated-backprop estimator differentiates through the inner gradients; the
+        # fused kernel's backward has no derivative). Same values, same speed here (one CPU thread).
+        attention = sdpa_kernel(SDPBackend.MATH) if self.cfg.arch == "transformer" else contextlib.nullcontext()
+        with attention:
+            return functional_call(self.module, dict(zip(self.names, params)), (x,))
 
     def loss(self, params: list[Tensor], x: Tensor, y: Tensor) -> Tensor:
         """Mean cross-entropy of a minibatch (pure function of ``params``)."""
@@ -224,6 +268,35 @@ def _mixture_v2(gen: torch.Generator) -> TaskConfig:
 #: ``mixture_v2``: ``mixture`` 3/4 of the time, ``mixture_broad`` 1/4 (wide and narrow nets, small and large batches).
 FAMILIES["mixture_v2"] = _mixture_v2
 
+_TRANSFORMER_WIDTHS = [16, 32]
+
+
+def _transformer_sampler(dataset: str) -> Callable[[torch.Generator], TaskConfig]:
+    """Sampler of ``dataset`` transformer configs: one ``d_model`` from {16, 32} for 1 or 2 layers, ``relu`` or
+    ``gelu``, batch size from {32, 64, 128} and a log-uniform init scale in [0.5, 2] (as :func:`_sampler`)."""
+    def sample(gen: torch.Generator) -> TaskConfig:
+        depth = int(torch.randint(1, 3, (1,), generator=gen))
+        d = _choice(gen, _TRANSFORMER_WIDTHS)
+        return TaskConfig(dataset, "transformer", (d,) * depth, _choice(gen, list(TRANSFORMER_ACTS)),
+                          _choice(gen, _SAMPLED_BATCH), _log_uniform(gen, 0.5, 2.0))
+    return sample
+
+
+#: ``{digits,mnist5k,mnist1d}_transformer``: small transformer classifiers (attention, LayerNorm, a residual
+#: stream); ``transformer``: one of the three.
+FAMILIES.update({f"{d}_transformer": _transformer_sampler(d) for d in _DATASETS})
+FAMILIES["transformer"] = _mixture_of([f"{d}_transformer" for d in sorted(_DATASETS)])
+
+
+def _mixture_v3(gen: torch.Generator) -> TaskConfig:
+    """Recipe v3: ``mixture_v2`` 3 times in 4, a transformer family otherwise."""
+    transformer = float(torch.rand((), generator=gen)) < 0.25
+    return FAMILIES["transformer" if transformer else "mixture_v2"](gen)
+
+
+#: ``mixture_v3``: ``mixture_v2`` 3/4 of the time, ``transformer`` 1/4.
+FAMILIES["mixture_v3"] = _mixture_v3
+
 #: Configurations no family samples (width 48/96/24/12, ELU, batch 256): evaluation only.
 HELD_OUT: tuple[TaskConfig, ...] = (
     TaskConfig("digits", "mlp", (96, 96), "elu", 16, 1.0),
@@ -283,7 +356,8 @@ def num_params(cfg: TaskConfig) -> int:
 
 def num_activations(cfg: TaskConfig) -> int:
     """Activation values of one minibatch's forward pass: ``batch_size`` times the outputs of every leaf module
-    for one example (what a step's memory and time grow with, beyond the parameters)."""
+    and the attention modules (their outputs and scores) for one example (what a step's memory and time grow
+    with, beyond the parameters)."""
     return cfg.batch_size * _activations_per_example(arch_key(cfg))
 
 
@@ -291,8 +365,18 @@ def num_activations(cfg: TaskConfig) -> int:
 def _activations_per_example(key: tuple) -> int:
     module, _, _ = _template(key)
     sizes: list[int] = []
-    hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel()))
-             for m in module.modules() if not list(m.children())]
+
+    def count(m: nn.Module, inputs: tuple, out: Tensor | tuple) -> None:
+        if isinstance(m, nn.MultiheadAttention):  # (output, None), and its scores [heads, T_query, T_key]
+            q, k = inputs[0], inputs[1]
+            t = 1 if m.batch_first else 0
+            sizes.append(out[0].numel() + m.num_heads * q.shape[t] * k.shape[t])
+        else:
+            sizes.append(out.numel())
+
+    # an nn.MultiheadAttention is not a leaf: its out_proj is a child module, but read as a weight, never called
+    hooks = [m.register_forward_hook(count)
+             for m in module.modules() if not list(m.children()) or isinstance(m, nn.MultiheadAttention)]
     try:
         with torch.no_grad():
             module(torch.zeros(1, *_data(key[0]).input_shape))
@@ -314,6 +398,12 @@ VALIDATION: tuple[TaskConfig, ...] = (
     TaskConfig("mnist5k", "mlp", (128, 128), "relu", 64, 1.0),
     TaskConfig("digits", "mlp", (32, 32, 32), "gelu", 32, 1.0),
     TaskConfig("mnist1d", "mlp", (64,), "silu", 16, 1.0, kernel=5),
+)
+#: Candidate validation task for learned optimizers meta-trained on transformers (``mixture_v3``): in the
+#: transformer families' distribution, not in :data:`VALIDATION` (nor in ``meta_train.validate.DEFAULT_TASKS``,
+#: so adding it does not change the validation score of existing runs); not yet used to select checkpoints.
+VALIDATION_TRANSFORMER: tuple[TaskConfig, ...] = (
+    TaskConfig("digits", "transformer", (16,), "gelu", 64, 1.0),
 )
 #: Long validation runs, ``(config, k)``: trained for ``k`` times the run's ``validate_steps`` (1,500 steps at
 #: the usual 300), so selection sees how a schedule carries over to long training.

@@ -207,3 +207,83 @@ def test_hf_bert_is_traced_with_transformers() -> None:
     with torch.no_grad():
         a, b = model(x).logits, permuted_model(model, spec, perm)(x).logits
     assert float((a - b).abs().max()) < 1e-8
+
+
+# --------------------------------------------------------------------------- token sequences
+class TokenClassifier(nn.Module):
+    """A flat input read as ``T`` tokens of ``F`` features (``nn.Unflatten``), a Linear token embedding plus a
+    positional ``nn.Embedding``, an encoder layer, a mean over the tokens and a head."""
+
+    def __init__(self, t: int = 5, f: int = 3, d: int = 6) -> None:
+        super().__init__()
+        self.tokens = nn.Unflatten(1, (t, f))
+        self.embed = nn.Linear(f, d)
+        self.pos = nn.Embedding(t, d)
+        self.register_buffer("positions", torch.arange(t), persistent=False)
+        self.layer = nn.TransformerEncoderLayer(d, 2, 10, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(d, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.layer(self.embed(self.tokens(x)) + self.pos(self.positions)).mean(dim=1))
+
+
+class TokenMLP(nn.Module):
+    """``T = 6`` tokens of 3 features through a per-token Linear + ReLU into 6 (permutable) hidden neurons, then
+    ``tail``: ``"mean"`` pools the tokens (the hidden neurons stay permutable); ``"feature_mean"`` reduces the
+    neurons, leaving the 6 tokens as the head's features; ``"flatten"`` folds the tokens into the features."""
+
+    def __init__(self, tail: str) -> None:
+        super().__init__()
+        self.tokens, self.embed, self.tail = nn.Unflatten(1, (6, 3)), nn.Linear(3, 6), tail
+        self.head = nn.Linear(36 if tail == "flatten" else 6, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.embed(self.tokens(x)))
+        return self.head(h.mean(1) if self.tail == "mean" else h.mean(-1) if self.tail == "feature_mean"
+                         else h.flatten(1))
+
+
+def test_unflattened_input_gives_token_feature_inputs_and_token_mean_keeps_the_stream() -> None:
+    torch.manual_seed(0)
+    model = TokenClassifier().double().eval()
+    randomize(model)
+    spec = graph_from_module(model, on_unsupported="free", embeddings="edge")
+    names = [n for n, _ in model.named_parameters()]
+    assert [names[i] for i in spec.free_params] == ["layer.self_attn.in_proj_weight", "layer.self_attn.in_proj_bias"]
+    embed, pos, head = (spec.params[names.index(n)] for n in ("embed.weight", "pos.weight", "head.weight"))
+    # 3 token features and 5 positions are the input neurons; the stream runs from both into the head
+    assert int((spec.node_role == 0).sum()) == 3 + 5
+    assert bool((spec.node_role[embed.src_start: embed.src_start + embed.cols] == 0).all())
+    assert embed.dst_start == pos.dst_start == head.src_start and pos.transposed
+    assert spec.hidden_sets()  # the feed-forward neurons
+    x = torch.randn(7, 15, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        assert max_change(model, spec, spec.random_node_permutation(gen), x) < 1e-8
+    assert max_change(model, spec, spec.random_node_permutation(gen, include="input"), x) > 1e-4
+
+
+@pytest.mark.parametrize("tail", ["mean", "feature_mean", "flatten"])
+def test_only_a_reduction_over_tokens_keeps_the_neurons_of_a_sequence(tail: str) -> None:
+    torch.manual_seed(0)
+    model = TokenMLP(tail).double()
+    randomize(model)
+    x = torch.randn(7, 18, dtype=torch.float64)
+    if tail != "mean":
+        with pytest.raises(GraphBuildError, match="reduction over the neuron dim" if tail == "feature_mean"
+                           else "flatten that mixes the neuron dim"):
+            graph_from_module(model)
+    spec = graph_from_module(model, on_unsupported="free")
+    assert bool(spec.hidden_sets()) == (tail == "mean")  # else the hidden neurons are read by position
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(4):
+        assert max_change(model, spec, spec.random_node_permutation(gen), x) < 1e-8
+
+
+def test_unflatten_of_hidden_neurons_pins_them() -> None:
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Unflatten(1, (2, 3)), nn.Linear(3, 5), nn.Flatten(),
+                          nn.Linear(10, 2)).double()
+    spec = graph_from_module(model, on_unsupported="free")
+    first = spec.params[0]
+    assert bool((spec.node_pos[first.dst_start: first.dst_start + first.rows] >= 0).all())
+    assert int((spec.node_role == 0).sum()) == 4  # the boundary after the unflatten is not an input
