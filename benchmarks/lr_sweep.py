@@ -160,6 +160,7 @@ def plot(doc: dict[str, Any], path: Path) -> Path | None:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         print("matplotlib not installed: no lr_sweep.png")
         return None
@@ -174,6 +175,8 @@ def plot(doc: dict[str, Any], path: Path) -> Path | None:
         ax.axhline(statistics.fmean(r["adam_final_loss_per_seed"]), color="C0", ls="--", label="tuned Adam")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_xticks(ms, [f"{m:g}" for m in ms])
         ax.set_title(r["task"], fontsize=7)
         ax.set_xlabel("NGO lr multiplier", fontsize=7)
         ax.tick_params(labelsize=6)
