@@ -220,8 +220,8 @@ def graph_from_module(module: nn.Module, on_unsupported: Literal["error", "free"
             (:func:`~lopt_graphs.graph.module_walk.graph_from_module_walk`) and warn once.
         embeddings: ``"free"`` (default) treats ``nn.Embedding`` as a module without a rule; ``"edge"`` puts
             its weight on the graph as a transposed edge block from one input neuron per token
-            (:mod:`~lopt_graphs.graph.embedding_rules`; not read correctly by ``NeuralGraphOptimizer``
-            yet, which is why it is off by default).
+            (:mod:`~lopt_graphs.graph.embedding_rules`; ``NeuralGraphOptimizer.for_module`` traces with
+            ``"edge"``, its default).
 
     Raises:
         GraphBuildError: see ``on_unsupported``; also when the module cannot be traced and there is no
