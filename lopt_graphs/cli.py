@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "lopt-meta-train": "meta_train.run:main",
     "lopt-evaluate": "meta_train.evaluate:main",
     "lopt-derive": "meta_train.derive:main",
+    "lopt-calibrate": "meta_train.calibrate:main",
     "lopt-vs-adam": "benchmarks.vs_adam:main",
     "lopt-throughput": "benchmarks.meta_train_throughput:main",
     "lopt-step-cost": "benchmarks.step_cost:main",

@@ -1,0 +1,231 @@
+"""Calibrate a learned update's per-tensor step readout to each task's best step multiplier: a supervised
+meta-training stage.
+
+Why: ``lopt-lr-sweep`` shows that the missing piece of the v2 learned updates is the per-task step level (their
+best ``lr`` multiplier ranges over 0.25-4 across the evaluation tasks; chosen per task it doubles the runs that
+reach tuned Adam's loss), and evolution strategies over the readout did not find it. But the readout's own
+input, the encoder's mean row and column embeddings of a tensor, predicts the best multiplier of a task well
+(leave-one-out R^2 about 0.6 on 48 ``mixture_v2`` tasks, as much as the task's dataset, architecture,
+activation and batch size do). So this stage measures it directly:
+
+1. ``tasks`` tasks are drawn from ``family`` (seeded ``sample_seed``; at most ``max_params`` parameters), each
+   trained ``steps`` steps by ``NeuralGraphOptimizer(..., lr=m, total_steps=steps)`` for every ``m`` of
+   ``multipliers`` on its own training seed (``train_seed + i``: never an evaluation seed 0-2 or a tuning seed
+   1000+). The task's target is the log multiplier of the lowest final ``log(L + 0.01)`` (refined by a parabola
+   through the grid's best point and its neighbours; a grid edge stays the edge).
+2. The feature of a task is the readout's input averaged over its tensors and the encoder calls of the
+   ``m = 1`` run. A ridge regression (``ridge``, on standardized features, intercept free) predicts the target.
+3. The readout's linear layer gets the regression added (``weight += w``, ``bias += b``): a task's tensors move
+   their log step by the predicted log multiplier (inside the readout's bound, when it has one).
+
+Commands::
+
+    lopt-calibrate src=v2_cosine_pes_100_bounded dst=runs/calib/calibrated.pt     # 48 tasks: ~15 min, 1 core
+    lopt-calibrate src=... dst=... tasks=8 steps=100 multipliers=0.5,1,2           # a quick look
+    lopt-calibrate --help                                                           # the keys and their defaults
+
+Writes ``dst`` (a ``NeuralGraphOptimizer`` checkpoint; ``meta["calibration"]`` records the keys and the fit)
+and ``dst`` with ``.json`` (every task's losses per multiplier, its target and features, the fit's
+leave-one-out quality).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lopt_graphs import NeuralGraphOptimizer
+from lopt_graphs import config as _cfg
+from lopt_graphs.evaluation import train_run
+from lopt_graphs.io import atomic_write_text
+from lopt_graphs.optim import LearnedUpdate, save_checkpoint
+
+from .tasks import num_params, sample_task
+
+#: Offset of the loss in the target's ``log(L + c)`` (the ``log_final`` meta-objective's and validation's).
+LOSS_OFFSET = 0.01
+
+
+@dataclass(frozen=True)
+class CalibrateConfig(_cfg.CheckedConfig):
+    """Keys of ``lopt-calibrate`` (``python -m meta_train.calibrate``).
+
+    Attributes:
+        src: learned update to calibrate (shipped name, path, or a meta-training run's ``ckpt.pt``); it needs a
+            per-tensor step readout (v2 with the graph encoder).
+        dst: the calibrated checkpoint to write.
+        family: task family of the calibration tasks (``meta_train.tasks.FAMILIES``).
+        tasks: number of calibration tasks.
+        steps: training steps per run (the optimizer is told them: ``total_steps``).
+        multipliers: ``lr`` grid per task (at least 3 values, each > 0, increasing).
+        ridge: ridge penalty on the standardized features (> 0).
+        max_params: skip drawn tasks with more parameters (0: no limit).
+        sample_seed: seed of the task draws.
+        train_seed: task ``i`` trains on seed ``train_seed + i``.
+        threads: torch intra-op threads.
+    """
+
+    src: str = "v2_cosine_pes_100_bounded"
+    dst: str = ""
+    family: str = "mixture_v2"
+    tasks: int = 48
+    steps: int = 300
+    multipliers: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
+    ridge: float = 3.0
+    max_params: int = 30000
+    sample_seed: int = 777
+    train_seed: int = 5000
+    threads: int = 1
+
+    def validate(self) -> None:
+        m = self.multipliers
+        if len(m) < 3 or any(not x > 0 for x in m) or list(m) != sorted(set(m)):
+            _cfg.bad_value("multipliers", m, "at least 3 increasing values > 0")
+        if 1.0 not in m:
+            _cfg.bad_value("multipliers", m, "a grid that contains 1 (the features come from the m = 1 run)")
+        _cfg.check_minimums(self, tasks=2, steps=1, max_params=0, threads=0)
+        if not self.ridge > 0:
+            _cfg.bad_value("ridge", self.ridge, "a value > 0")
+        if self.train_seed < 3 or (self.train_seed < 1100 and self.train_seed + self.tasks > 1000):
+            _cfg.bad_value("train_seed", self.train_seed, "seeds away from the evaluation (0-2) and tuning (1000+) "
+                           "seeds, e.g. 5000")
+
+
+def _check_readout(learned: LearnedUpdate) -> None:
+    if not (learned.cfg.tensor_lr and learned.cfg.use_graph) or getattr(learned, "lr_readout", None) is None:
+        raise ValueError("This learned update has no per-tensor step readout of the graph encoder (it needs a v2 "
+                         "update with use_graph=True and tensor_lr=True): there is nothing to calibrate")
+
+
+def best_log_multiplier(multipliers: Sequence[float], losses: Sequence[float]) -> float:
+    """The log multiplier of the lowest ``log(L + 0.01)``, refined by the parabola through the best grid point
+    and its neighbours (in log multiplier, on an evenly spaced log grid); a best point at a grid edge is returned
+    as it is. A non-finite loss counts as ``1e9``."""
+    lm = [math.log(m) for m in multipliers]
+    c = [math.log((x if math.isfinite(x) else 1e9) + LOSS_OFFSET) for x in losses]
+    k = min(range(len(c)), key=c.__getitem__)
+    if k in (0, len(c) - 1):
+        return lm[k]
+    a, b, d = c[k - 1], c[k], c[k + 1]
+    curv = a - 2 * b + d
+    off = 0.5 * (a - d) / curv if curv > 0 else 0.0
+    return lm[k] + max(-0.5, min(0.5, off)) * (lm[k + 1] - lm[k - 1]) / 2
+
+
+def ridge_fit(x: torch.Tensor, y: torch.Tensor, ridge: float) -> tuple[torch.Tensor, float]:
+    """``(w, b)`` of ``y ~ x @ w + b`` with a ridge penalty ``ridge`` on the standardized weights (the intercept is
+    not penalized); returned for the raw features."""
+    x, y = x.double(), y.double()
+    mu, sd = x.mean(0), x.std(0, unbiased=False).clamp_min(1e-8)
+    z = torch.cat([(x - mu) / sd, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+    pen = torch.diag(torch.cat([torch.full((x.shape[1],), float(ridge), dtype=x.dtype), torch.zeros(1, dtype=x.dtype)]))
+    wz = torch.linalg.solve(z.T @ z + pen, z.T @ y)
+    w = wz[:-1] / sd
+    return w, float(wz[-1] - (w * mu).sum())
+
+
+def leave_one_out(x: torch.Tensor, y: torch.Tensor, ridge: float) -> dict[str, float]:
+    """Leave-one-out predictions of :func:`ridge_fit`: ``r2`` (against the held-out mean) and correlation."""
+    preds = []
+    for i in range(len(y)):
+        keep = torch.arange(len(y)) != i
+        w, b = ridge_fit(x[keep], y[keep], ridge)
+        preds.append(float(x[i].double() @ w + b))
+    p, t = torch.tensor(preds), y.double()
+    r2 = 1 - float(((p - t) ** 2).sum() / ((t - t.mean()) ** 2).sum().clamp_min(1e-12))
+    corr = float(torch.corrcoef(torch.stack([p, t]))[0, 1]) if len(y) > 2 else math.nan
+    return {"r2": r2, "corr": corr}
+
+
+def collect(learned: LearnedUpdate, c: CalibrateConfig, log=print) -> list[dict[str, Any]]:
+    """Step 1 and 2: per calibration task, its final losses per multiplier, target and feature (see the module
+    docstring)."""
+    _check_readout(learned)
+    seen: list[torch.Tensor] = []
+    hook = learned.lr_readout.register_forward_hook(lambda _m, inp, _out: seen.append(inp[0].detach().clone()))
+    gen = torch.Generator().manual_seed(c.sample_seed)
+    rows: list[dict[str, Any]] = []
+    t0, draws = time.perf_counter(), 0
+    try:
+        while len(rows) < c.tasks:
+            task = sample_task(c.family, gen)
+            draws += 1
+            if draws > 100 * c.tasks:
+                raise ValueError(f"Family {c.family!r} drew {draws} tasks and only {len(rows)} have at most "
+                                 f"max_params={c.max_params} parameters: raise max_params")
+            if c.max_params and num_params(task.cfg) > c.max_params:
+                continue
+            seed = c.train_seed + len(rows)
+            losses, feature = [], None
+            for m in c.multipliers:
+                seen.clear()
+                r = train_run(task, lambda mod, m=m: NeuralGraphOptimizer.for_module(
+                    mod, learned, lr=m, total_steps=c.steps), c.steps, seed)
+                losses.append(r.final_loss)
+                if m == 1.0:
+                    if not seen:
+                        raise RuntimeError(f"{task.name}: the readout was never called (no weight on the graph?)")
+                    feature = torch.stack(seen).mean(0)
+            target = best_log_multiplier(c.multipliers, losses)
+            rows.append({"task": task.name, "config": task.cfg.to_dict(), "seed": seed, "losses": losses,
+                         "target_log_multiplier": target, "feature": feature.tolist()})
+            log(f"[{len(rows)}/{c.tasks}] {task.name}: best lr x{math.exp(target):.2f} "
+                f"({time.perf_counter() - t0:.0f} s)")
+    finally:
+        hook.remove()
+    return rows
+
+
+def calibrate(learned: LearnedUpdate, rows: list[dict[str, Any]], ridge: float) -> dict[str, Any]:
+    """Step 3: add the ridge regression of the rows' targets on their features to ``learned``'s readout (in
+    place). Returns the fit's record (weights' norm, intercept, leave-one-out quality, targets' spread)."""
+    _check_readout(learned)
+    x = torch.tensor([r["feature"] for r in rows])
+    y = torch.tensor([r["target_log_multiplier"] for r in rows])
+    if x.shape[1] != learned.lr_readout.in_features:
+        raise ValueError(f"Features of {x.shape[1]} dims do not fit the readout's {learned.lr_readout.in_features} "
+                         "inputs: the rows come from another learned update")
+    w, b = ridge_fit(x, y, ridge)
+    with torch.no_grad():
+        learned.lr_readout.weight += w.to(learned.lr_readout.weight.dtype)[None]
+        learned.lr_readout.bias += b
+    return {"tasks": len(rows), "ridge": ridge, "weight_l1": float(w.abs().sum()), "intercept": b,
+            "target_mean": float(y.mean()), "target_std": float(y.std()),
+            "leave_one_out": leave_one_out(x, y, ridge)}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """``lopt-calibrate [--config FILE] src=... dst=PATH [tasks=48] ...``; returns the record written beside
+    ``dst``."""
+    from .evaluate import load_any
+
+    c = _cfg.parse_command(CalibrateConfig, argv, (__doc__ or "").split("\n")[0])
+    if not c.dst:
+        _cfg.bad_value("dst", c.dst, "the path of the calibrated checkpoint to write")
+    before = torch.get_num_threads()
+    _cfg.set_threads(c.threads)
+    try:
+        learned = load_any(c.src)
+        rows = collect(learned, c)
+        fit = calibrate(learned, rows, c.ridge)
+    finally:
+        torch.set_num_threads(before)
+    keys = _cfg.config_to_dict(c)
+    save_checkpoint(learned, c.dst, meta={"derived_from": c.src, "calibration": {**keys, **fit}})
+    record = {"config": keys, "fit": fit, "rows": rows}
+    atomic_write_text(Path(c.dst).with_suffix(".json"), json.dumps(record, indent=1))
+    loo = fit["leave_one_out"]
+    print(f"calibrated {c.src} on {len(rows)} tasks: target log multiplier {fit['target_mean']:+.2f} +- "
+          f"{fit['target_std']:.2f}, leave-one-out R^2 {loo['r2']:.2f} (corr {loo['corr']:.2f}); wrote {c.dst}")
+    return record
+
+
+if __name__ == "__main__":
+    main()
