@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,8 +167,10 @@ def collect(learned: LearnedUpdate, c: CalibrateConfig, log=print) -> list[dict[
             losses, feature = [], None
             for m in c.multipliers:
                 seen.clear()
-                r = train_run(task, lambda mod, m=m: NeuralGraphOptimizer.for_module(
-                    mod, learned, lr=m, total_steps=c.steps), c.steps, seed)
+                with warnings.catch_warnings():  # transformers: "attention in-projections are graph-free", per run
+                    warnings.filterwarnings("ignore", message=r".*graph-free", category=UserWarning)
+                    r = train_run(task, lambda mod, m=m: NeuralGraphOptimizer.for_module(
+                        mod, learned, lr=m, total_steps=c.steps), c.steps, seed)
                 losses.append(r.final_loss)
                 if m == 1.0:
                     if not seen:
