@@ -7,8 +7,15 @@ import math
 import pytest
 import torch
 
-from meta_train.calibrate import (CalibrateConfig, best_log_multiplier, calibrate, collect, leave_one_out, main,
-                                  ridge_fit)
+from meta_train.calibrate import (
+    CalibrateConfig,
+    best_log_multiplier,
+    calibrate,
+    collect,
+    leave_one_out,
+    main,
+    ridge_fit,
+)
 from meta_train.trainer import fresh_learned_update
 
 GRID = (0.25, 0.5, 1.0, 2.0, 4.0)
