@@ -37,7 +37,7 @@ from benchmarks.suite.report import read_curves
 from benchmarks.suite_compare import load_runs
 from lopt_graphs import config as _cfg
 from lopt_graphs.evaluation import smooth, steps_to_reach
-from lopt_graphs.io import atomic_write_text
+from lopt_graphs.io import atomic_write_text, finite_or_none
 
 #: Smoothing window of "steps to reach" (``meta_train.evaluate.SMOOTH``).
 WINDOW = 10
@@ -231,16 +231,6 @@ def plot(doc: dict[str, Any], path: Path) -> Path | None:
     return path
 
 
-def _finite(x: Any) -> Any:
-    """``x`` with non-finite floats as ``None`` (strict JSON; a fraction is ``None`` when not reached)."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_finite(v) for v in x]
-    return x
-
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command-line entry point: ``[--config FILE] results=A,B,... [out=DIR]``; returns the document."""
@@ -255,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out = Path(c.out)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "headroom.md", text)
-        atomic_write_text(out / "headroom.json", json.dumps(_finite({"results": list(c.results), **doc}), indent=1,
+        atomic_write_text(out / "headroom.json", json.dumps(finite_or_none({"results": list(c.results), **doc}), indent=1,
                                                              allow_nan=False))
         png = plot(doc, out / "headroom.png")
         print(f"wrote {out / 'headroom.md'}, {out / 'headroom.json'}" + (f", {png}" if png else ""))

@@ -34,45 +34,37 @@ import torch
 from lopt_graphs import NeuralGraphOptimizer
 from lopt_graphs import config as _cfg
 from lopt_graphs.evaluation import smooth, steps_to_reach, train_run, tuned_baseline
-from lopt_graphs.io import atomic_write_text
+from lopt_graphs.io import atomic_write_text, finite_or_none
+from meta_train.evaluate import ScoredRunKeys
 
 #: The headroom benchmark's and ``lopt-evaluate``'s targets.
 TARGET_FRACTION = 0.5
 
 
 @dataclass(frozen=True)
-class LrSweepConfig(_cfg.CheckedConfig):
-    """Keys of ``benchmarks/lr_sweep.py``.
+class LrSweepConfig(ScoredRunKeys):
+    """Keys of ``benchmarks/lr_sweep.py``: ``steps``, ``seeds`` (scored), ``threads`` as ``lopt-evaluate``'s
+    (:class:`meta_train.evaluate.ScoredRunKeys`), and
 
     Attributes:
         ckpt: learned-update checkpoint (shipped name, path, or a meta-training run's ``ckpt.pt``).
         multipliers: NGO ``lr`` values to run (each > 0).
-        steps: training steps per run.
-        seeds: scored seeds.
         total_steps: tell NGO the run length (``total_steps=steps``), as ``lopt-evaluate`` does.
         only: run only the tasks whose name contains this string (``""``: all eight).
-        threads: torch intra-op threads.
         out: output directory; ``""``: print only.
     """
 
+    seeds: tuple[int, ...] = (0, 1, 2)
     ckpt: str = "default"
     multipliers: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
-    steps: int = 300
-    seeds: tuple[int, ...] = (0, 1, 2)
     total_steps: bool = True
     only: str = ""
-    threads: int = 1
     out: str = ""
 
     def validate(self) -> None:
+        super().validate()
         if not self.multipliers or any(not m > 0 for m in self.multipliers):
             _cfg.bad_value("multipliers", self.multipliers, "one or more values > 0")
-        if self.steps < 1:
-            _cfg.bad_value("steps", self.steps, "an integer >= 1")
-        if not self.seeds:
-            _cfg.bad_value("seeds", self.seeds, "at least one seed")
-        if self.threads < 0:
-            _cfg.bad_value("threads", self.threads, "an integer >= 0 (0 keeps torch's default)")
 
 
 def _fraction(curve: list[float], target: float, steps: int, window: int) -> float:
@@ -190,15 +182,6 @@ def plot(doc: dict[str, Any], path: Path) -> Path | None:
     return path
 
 
-def _finite(x: Any) -> Any:
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_finite(v) for v in x]
-    return x
-
 
 def run(c: LrSweepConfig) -> dict[str, Any]:
     """The sweep over the evaluation tasks (those whose name contains ``c.only``)."""
@@ -236,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out = Path(c.out)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "lr_sweep.md", text)
-        atomic_write_text(out / "lr_sweep.json", json.dumps(_finite(doc), indent=1, allow_nan=False))
+        atomic_write_text(out / "lr_sweep.json", json.dumps(finite_or_none(doc), indent=1, allow_nan=False))
         png = plot(doc, out / "lr_sweep.png")
         print(f"wrote {out / 'lr_sweep.md'}, {out / 'lr_sweep.json'}" + (f", {png}" if png else ""))
     return doc

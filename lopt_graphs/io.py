@@ -6,12 +6,13 @@ write to a temporary file in the destination's folder, ``fsync``, then ``os.repl
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO, Any, Callable
 
-__all__ = ["atomic_write", "atomic_write_text"]
+__all__ = ["atomic_write", "atomic_write_text", "finite_or_none"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None],
@@ -52,3 +53,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None],
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def finite_or_none(x: Any) -> Any:
+    """``x`` (nested dicts, lists, tuples) with every non-finite float as ``None``, for strict JSON
+    (``json.dumps(..., allow_nan=False)``): ``Infinity`` and ``NaN`` are not JSON."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: finite_or_none(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [finite_or_none(v) for v in x]
+    return x
