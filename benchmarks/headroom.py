@@ -34,10 +34,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.suite.report import read_curves
-from benchmarks.suite_compare import load_runs
+from benchmarks.suite_compare import load_runs, run_label
 from lopt_graphs import config as _cfg
 from lopt_graphs.evaluation import smooth, steps_to_reach
 from lopt_graphs.io import atomic_write_text, finite_or_none
+from lopt_graphs.plotting import new_figure, save_figure
 
 #: Smoothing window of "steps to reach" (``meta_train.evaluate.SMOOTH``).
 WINDOW = 10
@@ -135,10 +136,7 @@ def headroom(paths: Sequence[str | Path]) -> dict[str, Any]:
         side = path.parent / "curves.json.gz"
         if not side.is_file():
             continue
-        doc = json.loads(path.read_text())
-        arg = str(doc["ckpt"].get("arg") or "default")
-        label = (Path(arg).stem if arg.endswith(".pt") else arg) + (
-            "" if doc.get("config", {}).get("ngo_total_steps", True) else " (no total_steps)")
+        label = run_label(json.loads(path.read_text()))
         curves_by_label.setdefault(label, {}).update(read_curves(side))
         peers_from = peers_from or (label, str(path))
     if peers_from is None:
@@ -201,17 +199,10 @@ def render(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(doc: dict[str, Any], path: Path) -> Path | None:
+def plot(doc: dict[str, Any], path: Path) -> Path:
     """Per optimizer, each in-distribution run's fraction (not reached drawn at 1.1) and the median; target line."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no headroom.png")
-        return None
     cols = doc["columns"]
-    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(cols), 4.2))
+    fig, ax = new_figure(figsize=(1.0 + 0.9 * len(cols), 4.2))
     for i, c in enumerate(cols.values()):
         fr = [min(r["fraction"], 1.1) for rs in c["in_dist"].values() for r in rs]
         ax.scatter([i + (k % 6 - 2.5) * 0.05 for k in range(len(fr))], fr, s=14, alpha=0.6,
@@ -225,10 +216,7 @@ def plot(doc: dict[str, Any], path: Path) -> Path | None:
     ax.set_ylabel("fraction of steps to reach\ntuned Adam's final loss")
     ax.set_title("In-distribution runs (red: lr tuned per task; blue: untuned); bar: median", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 
@@ -248,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         atomic_write_text(out / "headroom.json", json.dumps(finite_or_none({"results": list(c.results), **doc}), indent=1,
                                                              allow_nan=False))
         png = plot(doc, out / "headroom.png")
-        print(f"wrote {out / 'headroom.md'}, {out / 'headroom.json'}" + (f", {png}" if png else ""))
+        print(f"wrote {out / 'headroom.md'}, {out / 'headroom.json'}, {png}")
     return doc
 
 

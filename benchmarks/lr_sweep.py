@@ -35,10 +35,8 @@ from lopt_graphs import NeuralGraphOptimizer
 from lopt_graphs import config as _cfg
 from lopt_graphs.evaluation import smooth, steps_to_reach, train_run, tuned_baseline
 from lopt_graphs.io import atomic_write_text, finite_or_none
+from lopt_graphs.plotting import new_figure, save_figure
 from meta_train.evaluate import ScoredRunKeys
-
-#: The headroom benchmark's and ``lopt-evaluate``'s targets.
-TARGET_FRACTION = 0.5
 
 
 @dataclass(frozen=True)
@@ -147,19 +145,14 @@ def render(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(doc: dict[str, Any], path: Path) -> Path | None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import matplotlib.ticker
-    except ImportError:
-        print("matplotlib not installed: no lr_sweep.png")
-        return None
+def plot(doc: dict[str, Any], path: Path) -> Path:
+    """Final loss against the multiplier per task, tuned Adam's as a line."""
+    from matplotlib.ticker import NullLocator
+
     rows = doc["rows"]
     cols = min(4, len(rows))
     nrows = math.ceil(len(rows) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.6 * nrows), squeeze=False)
+    fig, axes = new_figure(nrows, cols, figsize=(3.2 * cols, 2.6 * nrows), squeeze=False)
     ms = doc["multipliers"]
     for ax, r in zip(axes.flat, rows):
         ys = [statistics.fmean(r["multipliers"][str(m)]["final_loss_per_seed"]) for m in ms]
@@ -167,7 +160,7 @@ def plot(doc: dict[str, Any], path: Path) -> Path | None:
         ax.axhline(statistics.fmean(r["adam_final_loss_per_seed"]), color="C0", ls="--", label="tuned Adam")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xticks(ms, [f"{m:g}" for m in ms])
         ax.set_title(r["task"], fontsize=7)
         ax.set_xlabel("NGO lr multiplier", fontsize=7)
@@ -176,10 +169,7 @@ def plot(doc: dict[str, Any], path: Path) -> Path | None:
         ax.axis("off")
     axes.flat[0].legend(fontsize=6)
     fig.suptitle(f"final training loss (mean of seeds), {doc['ckpt']}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 
@@ -221,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         atomic_write_text(out / "lr_sweep.md", text)
         atomic_write_text(out / "lr_sweep.json", json.dumps(finite_or_none(doc), indent=1, allow_nan=False))
         png = plot(doc, out / "lr_sweep.png")
-        print(f"wrote {out / 'lr_sweep.md'}, {out / 'lr_sweep.json'}" + (f", {png}" if png else ""))
+        print(f"wrote {out / 'lr_sweep.md'}, {out / 'lr_sweep.json'}, {png}")
     return doc
 
 

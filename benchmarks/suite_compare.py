@@ -46,11 +46,18 @@ class CompareConfig(_cfg.CheckedConfig):
     threads: int = 1
 
 
+def run_label(data: dict[str, Any]) -> str:
+    """The column label of a suite ``results.json`` document: its checkpoint as it was given (``ckpt.arg``: a
+    shipped name, ``default`` when empty, a file's stem for a path), with `` (no total_steps)`` appended for a
+    run with ``ngo_total_steps=false`` (another way of running the same file: its own column)."""
+    arg = str(data["ckpt"].get("arg") or "default")
+    label = Path(arg).stem if arg.endswith(".pt") else arg
+    return label + ("" if data.get("config", {}).get("ngo_total_steps", True) else " (no total_steps)")
+
+
 def load_runs(paths: Sequence[str | Path]) -> dict[str, dict[str, Any]]:
     """``{checkpoint label: {task name: task record}}`` from suite ``results.json`` files, skipped tasks left
-    out. The label is the checkpoint as it was given (``ckpt.arg``: a shipped name, ``default`` when empty, a
-    file's stem for a path; `` (no total_steps)`` appended for a run with ``ngo_total_steps=false``); files of one
-    label are merged.
+    out, labelled by :func:`run_label`; files of one label are merged.
 
     Raises:
         FileNotFoundError: a path does not exist. ValueError: a file is not a suite result, or two files of
@@ -64,10 +71,7 @@ def load_runs(paths: Sequence[str | Path]) -> dict[str, dict[str, Any]]:
         data = json.loads(path.read_text())
         if "tasks" not in data or "ckpt" not in data:
             raise ValueError(f"{path} is not a vs-Adam suite results.json (no 'tasks' or 'ckpt')")
-        arg = str(data["ckpt"].get("arg") or "default")
-        label, sha = (Path(arg).stem if arg.endswith(".pt") else arg), data["ckpt"].get("sha256", "")
-        if not data.get("config", {}).get("ngo_total_steps", True):
-            label += " (no total_steps)"  # another way of running the same file: its own column
+        label, sha = run_label(data), data["ckpt"].get("sha256", "")
         if hashes.setdefault(label, sha) != sha:
             raise ValueError(f"{path}: checkpoint {label!r} has another file hash than in an earlier results file")
         tasks = runs.setdefault(label, {})
