@@ -14,14 +14,25 @@ activation and batch size do). So this stage measures it directly:
    1000+). The task's target is the log multiplier of the lowest final ``log(L + 0.01)`` (refined by a parabola
    through the grid's best point and its neighbours; a grid edge stays the edge).
 2. The feature of a task is the readout's input averaged over its tensors and the encoder calls of the
-   ``m = 1`` run. A ridge regression (``ridge``, on standardized features, intercept free) predicts the target.
-3. The readout's linear layer gets the regression added (``weight += w``, ``bias += b``): a task's tensors move
-   their log step by the predicted log multiplier (inside the readout's bound, when it has one).
+   ``m = 1`` run; with it each row keeps the mean per-tensor log step of that run (``log_step``), so the task's
+   wanted mean log step is ``log_step + target``.
+3. The fit is made in that log-step space, through both soft bounds: per task, the readout context whose mean
+   log step over a told run of ``steps`` steps is the wanted one (bisection; within 95% of ``readout_bound``,
+   and as far as the step bound ``lr_bound`` lets it), mapped back through the readout's tanh to the readout's
+   pre-activation. A ridge regression (``ridge``, on standardized features, intercept free) of that
+   pre-activation's change on the features is added to the readout's linear layer (``weight += w``,
+   ``bias += b``). ``readout_bound`` can widen the readout's bound first (the first calibration added to the
+   pre-activation instead: at the bound, where transformers' and many CNNs' readouts sit, it moved their
+   steps by a third of the target or less).
+
+Rows measured before (``rows=A.json,B.json``: records of earlier runs, on learned updates with this encoder)
+replace the collection; rows without ``log_step`` get it from their record's ``src``.
 
 Commands::
 
     lopt-calibrate src=v2_cosine_pes_100_bounded dst=runs/calib/calibrated.pt     # 48 tasks: ~15 min, 1 core
     lopt-calibrate src=... dst=... tasks=8 steps=100 multipliers=0.5,1,2           # a quick look
+    lopt-calibrate src=... dst=... rows=a.json,b.json readout_bound=2              # refit measured rows: seconds
     lopt-calibrate --help                                                           # the keys and their defaults
 
 Writes ``dst`` (a ``NeuralGraphOptimizer`` checkpoint; ``meta["calibration"]`` records the keys and the fit)
@@ -31,6 +42,7 @@ leave-one-out quality).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -47,6 +59,7 @@ from lopt_graphs import config as _cfg
 from lopt_graphs.evaluation import train_run
 from lopt_graphs.io import atomic_write_text
 from lopt_graphs.optim import LearnedUpdate, save_checkpoint
+from lopt_graphs.optim.functional import step_features
 
 from .tasks import num_params, sample_task
 
@@ -71,6 +84,8 @@ class CalibrateConfig(_cfg.CheckedConfig):
         sample_seed: seed of the task draws.
         train_seed: task ``i`` trains on seed ``train_seed + i``.
         threads: torch intra-op threads.
+        readout_bound: widen (or set) the readout's soft bound before the fit (``0``: keep ``src``'s).
+        rows: records (``.json`` written by earlier runs) whose rows to fit instead of collecting new ones.
     """
 
     src: str = "v2_cosine_pes_100_bounded"
@@ -84,6 +99,8 @@ class CalibrateConfig(_cfg.CheckedConfig):
     sample_seed: int = 777
     train_seed: int = 5000
     threads: int = 1
+    readout_bound: float = 0.0
+    rows: tuple[str, ...] = ()
 
     def validate(self) -> None:
         m = self.multipliers
@@ -94,6 +111,8 @@ class CalibrateConfig(_cfg.CheckedConfig):
         _cfg.check_minimums(self, tasks=2, steps=1, max_params=0, threads=0)
         if not self.ridge > 0:
             _cfg.bad_value("ridge", self.ridge, "a value > 0")
+        if not (math.isfinite(self.readout_bound) and self.readout_bound >= 0):
+            _cfg.bad_value("readout_bound", self.readout_bound, "a finite value >= 0 (0 keeps the source's bound)")
         if self.train_seed < 3 or (self.train_seed < 1100 and self.train_seed + self.tasks > 1000):
             _cfg.bad_value("train_seed", self.train_seed, "seeds away from the evaluation (0-2) and tuning (1000+) "
                            "seeds, e.g. 5000")
@@ -183,25 +202,128 @@ def collect(learned: LearnedUpdate, c: CalibrateConfig, log=print) -> list[dict[
                 f"({time.perf_counter() - t0:.0f} s)")
     finally:
         hook.remove()
+    annotate_rows(rows, learned, c.steps)
     return rows
 
 
-def calibrate(learned: LearnedUpdate, rows: list[dict[str, Any]], ridge: float) -> dict[str, Any]:
-    """Step 3: add the ridge regression of the rows' targets on their features to ``learned``'s readout (in
-    place). Returns the fit's record (weights' norm, intercept, leave-one-out quality, targets' spread)."""
+def load_rows(paths: Sequence[str], learned: LearnedUpdate) -> list[dict[str, Any]]:
+    """The rows of earlier records (``dst`` ``.json`` files), each annotated (:func:`annotate_rows`) with its
+    record's ``src`` when it has no ``log_step``. Their learned updates must share ``learned``'s encoder."""
+    from .evaluate import load_any
+
+    out: list[dict[str, Any]] = []
+    for path in paths:
+        try:
+            record = json.loads(Path(path).read_text())
+            rows, keys = record["rows"], record["config"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"rows: {path!r} is not a record written by lopt-calibrate ({e})") from e
+        if any("log_step" not in r for r in rows):
+            source = load_any(keys["src"])
+            if not same_encoder(source, learned):
+                raise ValueError(f"rows: {path!r} was measured on {keys['src']!r}, whose encoder differs from the "
+                                 "learned update being calibrated: its features do not carry over")
+            annotate_rows(rows, source, int(keys["steps"]))
+        out.extend(rows)
+    return out
+
+
+def readout_context(learned: LearnedUpdate, r: torch.Tensor) -> torch.Tensor:
+    """The readout's share of the per-tensor log step for pre-activations ``r`` (its soft bound applied)."""
+    b = learned.cfg.readout_bound
+    return b * torch.tanh(r / b) if b > 0 else r
+
+
+def mean_log_step(learned: LearnedUpdate, ctx: torch.Tensor, steps: int) -> torch.Tensor:
+    """``[N]``: the per-tensor log step ``sigma`` averaged over a run of ``steps`` steps that is told its horizon,
+    for tensors whose readout contexts are ``ctx`` ``[N]`` (the learned schedule and its bound ``lr_bound``)."""
+    cfg = learned.cfg
+    w = learned.lr_sched.weight
+    t = torch.arange(1, steps + 1, dtype=w.dtype)  # the step count the update sees at its t-th step
+    base = learned.lr_sched(torch.stack([step_features(x, steps, cfg.horizon_taus) for x in t]).to(w.dtype))[:, 0]
+    s = base.detach().double()[None, :] + ctx.double()[:, None]
+    return (cfg.lr_bound * torch.tanh(s / cfg.lr_bound)).mean(1)
+
+
+def context_for(learned: LearnedUpdate, wanted: torch.Tensor, steps: int, iters: int = 60) -> torch.Tensor:
+    """``[N]``: the readout contexts whose :func:`mean_log_step` is ``wanted`` ``[N]`` (bisection), kept within
+    95% of the readout's bound (``+-10`` when unbounded): an unreachable value gets the nearest reachable one."""
+    b = learned.cfg.readout_bound
+    lim = 0.95 * b if b > 0 else 10.0
+    lo = torch.full_like(wanted, -lim, dtype=torch.float64)
+    hi = torch.full_like(wanted, lim, dtype=torch.float64)
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        above = mean_log_step(learned, mid, steps) > wanted
+        hi, lo = torch.where(above, mid, hi), torch.where(above, lo, mid)
+    return (lo + hi) / 2
+
+
+def annotate_rows(rows: list[dict[str, Any]], source: LearnedUpdate, steps: int) -> None:
+    """Give rows measured on ``source`` (runs of ``steps`` steps) their ``steps`` and ``log_step``: the mean
+    per-tensor log step of ``source`` at each row's feature (in place)."""
+    _check_readout(source)
+    x = torch.tensor([r["feature"] for r in rows], dtype=source.lr_readout.weight.dtype)
+    with torch.no_grad():
+        ls = mean_log_step(source, readout_context(source, source.lr_readout(x)[:, 0]), steps)
+    for r, v in zip(rows, ls.tolist()):
+        r["steps"], r["log_step"] = steps, v
+
+
+def same_encoder(a: LearnedUpdate, b: LearnedUpdate) -> bool:
+    """Whether ``a`` and ``b`` differ at most in their step readout (so features measured on one fit the other)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    keys = {k for k in sa if not k.startswith("lr_readout.")}
+    return keys == {k for k in sb if not k.startswith("lr_readout.")} and all(
+        sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]) for k in keys)
+
+
+def calibrate(learned: LearnedUpdate, rows: list[dict[str, Any]], ridge: float,
+              readout_bound: float = 0.0) -> dict[str, Any]:
+    """Step 3: fit the rows' wanted mean log steps into ``learned``'s readout (in place; ``readout_bound > 0``
+    sets the readout's bound first). Each row needs ``feature``, ``target_log_multiplier``, ``log_step`` and
+    ``steps`` (:func:`collect`, :func:`annotate_rows`). Returns the fit's record: weights' norm, intercept,
+    leave-one-out quality of the pre-activation change, targets' spread, and per architecture the mean target
+    against the mean change of log step the fitted readout gives the rows (``applied``: short of the target
+    where the bounds stop it)."""
     _check_readout(learned)
+    missing = [i for i, r in enumerate(rows) if "log_step" not in r or "steps" not in r]
+    if missing:
+        raise ValueError(f"Rows {missing[:5]} have no 'log_step'/'steps' (the mean log step of the run they were "
+                         "measured on): pass them through annotate_rows with the learned update they come from")
     x = torch.tensor([r["feature"] for r in rows])
-    y = torch.tensor([r["target_log_multiplier"] for r in rows])
+    y = torch.tensor([r["target_log_multiplier"] for r in rows], dtype=torch.float64)
     if x.shape[1] != learned.lr_readout.in_features:
         raise ValueError(f"Features of {x.shape[1]} dims do not fit the readout's {learned.lr_readout.in_features} "
                          "inputs: the rows come from another learned update")
-    w, b = ridge_fit(x, y, ridge)
+    if readout_bound > 0:
+        learned.cfg = dataclasses.replace(learned.cfg, readout_bound=float(readout_bound))
+    b = learned.cfg.readout_bound
+    old = torch.tensor([r["log_step"] for r in rows], dtype=torch.float64)
+    steps = [int(r["steps"]) for r in rows]
     with torch.no_grad():
+        r_now = learned.lr_readout(x.to(learned.lr_readout.weight.dtype))[:, 0].double()
+        r_new = torch.empty_like(r_now)
+        for n in sorted(set(steps)):  # rows of one run length share a schedule
+            k = torch.tensor([s == n for s in steps])
+            ctx = context_for(learned, old[k] + y[k], n)
+            r_new[k] = b * torch.atanh(ctx / b) if b > 0 else ctx
+        w, c = ridge_fit(x, r_new - r_now, ridge)
         learned.lr_readout.weight += w.to(learned.lr_readout.weight.dtype)[None]
-        learned.lr_readout.bias += b
-    return {"tasks": len(rows), "ridge": ridge, "weight_l1": float(w.abs().sum()), "intercept": b,
-            "target_mean": float(y.mean()), "target_std": float(y.std()),
-            "leave_one_out": leave_one_out(x, y, ridge)}
+        learned.lr_readout.bias += c
+        r_fit = learned.lr_readout(x.to(learned.lr_readout.weight.dtype))[:, 0]
+        applied = torch.empty_like(old)
+        for n in sorted(set(steps)):
+            k = torch.tensor([s == n for s in steps])
+            applied[k] = mean_log_step(learned, readout_context(learned, r_fit[k]), n) - old[k]
+    by_arch: dict[str, dict[str, float]] = {}
+    for arch in sorted({str(r.get("config", {}).get("arch", "?")) for r in rows}):
+        k = torch.tensor([str(r.get("config", {}).get("arch", "?")) == arch for r in rows])
+        by_arch[arch] = {"tasks": int(k.sum()), "target": float(y[k].mean()), "applied": float(applied[k].mean())}
+    return {"tasks": len(rows), "ridge": ridge, "readout_bound": b, "weight_l1": float(w.abs().sum()),
+            "intercept": c, "target_mean": float(y.mean()), "target_std": float(y.std()),
+            "applied_mean": float(applied.mean()), "by_arch": by_arch,
+            "leave_one_out": leave_one_out(x, r_new - r_now, ridge)}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -216,8 +338,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     _cfg.set_threads(c.threads)
     try:
         learned = load_any(c.src)
-        rows = collect(learned, c)
-        fit = calibrate(learned, rows, c.ridge)
+        rows = load_rows(c.rows, learned) if c.rows else collect(learned, c)
+        fit = calibrate(learned, rows, c.ridge, c.readout_bound)
     finally:
         torch.set_num_threads(before)
     keys = _cfg.config_to_dict(c)
@@ -227,6 +349,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     loo = fit["leave_one_out"]
     print(f"calibrated {c.src} on {len(rows)} tasks: target log multiplier {fit['target_mean']:+.2f} +- "
           f"{fit['target_std']:.2f}, leave-one-out R^2 {loo['r2']:.2f} (corr {loo['corr']:.2f}); wrote {c.dst}")
+    for arch, a in fit["by_arch"].items():
+        print(f"  {arch}: {a['tasks']} tasks, mean target {a['target']:+.2f}, applied {a['applied']:+.2f}")
     return record
 
 

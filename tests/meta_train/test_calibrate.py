@@ -9,11 +9,16 @@ import torch
 
 from meta_train.calibrate import (
     CalibrateConfig,
+    annotate_rows,
     best_log_multiplier,
     calibrate,
     collect,
+    context_for,
     leave_one_out,
+    load_rows,
     main,
+    mean_log_step,
+    readout_context,
     ridge_fit,
 )
 from meta_train.trainer import fresh_learned_update
@@ -45,26 +50,90 @@ def test_ridge_fit_recovers_a_linear_relation():
     assert leave_one_out(x, noise, 1.0)["r2"] < 0.2  # nothing to predict: no skill out of sample
 
 
-def test_calibrate_moves_the_readout_by_the_prediction():
+def _rows(learned, n=12, scale=1.0, steps=50, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.randn(n, learned.lr_readout.in_features, generator=g)
+    rows = [{"feature": f.tolist(), "target_log_multiplier": float(scale * (f[0] - 0.5 * f[1])) / 4,
+             "config": {"arch": "mlp" if i % 2 else "cnn"}} for i, f in enumerate(feats)]
+    annotate_rows(rows, learned, steps)
+    return rows, feats
+
+
+def _log_steps(learned, feats, steps=50):
+    with torch.no_grad():
+        return mean_log_step(learned, readout_context(learned, learned.lr_readout(feats)[:, 0]), steps)
+
+
+def test_context_for_inverts_the_mean_log_step():
     learned = fresh_learned_update("v2_cosine_bounded")
-    d = learned.lr_readout.in_features
-    g = torch.Generator().manual_seed(1)
-    feats = torch.randn(12, d, generator=g)
-    rows = [{"feature": f.tolist(), "target_log_multiplier": float(f[0] - 0.5 * f[1])} for f in feats]
-    before = learned.lr_readout(feats).detach().squeeze(1)
+    ctx = torch.tensor([-0.5, 0.0, 0.3], dtype=torch.float64)
+    wanted = mean_log_step(learned, ctx, 40)
+    assert torch.allclose(context_for(learned, wanted, 40), ctx, atol=1e-6)
+    # beyond what 95% of the readout's bound reaches: the nearest reachable context
+    far = context_for(learned, wanted + torch.tensor([-50.0, 0.0, 50.0], dtype=torch.float64), 40)
+    b = learned.cfg.readout_bound
+    assert far[0] == pytest.approx(-0.95 * b, abs=1e-6) and far[2] == pytest.approx(0.95 * b, abs=1e-6)
+
+
+def test_calibrate_moves_the_mean_log_step_by_the_target():
+    learned = fresh_learned_update("v2_cosine_bounded")
+    rows, feats = _rows(learned)
+    before = _log_steps(learned, feats)
     fit = calibrate(learned, rows, ridge=1e-3)
-    after = learned.lr_readout(feats).detach().squeeze(1)
-    target = feats[:, 0] - 0.5 * feats[:, 1]
-    assert torch.allclose(after - before, target, atol=0.05)
-    assert fit["tasks"] == 12 and fit["weight_l1"] > 1.0
+    change = _log_steps(learned, feats) - before
+    target = torch.tensor([r["target_log_multiplier"] for r in rows], dtype=torch.float64)
+    assert torch.allclose(change, target, atol=0.02)
+    assert fit["tasks"] == 12 and fit["weight_l1"] > 0.1 and set(fit["by_arch"]) == {"cnn", "mlp"}
+    assert fit["applied_mean"] == pytest.approx(float(target.mean()), abs=0.02)
     with pytest.raises(ValueError, match="do not fit the readout"):
-        calibrate(learned, [{"feature": [0.0] * (d + 1), "target_log_multiplier": 0.0}] * 3, ridge=1.0)
+        calibrate(learned, [{"feature": [0.0] * (feats.shape[1] + 1), "target_log_multiplier": 0.0, "log_step": 0.0,
+                             "steps": 5}] * 3, ridge=1.0)
+    with pytest.raises(ValueError, match="annotate_rows"):
+        calibrate(learned, [{"feature": [0.0] * feats.shape[1], "target_log_multiplier": 0.0}] * 3, ridge=1.0)
+
+
+def test_a_wider_readout_bound_reaches_targets_the_old_one_cannot():
+    narrow, wide = fresh_learned_update("v2_cosine_bounded"), fresh_learned_update("v2_cosine_bounded")
+    rows, feats = _rows(narrow, scale=6.0)  # targets up to about 2 e-folds: beyond e**(+-1)
+    before = _log_steps(narrow, feats)
+    target = torch.tensor([r["target_log_multiplier"] for r in rows], dtype=torch.float64)
+    calibrate(narrow, rows, ridge=1e-3)
+    fit = calibrate(wide, rows, ridge=1e-3, readout_bound=3 * narrow.cfg.readout_bound)
+    assert wide.cfg.readout_bound == fit["readout_bound"] == 3 * narrow.cfg.readout_bound
+    err_narrow = ((_log_steps(narrow, feats) - before) - target).abs().mean()
+    err_wide = ((_log_steps(wide, feats) - before) - target).abs().mean()
+    assert err_wide < 0.5 * err_narrow, (err_wide, err_narrow)
+    assert (readout_context(narrow, narrow.lr_readout(feats)[:, 0]).abs() <= narrow.cfg.readout_bound).all()
+
+
+def test_load_rows_annotates_records_and_checks_the_encoder(tmp_path, monkeypatch):
+    import json
+
+    import meta_train.evaluate as ev
+
+    learned = fresh_learned_update("v2_cosine_bounded")
+    rows, _ = _rows(learned, n=4)
+    bare = [{k: v for k, v in r.items() if k not in ("log_step", "steps")} for r in rows]
+    path = tmp_path / "rec.json"
+    path.write_text(json.dumps({"config": {"src": "SRC", "steps": 50}, "rows": bare}))
+    monkeypatch.setattr(ev, "load_any", lambda name: learned if name == "SRC" else None)
+    loaded = load_rows([str(path)], learned)
+    assert [r["log_step"] for r in loaded] == pytest.approx([r["log_step"] for r in rows])
+    other = fresh_learned_update("v2_cosine_bounded")
+    with torch.no_grad():
+        next(p for n, p in other.named_parameters() if not n.startswith("lr_readout")).add_(1.0)
+    with pytest.raises(ValueError, match="encoder differs"):
+        load_rows([str(path)], other)
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a record"):
+        load_rows([str(tmp_path / "bad.json")], learned)
 
 
 @pytest.mark.parametrize("arch", ["v1", "v2_ff_cosine"])
 def test_needs_a_graph_readout(arch):
     with pytest.raises(ValueError, match="no per-tensor step readout"):
-        calibrate(fresh_learned_update(arch), [{"feature": [0.0], "target_log_multiplier": 0.0}] * 3, ridge=1.0)
+        calibrate(fresh_learned_update(arch), [{"feature": [0.0], "target_log_multiplier": 0.0, "log_step": 0.0,
+                                                 "steps": 5}] * 3, ridge=1.0)
 
 
 def test_collect_small(tmp_path):
@@ -75,12 +144,14 @@ def test_collect_small(tmp_path):
     for r in rows:
         assert len(r["losses"]) == 3 and len(r["feature"]) == learned.lr_readout.in_features
         assert math.log(0.5) - 1e-9 <= r["target_log_multiplier"] <= math.log(2.0) + 1e-9
+        assert r["steps"] == 8 and math.isfinite(r["log_step"])
     assert not learned.lr_readout._forward_hooks  # the feature hook is removed
 
 
 @pytest.mark.parametrize("args, match", [(["multipliers=0.5,2,4"], "contains 1"), (["multipliers=2,1,4"], "increasing"),
                                          (["train_seed=0"], "train_seed"), (["train_seed=999"], "train_seed"),
-                                         (["ridge=0"], "ridge"), ([], "dst")])
+                                         (["ridge=0"], "ridge"), (["readout_bound=-1"], "readout_bound"),
+                                         ([], "dst")])
 def test_bad_keys(args, match):
     with pytest.raises(ValueError, match=match):
         main(["tasks=2", "steps=2", *args])
