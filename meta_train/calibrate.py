@@ -85,6 +85,8 @@ class CalibrateConfig(_cfg.CheckedConfig):
         train_seed: task ``i`` trains on seed ``train_seed + i``.
         threads: torch intra-op threads.
         readout_bound: widen (or set) the readout's soft bound before the fit (``0``: keep ``src``'s).
+        readout_bound_up: a separate upward bound of the readout (``LearnedUpdateConfig.readout_bound_up``;
+            ``0``: ``readout_bound`` both ways).
         rows: records (``.json`` written by earlier runs) whose rows to fit instead of collecting new ones.
     """
 
@@ -100,6 +102,7 @@ class CalibrateConfig(_cfg.CheckedConfig):
     train_seed: int = 5000
     threads: int = 1
     readout_bound: float = 0.0
+    readout_bound_up: float = 0.0
     rows: tuple[str, ...] = ()
 
     def validate(self) -> None:
@@ -113,6 +116,9 @@ class CalibrateConfig(_cfg.CheckedConfig):
             _cfg.bad_value("ridge", self.ridge, "a value > 0")
         if not (math.isfinite(self.readout_bound) and self.readout_bound >= 0):
             _cfg.bad_value("readout_bound", self.readout_bound, "a finite value >= 0 (0 keeps the source's bound)")
+        if not (math.isfinite(self.readout_bound_up) and self.readout_bound_up >= 0):
+            _cfg.bad_value("readout_bound_up", self.readout_bound_up, "a finite value >= 0 (0: readout_bound both "
+                           "ways)")
         if self.train_seed < 3 or (self.train_seed < 1100 and self.train_seed + self.tasks > 1000):
             _cfg.bad_value("train_seed", self.train_seed, "seeds away from the evaluation (0-2) and tuning (1000+) "
                            "seeds, e.g. 5000")
@@ -229,9 +235,8 @@ def load_rows(paths: Sequence[str], learned: LearnedUpdate) -> list[dict[str, An
 
 
 def readout_context(learned: LearnedUpdate, r: torch.Tensor) -> torch.Tensor:
-    """The readout's share of the per-tensor log step for pre-activations ``r`` (its soft bound applied)."""
-    b = learned.cfg.readout_bound
-    return b * torch.tanh(r / b) if b > 0 else r
+    """The readout's share of the per-tensor log step for pre-activations ``r`` (its soft bounds applied)."""
+    return learned.cfg.bound_readout(r)
 
 
 def mean_log_step(learned: LearnedUpdate, ctx: torch.Tensor, steps: int) -> torch.Tensor:
@@ -247,11 +252,11 @@ def mean_log_step(learned: LearnedUpdate, ctx: torch.Tensor, steps: int) -> torc
 
 def context_for(learned: LearnedUpdate, wanted: torch.Tensor, steps: int, iters: int = 60) -> torch.Tensor:
     """``[N]``: the readout contexts whose :func:`mean_log_step` is ``wanted`` ``[N]`` (bisection), kept within
-    95% of the readout's bound (``+-10`` when unbounded): an unreachable value gets the nearest reachable one."""
+    95% of the readout's bounds (``+-10`` when unbounded): an unreachable value gets the nearest reachable one."""
     b = learned.cfg.readout_bound
-    lim = 0.95 * b if b > 0 else 10.0
-    lo = torch.full_like(wanted, -lim, dtype=torch.float64)
-    hi = torch.full_like(wanted, lim, dtype=torch.float64)
+    down, up = (0.95 * b, 0.95 * (learned.cfg.readout_bound_up or b)) if b > 0 else (10.0, 10.0)
+    lo = torch.full_like(wanted, -down, dtype=torch.float64)
+    hi = torch.full_like(wanted, up, dtype=torch.float64)
     for _ in range(iters):
         mid = (lo + hi) / 2
         above = mean_log_step(learned, mid, steps) > wanted
@@ -279,10 +284,11 @@ def same_encoder(a: LearnedUpdate, b: LearnedUpdate) -> bool:
 
 
 def calibrate(learned: LearnedUpdate, rows: list[dict[str, Any]], ridge: float,
-              readout_bound: float = 0.0) -> dict[str, Any]:
+              readout_bound: float = 0.0, readout_bound_up: float = 0.0) -> dict[str, Any]:
     """Step 3: fit the rows' wanted mean log steps into ``learned``'s readout (in place; ``readout_bound > 0``
-    sets the readout's bound first). Each row needs ``feature``, ``target_log_multiplier``, ``log_step`` and
-    ``steps`` (:func:`collect`, :func:`annotate_rows`). Returns the fit's record: weights' norm, intercept,
+    sets the readout's bound first, ``readout_bound_up > 0`` a separate upward one). Each row needs
+    ``feature``, ``target_log_multiplier``, ``log_step`` and ``steps`` (:func:`collect`, :func:`annotate_rows`).
+    Returns the fit's record: weights' norm, intercept,
     leave-one-out quality of the pre-activation change, targets' spread, and per architecture the mean target
     against the mean change of log step the fitted readout gives the rows (``applied``: short of the target
     where the bounds stop it)."""
@@ -296,9 +302,9 @@ def calibrate(learned: LearnedUpdate, rows: list[dict[str, Any]], ridge: float,
     if x.shape[1] != learned.lr_readout.in_features:
         raise ValueError(f"Features of {x.shape[1]} dims do not fit the readout's {learned.lr_readout.in_features} "
                          "inputs: the rows come from another learned update")
-    if readout_bound > 0:
-        learned.cfg = dataclasses.replace(learned.cfg, readout_bound=float(readout_bound))
-    b = learned.cfg.readout_bound
+    if readout_bound > 0 or readout_bound_up > 0:
+        learned.cfg = dataclasses.replace(learned.cfg, readout_bound=float(readout_bound or learned.cfg.readout_bound),
+                                          readout_bound_up=float(readout_bound_up))
     old = torch.tensor([r["log_step"] for r in rows], dtype=torch.float64)
     steps = [int(r["steps"]) for r in rows]
     with torch.no_grad():
@@ -306,8 +312,7 @@ def calibrate(learned: LearnedUpdate, rows: list[dict[str, Any]], ridge: float,
         r_new = torch.empty_like(r_now)
         for n in sorted(set(steps)):  # rows of one run length share a schedule
             k = torch.tensor([s == n for s in steps])
-            ctx = context_for(learned, old[k] + y[k], n)
-            r_new[k] = b * torch.atanh(ctx / b) if b > 0 else ctx
+            r_new[k] = learned.cfg.unbound_readout(context_for(learned, old[k] + y[k], n))
         w, c = ridge_fit(x, r_new - r_now, ridge)
         learned.lr_readout.weight += w.to(learned.lr_readout.weight.dtype)[None]
         learned.lr_readout.bias += c
@@ -320,7 +325,8 @@ def calibrate(learned: LearnedUpdate, rows: list[dict[str, Any]], ridge: float,
     for arch in sorted({str(r.get("config", {}).get("arch", "?")) for r in rows}):
         k = torch.tensor([str(r.get("config", {}).get("arch", "?")) == arch for r in rows])
         by_arch[arch] = {"tasks": int(k.sum()), "target": float(y[k].mean()), "applied": float(applied[k].mean())}
-    return {"tasks": len(rows), "ridge": ridge, "readout_bound": b, "weight_l1": float(w.abs().sum()),
+    return {"tasks": len(rows), "ridge": ridge, "readout_bound": learned.cfg.readout_bound,
+            "readout_bound_up": learned.cfg.readout_bound_up, "weight_l1": float(w.abs().sum()),
             "intercept": c, "target_mean": float(y.mean()), "target_std": float(y.std()),
             "applied_mean": float(applied.mean()), "by_arch": by_arch,
             "leave_one_out": leave_one_out(x, r_new - r_now, ridge)}
@@ -339,7 +345,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         learned = load_any(c.src)
         rows = load_rows(c.rows, learned) if c.rows else collect(learned, c)
-        fit = calibrate(learned, rows, c.ridge, c.readout_bound)
+        fit = calibrate(learned, rows, c.ridge, c.readout_bound, c.readout_bound_up)
     finally:
         torch.set_num_threads(before)
     keys = _cfg.config_to_dict(c)

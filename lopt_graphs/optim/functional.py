@@ -160,8 +160,7 @@ def node_contexts(learned: LearnedUpdate, spec: GraphSpec, feats: Sequence[Tenso
             continue
         if cfg.tensor_lr:  # invariant: means over the tensor's neurons
             r = learned.lr_readout(torch.cat([rows.mean(0), cols.mean(0)]))[0]
-            b = cfg.readout_bound
-            out[-1]["ctx_lr"] = b * torch.tanh(r / b) if b > 0 else r
+            out[-1]["ctx_lr"] = cfg.bound_readout(r)
     return out
 
 

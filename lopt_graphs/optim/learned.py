@@ -54,6 +54,10 @@ class LearnedUpdateConfig:
             ``readout_bound * tanh(readout / readout_bound)``, so a model far larger than those meta-training
             saw (whose node embeddings the readout extrapolates) gets at most ``e**readout_bound`` times the
             schedule's step; ``0``: unbounded (checkpoints from before the bound).
+        readout_bound_up: ``> 0`` bounds the readout's upward share separately (``readout_bound`` then bounds
+            only the downward one): a readout may lower a tensor's step further than it may raise it, as a too
+            large step on an unseen model diverges where a too small one only slows; ``0``: ``readout_bound``
+            both ways. Needs ``readout_bound > 0``.
         use_graph: ``False`` drops the encoder (the "FF" ablation: a per-parameter learned optimizer whose
             head sees no neuron context; node terms are learned per-kind constants).
     """
@@ -73,6 +77,7 @@ class LearnedUpdateConfig:
     lr_bound: float = 4.0
     lr_init: float = 0.0
     readout_bound: float = 0.0
+    readout_bound_up: float = 0.0
     use_graph: bool = True
 
     def __post_init__(self) -> None:
@@ -95,6 +100,32 @@ class LearnedUpdateConfig:
         if not (math.isfinite(self.readout_bound) and self.readout_bound >= 0):
             raise ValueError(f"Invalid readout_bound: {self.readout_bound} (expected a finite float >= 0; 0 leaves "
                              "the readout unbounded)")
+        if not (math.isfinite(self.readout_bound_up) and self.readout_bound_up >= 0):
+            raise ValueError(f"Invalid readout_bound_up: {self.readout_bound_up} (expected a finite float >= 0; 0 "
+                             "uses readout_bound both ways)")
+        if self.readout_bound_up > 0 and self.readout_bound == 0:
+            raise ValueError(f"readout_bound_up={self.readout_bound_up} needs a readout_bound > 0 (the downward "
+                             "bound); an unbounded readout has no upward bound either")
+
+    def bound_readout(self, r: Tensor) -> Tensor:
+        """The readout's share of the per-tensor log step for the readout's raw output ``r``: softly bounded by
+        ``readout_bound`` (downward) and ``readout_bound_up`` (upward; it defaults to ``readout_bound``); ``r``
+        itself when unbounded. Smooth, with slope 1 at 0."""
+        lo = self.readout_bound
+        if lo <= 0:
+            return r
+        hi = self.readout_bound_up or lo
+        if hi == lo:
+            return lo * torch.tanh(r / lo)
+        return torch.where(r > 0, hi * torch.tanh(r / hi), lo * torch.tanh(r / lo))
+
+    def unbound_readout(self, ctx: Tensor) -> Tensor:
+        """The inverse of :meth:`bound_readout` (``ctx`` strictly inside the bounds)."""
+        lo = self.readout_bound
+        if lo <= 0:
+            return ctx
+        hi = self.readout_bound_up or lo
+        return torch.where(ctx > 0, hi * torch.atanh(ctx / hi), lo * torch.atanh(ctx / lo))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

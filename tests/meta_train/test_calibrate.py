@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -73,6 +74,10 @@ def test_context_for_inverts_the_mean_log_step():
     far = context_for(learned, wanted + torch.tensor([-50.0, 0.0, 50.0], dtype=torch.float64), 40)
     b = learned.cfg.readout_bound
     assert far[0] == pytest.approx(-0.95 * b, abs=1e-6) and far[2] == pytest.approx(0.95 * b, abs=1e-6)
+    learned.cfg = dataclasses.replace(learned.cfg, readout_bound=2 * b, readout_bound_up=b / 2)  # asymmetric
+    far = context_for(learned, wanted + torch.tensor([-50.0, 0.0, 50.0], dtype=torch.float64), 40)
+    assert far[0] == pytest.approx(-1.9 * b, abs=1e-6) and far[2] == pytest.approx(0.475 * b, abs=1e-6)
+    assert far[1] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_calibrate_moves_the_mean_log_step_by_the_target():

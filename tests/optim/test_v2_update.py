@@ -176,6 +176,28 @@ def test_readout_bound_limits_a_tensors_step_factor_on_any_model():
     assert LearnedUpdate(type(free.cfg).from_dict(old)).cfg.readout_bound == 0.0
 
 
+def test_readout_bound_up_bounds_the_upward_share_separately():
+    import dataclasses
+
+    cfg = v2_config(readout_bound=2.0)
+    asym = dataclasses.replace(cfg, readout_bound_up=0.5)
+    r = torch.linspace(-20, 20, 401, dtype=torch.float64)
+    got = asym.bound_readout(r)
+    assert float(got.max()) == pytest.approx(0.5, abs=1e-6) and float(got.min()) == pytest.approx(-2.0, abs=1e-6)
+    torch.testing.assert_close(got[r < 0], cfg.bound_readout(r)[r < 0])  # downward: readout_bound's as before
+    assert bool((asym.bound_readout(torch.linspace(-5, 5, 101, dtype=torch.float64)).diff() > 0).all())  # monotone
+    small = torch.tensor([-1e-4, 1e-4], dtype=torch.float64)  # slope 1 at 0 from both sides
+    torch.testing.assert_close(asym.bound_readout(small), small, rtol=1e-6, atol=0)
+    inside = torch.tensor([-1.9, -0.3, 0.0, 0.2, 0.49], dtype=torch.float64)
+    torch.testing.assert_close(asym.bound_readout(asym.unbound_readout(inside)), inside)
+    assert cfg.readout_bound_up == 0.0 and torch.equal(cfg.bound_readout(r), 2.0 * torch.tanh(r / 2.0))
+    assert type(cfg).from_dict(asym.to_dict()) == asym  # stored in checkpoints
+    with pytest.raises(ValueError, match="Invalid readout_bound_up: -1.0"):
+        dataclasses.replace(cfg, readout_bound_up=-1.0)
+    with pytest.raises(ValueError, match="needs a readout_bound > 0"):
+        v2_config(readout_bound=0.0).__class__(**{**v2_config().__dict__, "readout_bound_up": 1.0})
+
+
 def test_fresh_v2_cosine_starts_at_the_prior():
     from meta_train.trainer import COSINE_PEAK, fresh_learned_update
     learned = fresh_learned_update("v2_cosine")
