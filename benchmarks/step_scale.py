@@ -10,7 +10,7 @@ Meta-training sees MLPs and CNNs of at most ~20k parameters. A v2 update's per-t
 plus a readout of the encoder's node embeddings; on a model with 500-wide layers the readout reads embeddings
 it never saw, and its step can be off by orders of magnitude. For each checkpoint and model this trains the
 model with ``NeuralGraphOptimizer.for_module`` **without** ``total_steps`` (the ``for_module`` default, what a
-user who passes nothing gets) and, in the same process, with Adam at lr 1e-3 and 1e-2, and reports:
+user who passes nothing gets; ``told=true``: with ``total_steps=steps``) and, in the same process, with Adam at lr 1e-3 and 1e-2, and reports:
 
 * the per-tensor step ``lr * base_lr * e**sigma`` (v2; from the optimizer's public diagnostics) at the first
   step: median and maximum over the tensors, and the step with a zero readout (the schedule's alone);
@@ -61,6 +61,8 @@ class StepScaleConfig:
         seeds: initializations per model and optimizer (seeds 0, 1, ...; >= 1).
         out: JSON output (the markdown goes next to it, ``.md``).
         threads: torch intra-op threads (``0`` leaves torch's default).
+        told: tell the optimizer its horizon (``total_steps=steps``, as the README recommends for v2 updates);
+            the per-tensor steps are then read at the learned schedule's peak instead of the first step.
     """
 
     ckpts: tuple[str, ...] = ("default", "v2_cosine_pes_100", "v2_ff_cosine_pes_100")
@@ -69,6 +71,7 @@ class StepScaleConfig:
     seeds: int = 3
     out: str = "benchmarks/results/step_scale.json"
     threads: int = 1
+    told: bool = False
 
     def __post_init__(self) -> None:
         _cfg.check_types(self)
@@ -141,16 +144,28 @@ def _ends(prob: Problem, make_opt: Callable[[nn.Module], torch.optim.Optimizer],
     return runs[0][0], [r[1] for r in runs]
 
 
-def tensor_steps(opt: NeuralGraphOptimizer, learned: LearnedUpdate) -> dict[str, float] | None:
-    """Median and maximum per-tensor step ``base_lr * e**sigma`` of the optimizer's last step (v2), and the step
-    of a zero readout (the schedule alone, no horizon); ``None`` for an update without a per-tensor step."""
+def peak_step(learned: LearnedUpdate, total: int | None) -> int:
+    """The step (1-based) at which a run of ``total`` steps told its horizon takes the learned schedule's largest
+    step (``1`` without a horizon or a learned schedule)."""
+    if total is None or not learned.cfg.tensor_lr:
+        return 1
+    t = torch.arange(1, total + 1, dtype=torch.float32)
+    return int(learned.schedule(t / total, total).argmax()) + 1
+
+
+def tensor_steps(opt: NeuralGraphOptimizer, learned: LearnedUpdate, total: int | None = None, step: int = 1,
+                 ) -> dict[str, float] | None:
+    """Median and maximum per-tensor step ``base_lr * e**sigma`` of the optimizer's last step (v2, its
+    ``step``-th of a run of ``total``), and the step of a zero readout there (the schedule alone); ``None`` for an
+    update without a per-tensor step."""
     sig = [d["sigma"] for d in opt.last_diagnostics if d["sigma"] is not None]
     if not sig:
         return None
     base = learned.cfg.base_lr
     steps = [base * float(torch.tensor(s).exp()) for s in sig]
     return {"median_step": statistics.median(steps), "max_step": max(steps), "min_step": min(steps),
-            "schedule_step": float(learned.schedule(torch.zeros(1), total=None)[0]), "tensors": len(steps)}
+            "schedule_step": float(learned.schedule(torch.tensor([step / (total or 1000)]), total=total)[0]),
+            "probe_step": step, "tensors": len(steps)}
 
 
 def _summary(prefix: str, ends: list[float]) -> dict:
@@ -158,16 +173,18 @@ def _summary(prefix: str, ends: list[float]) -> dict:
             f"{prefix}_loss_ends": ends}
 
 
-def measure(ckpt: str, model: str, steps: int, seeds: int) -> dict:
-    """One row: the checkpoint's per-tensor steps and losses on ``model``."""
+def measure(ckpt: str, model: str, steps: int, seeds: int, told: bool = False) -> dict:
+    """One row: the checkpoint's per-tensor steps and losses on ``model`` (``told``: ``total_steps=steps``)."""
     learned, prob = load_any(ckpt), problem(model)
+    total = steps if told else None
 
     def make_opt(m: nn.Module, diagnostics: bool = False) -> NeuralGraphOptimizer:
-        opt = NeuralGraphOptimizer.for_module(m, copy.deepcopy(learned))
+        opt = NeuralGraphOptimizer.for_module(m, copy.deepcopy(learned), total_steps=total)
         opt.record_diagnostics = diagnostics
         return opt
 
-    per_tensor = tensor_steps(train(prob, lambda m: make_opt(m, True), 1)[2], learned)
+    probe = peak_step(learned, total)
+    per_tensor = tensor_steps(train(prob, lambda m: make_opt(m, True), probe)[2], learned, total, probe)
     start, ends = _ends(prob, make_opt, steps, seeds)
     row = {"ckpt": ckpt, "model": model, "params": sum(p.numel() for p in prob.make().parameters()),
            "loss_start": start, **_summary("ngo", ends), **(per_tensor or {})}
@@ -185,11 +202,12 @@ def adam_rows(model: str, steps: int, seeds: int) -> dict:
     return out
 
 
-def markdown(rows: list[dict], steps: int, seeds: int) -> str:
+def markdown(rows: list[dict], steps: int, seeds: int, told: bool = False) -> str:
     """The table of the result rows."""
-    lines = [f"Without `total_steps`, {steps} steps; loss in eval mode on the training batches, median (worst) over "
-             f"{seeds} initializations. Per-tensor step (v2): at the first step, median / max over the tensors, and "
-             "the schedule's (zero readout).", "",
+    how = (f"Told `total_steps={steps}`" if told else "Without `total_steps`") + f", {steps} steps"
+    at = "the learned schedule's peak (step `probe_step` in the JSON)" if told else "the first step"
+    lines = [f"{how}; loss in eval mode on the training batches, median (worst) over {seeds} initializations. "
+             f"Per-tensor step (v2): at {at}, median / max over the tensors, and the schedule's (zero readout).", "",
              "| checkpoint | model | params | median step | max step | schedule step | loss start | NGO end | "
              "Adam 1e-3 end | Adam 1e-2 end |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
@@ -213,10 +231,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     rows = []
     for model in cfg.models:
         adam = adam_rows(model, cfg.steps, cfg.seeds)
-        rows += [{**measure(c, model, cfg.steps, cfg.seeds), **adam} for c in cfg.ckpts]
-    text = markdown(rows, cfg.steps, cfg.seeds)
+        rows += [{**measure(c, model, cfg.steps, cfg.seeds, cfg.told), **adam} for c in cfg.ckpts]
+    text = markdown(rows, cfg.steps, cfg.seeds, cfg.told)
     print(text)
-    res = {"steps": cfg.steps, "seeds": list(range(cfg.seeds)), "threads": torch.get_num_threads(), "total_steps": None, "rows": rows}
+    res = {"steps": cfg.steps, "seeds": list(range(cfg.seeds)), "threads": torch.get_num_threads(),
+           "total_steps": cfg.steps if cfg.told else None, "rows": rows}
     atomic_write_text(cfg.out, json.dumps(res, indent=1))
     atomic_write_text(Path(cfg.out).with_suffix(".md"), text + "\n")
     return res
