@@ -63,6 +63,7 @@ class StepScaleConfig:
         threads: torch intra-op threads (``0`` leaves torch's default).
         told: tell the optimizer its horizon (``total_steps=steps``, as the README recommends for v2 updates);
             the per-tensor steps are then read at the learned schedule's peak instead of the first step.
+        lr: the optimizer's ``lr`` multiplier (``> 0``).
     """
 
     ckpts: tuple[str, ...] = ("default", "v2_cosine_pes_100", "v2_ff_cosine_pes_100")
@@ -72,6 +73,7 @@ class StepScaleConfig:
     out: str = "benchmarks/results/step_scale.json"
     threads: int = 1
     told: bool = False
+    lr: float = 1.0
 
     def __post_init__(self) -> None:
         _cfg.check_types(self)
@@ -83,6 +85,8 @@ class StepScaleConfig:
         if not self.models:
             bad_value("models", self.models, f"at least one of {list(MODELS)}")
         _cfg.check_minimums(self, steps=1, seeds=1, threads=0)
+        if not (self.lr > 0 and self.lr < float("inf")):
+            bad_value("lr", self.lr, "a finite value > 0")
 
 
 @dataclass(frozen=True)
@@ -155,16 +159,17 @@ def peak_step(learned: LearnedUpdate, total: int | None) -> int:
 
 def tensor_steps(opt: NeuralGraphOptimizer, learned: LearnedUpdate, total: int | None = None, step: int = 1,
                  ) -> dict[str, float] | None:
-    """Median and maximum per-tensor step ``base_lr * e**sigma`` of the optimizer's last step (v2, its
+    """Median and maximum per-tensor step ``lr * base_lr * e**sigma`` of the optimizer's last step (v2, its
     ``step``-th of a run of ``total``), and the step of a zero readout there (the schedule alone); ``None`` for an
     update without a per-tensor step."""
     sig = [d["sigma"] for d in opt.last_diagnostics if d["sigma"] is not None]
     if not sig:
         return None
     base = learned.cfg.base_lr
-    steps = [base * float(torch.tensor(s).exp()) for s in sig]
+    lr = float(opt.param_groups[0]["lr"])
+    steps = [lr * base * float(torch.tensor(s).exp()) for s in sig]
     return {"median_step": statistics.median(steps), "max_step": max(steps), "min_step": min(steps),
-            "schedule_step": float(learned.schedule(torch.tensor([step / (total or 1000)]), total=total)[0]),
+            "schedule_step": lr * float(learned.schedule(torch.tensor([step / (total or 1000)]), total=total)[0]),
             "probe_step": step, "tensors": len(steps)}
 
 
@@ -173,13 +178,14 @@ def _summary(prefix: str, ends: list[float]) -> dict:
             f"{prefix}_loss_ends": ends}
 
 
-def measure(ckpt: str, model: str, steps: int, seeds: int, told: bool = False) -> dict:
-    """One row: the checkpoint's per-tensor steps and losses on ``model`` (``told``: ``total_steps=steps``)."""
+def measure(ckpt: str, model: str, steps: int, seeds: int, told: bool = False, lr: float = 1.0) -> dict:
+    """One row: the checkpoint's per-tensor steps and losses on ``model`` (``told``: ``total_steps=steps``) at
+    ``lr``."""
     learned, prob = load_any(ckpt), problem(model)
     total = steps if told else None
 
     def make_opt(m: nn.Module, diagnostics: bool = False) -> NeuralGraphOptimizer:
-        opt = NeuralGraphOptimizer.for_module(m, copy.deepcopy(learned), total_steps=total)
+        opt = NeuralGraphOptimizer.for_module(m, copy.deepcopy(learned), lr=lr, total_steps=total)
         opt.record_diagnostics = diagnostics
         return opt
 
@@ -202,9 +208,10 @@ def adam_rows(model: str, steps: int, seeds: int) -> dict:
     return out
 
 
-def markdown(rows: list[dict], steps: int, seeds: int, told: bool = False) -> str:
+def markdown(rows: list[dict], steps: int, seeds: int, told: bool = False, lr: float = 1.0) -> str:
     """The table of the result rows."""
     how = (f"Told `total_steps={steps}`" if told else "Without `total_steps`") + f", {steps} steps"
+    how += f", NGO `lr={lr:g}`" if lr != 1.0 else ""
     at = "the learned schedule's peak (step `probe_step` in the JSON)" if told else "the first step"
     lines = [f"{how}; loss in eval mode on the training batches, median (worst) over {seeds} initializations. "
              f"Per-tensor step (v2): at {at}, median / max over the tensors, and the schedule's (zero readout).", "",
@@ -231,11 +238,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     rows = []
     for model in cfg.models:
         adam = adam_rows(model, cfg.steps, cfg.seeds)
-        rows += [{**measure(c, model, cfg.steps, cfg.seeds, cfg.told), **adam} for c in cfg.ckpts]
-    text = markdown(rows, cfg.steps, cfg.seeds, cfg.told)
+        rows += [{**measure(c, model, cfg.steps, cfg.seeds, cfg.told, cfg.lr), **adam} for c in cfg.ckpts]
+    text = markdown(rows, cfg.steps, cfg.seeds, cfg.told, cfg.lr)
     print(text)
     res = {"steps": cfg.steps, "seeds": list(range(cfg.seeds)), "threads": torch.get_num_threads(),
-           "total_steps": cfg.steps if cfg.told else None, "rows": rows}
+           "total_steps": cfg.steps if cfg.told else None, "lr": cfg.lr, "rows": rows}
     atomic_write_text(cfg.out, json.dumps(res, indent=1))
     atomic_write_text(Path(cfg.out).with_suffix(".md"), text + "\n")
     return res

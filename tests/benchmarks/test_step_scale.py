@@ -46,15 +46,17 @@ def test_told_reads_the_steps_at_the_schedules_peak(tmp_path: Path):
     sched = learned.schedule(torch.arange(1, 21) / 20, 20)
     assert 1 < peak < 10 and float(sched[peak - 1]) == float(sched.max())
     assert mod.peak_step(learned, None) == 1 and mod.peak_step(fresh_learned_update("v1"), 20) == 1
-    res = mod.main([f"ckpts={path}", "models=mlp_wide", "steps=20", "seeds=1", "told=true", f"out={tmp_path / 't.json'}"])
+    res = mod.main([f"ckpts={path}", "models=mlp_wide", "steps=20", "seeds=1", "told=true", "lr=0.5",
+                    f"out={tmp_path / 't.json'}"])
     row = res["rows"][0]
     assert res["total_steps"] == 20 and row["probe_step"] == peak
-    assert row["schedule_step"] == pytest.approx(float(sched.max()), rel=1e-4) and row["schedule_step"] > 0.03
+    assert row["schedule_step"] == pytest.approx(0.5 * float(sched.max()), rel=1e-4) and res["lr"] == 0.5
     assert row["schedule_step"] / math.e <= row["min_step"] <= row["max_step"] <= row["schedule_step"] * math.e
-    assert (tmp_path / "t.md").read_text().startswith("Told `total_steps=20`")
+    assert (tmp_path / "t.md").read_text().startswith("Told `total_steps=20`, 20 steps, NGO `lr=0.5`")
 
 
-@pytest.mark.parametrize("bad, match", [("models=vgg", "models"), ("steps=0", "steps=0"), ("ckpts=", "ckpts"), ("seeds=0", "seeds=0")])
+@pytest.mark.parametrize("bad, match", [("models=vgg", "models"), ("steps=0", "steps=0"), ("ckpts=", "ckpts"), ("seeds=0", "seeds=0"),
+                                        ("lr=0", "lr")])
 def test_bad_keys_raise(bad: str, match: str, tmp_path: Path):
     with pytest.raises(ValueError, match=match):
         mod.main(["ckpts=adam_init", bad, f"out={tmp_path / 'x.json'}"])
