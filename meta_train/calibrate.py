@@ -35,6 +35,8 @@ Commands::
     lopt-calibrate src=... dst=... rows=a.json,b.json readout_bound=2              # refit measured rows: seconds
     lopt-calibrate --help                                                           # the keys and their defaults
 
+While it measures, ``dst`` with ``.partial.json`` holds the rows so far; the same command resumes from it.
+
 Writes ``dst`` (a ``NeuralGraphOptimizer`` checkpoint; ``meta["calibration"]`` records the keys and the fit)
 and ``dst`` with ``.json`` (every task's losses per multiplier, its target and features, the fit's
 leave-one-out quality).
@@ -88,6 +90,8 @@ class CalibrateConfig(_cfg.CheckedConfig):
         readout_bound_up: a separate upward bound of the readout (``LearnedUpdateConfig.readout_bound_up``;
             ``0``: ``readout_bound`` both ways).
         rows: records (``.json`` written by earlier runs) whose rows to fit instead of collecting new ones.
+        per_task: ``False`` zeroes the readout's weights and fits only its bias: one step level for every tensor
+            of every task, the ablation of what the encoder's per-task information is worth.
     """
 
     src: str = "v2_cosine_pes_100_bounded"
@@ -104,6 +108,7 @@ class CalibrateConfig(_cfg.CheckedConfig):
     readout_bound: float = 0.0
     readout_bound_up: float = 0.0
     rows: tuple[str, ...] = ()
+    per_task: bool = True
 
     def validate(self) -> None:
         m = self.multipliers
@@ -170,10 +175,29 @@ def leave_one_out(x: torch.Tensor, y: torch.Tensor, ridge: float) -> dict[str, f
     return {"r2": r2, "corr": corr}
 
 
-def collect(learned: LearnedUpdate, c: CalibrateConfig, log=print) -> list[dict[str, Any]]:
+#: Keys a partial collection must share with the command that resumes it (``tasks`` may grow).
+RESUME_KEYS = ("src", "family", "steps", "multipliers", "max_params", "sample_seed", "train_seed")
+
+
+def _resume_rows(progress: Path | None, c: CalibrateConfig) -> list[dict[str, Any]]:
+    if progress is None or not progress.is_file():
+        return []
+    saved = json.loads(progress.read_text())
+    keys = {k: v for k, v in _cfg.config_to_dict(c).items() if k in RESUME_KEYS}
+    if saved.get("keys") != keys:
+        raise ValueError(f"{str(progress)!r} holds a partial collection made with other keys ({saved.get('keys')}, "
+                         f"now {keys}): run with the same keys to resume it, or delete it to start over")
+    return list(saved["rows"])
+
+
+def collect(learned: LearnedUpdate, c: CalibrateConfig, log=print, progress: Path | None = None,
+            ) -> list[dict[str, Any]]:
     """Step 1 and 2: per calibration task, its final losses per multiplier, target and feature (see the module
-    docstring)."""
+    docstring). With ``progress``, the rows so far are written there after every task, and the tasks it already
+    holds (same draws, same keys) are not trained again: an interrupted collection resumes."""
     _check_readout(learned)
+    done = _resume_rows(progress, c)
+    keys = {k: v for k, v in _cfg.config_to_dict(c).items() if k in RESUME_KEYS}
     seen: list[torch.Tensor] = []
     hook = learned.lr_readout.register_forward_hook(lambda _m, inp, _out: seen.append(inp[0].detach().clone()))
     gen = torch.Generator().manual_seed(c.sample_seed)
@@ -189,6 +213,12 @@ def collect(learned: LearnedUpdate, c: CalibrateConfig, log=print) -> list[dict[
             if c.max_params and num_params(task.cfg) > c.max_params:
                 continue
             seed = c.train_seed + len(rows)
+            if len(rows) < len(done):
+                if done[len(rows)]["task"] != task.name:
+                    raise ValueError(f"{str(progress)!r}: task {len(rows)} was {done[len(rows)]['task']!r}, the "
+                                     f"draws now give {task.name!r}: delete it to start over")
+                rows.append(done[len(rows)])
+                continue
             losses, feature = [], None
             for m in c.multipliers:
                 seen.clear()
@@ -206,6 +236,8 @@ def collect(learned: LearnedUpdate, c: CalibrateConfig, log=print) -> list[dict[
                          "target_log_multiplier": target, "feature": feature.tolist()})
             log(f"[{len(rows)}/{c.tasks}] {task.name}: best lr x{math.exp(target):.2f} "
                 f"({time.perf_counter() - t0:.0f} s)")
+            if progress is not None:
+                atomic_write_text(progress, json.dumps({"keys": keys, "rows": rows}))
     finally:
         hook.remove()
     annotate_rows(rows, learned, c.steps)
@@ -284,9 +316,10 @@ def same_encoder(a: LearnedUpdate, b: LearnedUpdate) -> bool:
 
 
 def calibrate(learned: LearnedUpdate, rows: list[dict[str, Any]], ridge: float,
-              readout_bound: float = 0.0, readout_bound_up: float = 0.0) -> dict[str, Any]:
+              readout_bound: float = 0.0, readout_bound_up: float = 0.0, per_task: bool = True) -> dict[str, Any]:
     """Step 3: fit the rows' wanted mean log steps into ``learned``'s readout (in place; ``readout_bound > 0``
-    sets the readout's bound first, ``readout_bound_up > 0`` a separate upward one). Each row needs
+    sets the readout's bound first, ``readout_bound_up > 0`` a separate upward one; ``per_task=False`` fits one
+    bias for all, the readout's weights zeroed). Each row needs
     ``feature``, ``target_log_multiplier``, ``log_step`` and ``steps`` (:func:`collect`, :func:`annotate_rows`).
     Returns the fit's record: weights' norm, intercept,
     leave-one-out quality of the pre-activation change, targets' spread, and per architecture the mean target
@@ -305,6 +338,10 @@ def calibrate(learned: LearnedUpdate, rows: list[dict[str, Any]], ridge: float,
     if readout_bound > 0 or readout_bound_up > 0:
         learned.cfg = dataclasses.replace(learned.cfg, readout_bound=float(readout_bound or learned.cfg.readout_bound),
                                           readout_bound_up=float(readout_bound_up))
+    if not per_task:
+        with torch.no_grad():
+            learned.lr_readout.weight.zero_()
+        x = torch.zeros_like(x)  # no feature: the fit is the intercept alone
     old = torch.tensor([r["log_step"] for r in rows], dtype=torch.float64)
     steps = [int(r["steps"]) for r in rows]
     with torch.no_grad():
@@ -325,7 +362,7 @@ def calibrate(learned: LearnedUpdate, rows: list[dict[str, Any]], ridge: float,
     for arch in sorted({str(r.get("config", {}).get("arch", "?")) for r in rows}):
         k = torch.tensor([str(r.get("config", {}).get("arch", "?")) == arch for r in rows])
         by_arch[arch] = {"tasks": int(k.sum()), "target": float(y[k].mean()), "applied": float(applied[k].mean())}
-    return {"tasks": len(rows), "ridge": ridge, "readout_bound": learned.cfg.readout_bound,
+    return {"tasks": len(rows), "ridge": ridge, "per_task": per_task, "readout_bound": learned.cfg.readout_bound,
             "readout_bound_up": learned.cfg.readout_bound_up, "weight_l1": float(w.abs().sum()),
             "intercept": c, "target_mean": float(y.mean()), "target_std": float(y.std()),
             "applied_mean": float(applied.mean()), "by_arch": by_arch,
@@ -344,14 +381,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     _cfg.set_threads(c.threads)
     try:
         learned = load_any(c.src)
-        rows = load_rows(c.rows, learned) if c.rows else collect(learned, c)
-        fit = calibrate(learned, rows, c.ridge, c.readout_bound, c.readout_bound_up)
+        progress = Path(c.dst).with_suffix(".partial.json")
+        rows = load_rows(c.rows, learned) if c.rows else collect(learned, c, progress=progress)
+        fit = calibrate(learned, rows, c.ridge, c.readout_bound, c.readout_bound_up, c.per_task)
     finally:
         torch.set_num_threads(before)
     keys = _cfg.config_to_dict(c)
     save_checkpoint(learned, c.dst, meta={"derived_from": c.src, "calibration": {**keys, **fit}})
     record = {"config": keys, "fit": fit, "rows": rows}
     atomic_write_text(Path(c.dst).with_suffix(".json"), json.dumps(record, indent=1))
+    if not c.rows:
+        Path(c.dst).with_suffix(".partial.json").unlink(missing_ok=True)
     loo = fit["leave_one_out"]
     print(f"calibrated {c.src} on {len(rows)} tasks: target log multiplier {fit['target_mean']:+.2f} +- "
           f"{fit['target_std']:.2f}, leave-one-out R^2 {loo['r2']:.2f} (corr {loo['corr']:.2f}); wrote {c.dst}")

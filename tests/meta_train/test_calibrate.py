@@ -97,6 +97,21 @@ def test_calibrate_moves_the_mean_log_step_by_the_target():
         calibrate(learned, [{"feature": [0.0] * feats.shape[1], "target_log_multiplier": 0.0}] * 3, ridge=1.0)
 
 
+def test_per_task_false_fits_one_step_level_for_all():
+    learned = fresh_learned_update("v2_cosine_bounded")
+    with torch.no_grad():
+        learned.lr_readout.weight.normal_()  # a readout with per-task terms, which the ablation removes
+    rows, feats = _rows(learned)
+    fit = calibrate(learned, rows, ridge=1e-3, per_task=False)
+    assert fit["per_task"] is False and float(learned.lr_readout.weight.detach().abs().sum()) == 0.0
+    r = learned.lr_readout(feats).detach()[:, 0]
+    assert torch.allclose(r, r[0].expand_as(r))  # the same step for every task
+    wanted = torch.tensor([x["log_step"] + x["target_log_multiplier"] for x in rows], dtype=torch.float64)
+    got = _log_steps(learned, feats)
+    assert abs(float(got.mean() - wanted.mean())) < 0.15  # near the mean wanted level (fitted before the bounds)
+    assert float(wanted.min()) < float(got[0]) < float(wanted.max())
+
+
 def test_a_wider_readout_bound_reaches_targets_the_old_one_cannot():
     narrow, wide = fresh_learned_update("v2_cosine_bounded"), fresh_learned_update("v2_cosine_bounded")
     rows, feats = _rows(narrow, scale=6.0)  # targets up to about 2 e-folds: beyond e**(+-1)
@@ -151,6 +166,25 @@ def test_collect_small(tmp_path):
         assert math.log(0.5) - 1e-9 <= r["target_log_multiplier"] <= math.log(2.0) + 1e-9
         assert r["steps"] == 8 and math.isfinite(r["log_step"])
     assert not learned.lr_readout._forward_hooks  # the feature hook is removed
+
+
+def test_collect_resumes_from_its_progress_file(tmp_path, monkeypatch):
+    import meta_train.calibrate as mod
+
+    calls = []
+    real = mod.train_run
+    monkeypatch.setattr(mod, "train_run", lambda *a, **k: calls.append(1) or real(*a, **k))
+    learned = fresh_learned_update("v2_cosine_bounded")
+    progress = tmp_path / "c.partial.json"
+    c = CalibrateConfig(family="digits", tasks=2, steps=4, multipliers=(0.5, 1.0, 2.0), max_params=5000)
+    first = collect(learned, c, log=lambda *_: None, progress=progress)
+    assert len(calls) == 6 and progress.is_file()
+    more = collect(learned, dataclasses.replace(c, tasks=3), log=lambda *_: None, progress=progress)
+    assert len(calls) == 9  # only the new task trained
+    assert [r["task"] for r in more[:2]] == [r["task"] for r in first] and len(more) == 3
+    assert more[1]["losses"] == first[1]["losses"] and more[1]["log_step"] == pytest.approx(first[1]["log_step"])
+    with pytest.raises(ValueError, match="other keys"):
+        collect(learned, dataclasses.replace(c, steps=5), log=lambda *_: None, progress=progress)
 
 
 @pytest.mark.parametrize("args, match", [(["multipliers=0.5,2,4"], "contains 1"), (["multipliers=2,1,4"], "increasing"),
