@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from lopt_graphs import NeuralGraphOptimizer
 from lopt_graphs import config as _cfg
 from lopt_graphs.config import bad_value
 from lopt_graphs.io import atomic_write_text
@@ -49,6 +50,7 @@ class HFBertConfig:
         trained_acc: held-out accuracy at which a run counts as trained, in (0.5, 1].
         out: JSON output (the markdown goes next to it, ``.md``).
         threads: torch intra-op threads (``0`` leaves torch's default).
+        ngo_lr: the ``lr`` multiplier of every ``NeuralGraphOptimizer`` run (``> 0``; labelled when not 1).
     """
 
     ckpts: tuple[str, ...] = ("default", "v2_cosine_pes_100_bounded")
@@ -58,9 +60,12 @@ class HFBertConfig:
     trained_acc: float = 0.9
     out: str = "benchmarks/results/hf_bert.json"
     threads: int = 1
+    ngo_lr: float = 1.0
 
     def __post_init__(self) -> None:
         _cfg.check_types(self)
+        if not (0 < self.ngo_lr < float("inf")):
+            bad_value("ngo_lr", self.ngo_lr, "a finite value > 0")
         if not self.ckpts and not self.adam_lrs:
             bad_value("ckpts", self.ckpts, "at least one checkpoint or Adam lr")
         if not all(lr > 0 for lr in self.adam_lrs):
@@ -82,8 +87,15 @@ def _configs(cfg: HFBertConfig) -> list[tuple[str, dict[str, Any]]]:
     """``(label, keyword arguments of train())`` for every optimizer configuration."""
     out: list[tuple[str, dict[str, Any]]] = []
     for ck in cfg.ckpts:
-        out.append((f"{ck}", {"ckpt": ck}))
-        out.append((f"{ck}, total_steps", {"ckpt": ck, "total_steps": cfg.steps}))
+        if cfg.ngo_lr == 1.0:
+            out.append((f"{ck}", {"ckpt": ck}))
+            out.append((f"{ck}, total_steps", {"ckpt": ck, "total_steps": cfg.steps}))
+            continue
+        for total in (None, cfg.steps):
+            make_ngo: Callable[[torch.nn.Module], torch.optim.Optimizer] = \
+                lambda m, ck=ck, total=total: NeuralGraphOptimizer.for_module(  # noqa: E731
+                    m, ck, lr=cfg.ngo_lr, total_steps=total)
+            out.append((f"{ck}, lr={cfg.ngo_lr:g}" + (", total_steps" if total else ""), {"make_opt": make_ngo}))
     for lr in cfg.adam_lrs:
         make: Callable[[torch.nn.Module], torch.optim.Optimizer] = \
             lambda m, lr=lr: torch.optim.Adam(m.parameters(), lr=lr)  # noqa: E731

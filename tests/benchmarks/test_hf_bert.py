@@ -33,6 +33,22 @@ def test_every_checkpoint_runs_with_and_without_the_horizon_and_adam_in_the_same
     json.dumps(doc)  # the document is JSON as written
 
 
+def test_ngo_lr_makes_labelled_runs_with_that_multiplier(tmp_path: Path):
+    made = []
+
+    def fake_train(steps, seed, quiet, ckpt=None, total_steps=None, make_opt=None):
+        opt = make_opt(torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 2)))
+        made.append((opt.param_groups[0]["lr"], opt.param_groups[0]["total_steps"]))
+        return {"test_accuracy": 1.0, "last_loss": 0.0, "first_loss": 0.69}
+
+    cfg = mod.HFBertConfig(ckpts=("adam_init",), adam_lrs=(), steps=12, seeds=1, ngo_lr=0.5, out=str(tmp_path / "h.json"))
+    doc = mod.run(cfg, fake_train)
+    assert [r["optimizer"] for r in doc["rows"]] == ["adam_init, lr=0.5", "adam_init, lr=0.5, total_steps"]
+    assert made == [(0.5, None), (0.5, 12)]
+    with pytest.raises(ValueError, match="ngo_lr"):
+        mod.HFBertConfig(ngo_lr=0.0)
+
+
 @pytest.mark.parametrize("kw, match", [({"steps": 5}, "steps=5"), ({"trained_acc": 0.5}, "trained_acc"),
                                        ({"adam_lrs": (0.0,)}, "adam_lrs"), ({"ckpts": (), "adam_lrs": ()}, "ckpts")])
 def test_config_errors_name_the_key(kw, match):
