@@ -246,7 +246,8 @@ def collect(learned: LearnedUpdate, c: CalibrateConfig, log=print, progress: Pat
 
 def load_rows(paths: Sequence[str], learned: LearnedUpdate) -> list[dict[str, Any]]:
     """The rows of earlier records (``dst`` ``.json`` files), each annotated (:func:`annotate_rows`) with its
-    record's ``src`` when it has no ``log_step``. Their learned updates must share ``learned``'s encoder."""
+    record's ``src`` when it has no ``log_step``. Their learned updates must share ``learned``'s encoder and head
+    (:func:`same_encoder`)."""
     from .evaluate import load_any
 
     out: list[dict[str, Any]] = []
@@ -307,11 +308,16 @@ def annotate_rows(rows: list[dict[str, Any]], source: LearnedUpdate, steps: int)
         r["steps"], r["log_step"] = steps, v
 
 
+#: Meta-parameters a calibration may differ in from the update its rows were measured on (the step size's).
+STEP_SIZE_PARAMS = ("lr_readout.", "lr_sched.")
+
+
 def same_encoder(a: LearnedUpdate, b: LearnedUpdate) -> bool:
-    """Whether ``a`` and ``b`` differ at most in their step readout (so features measured on one fit the other)."""
+    """Whether ``a`` and ``b`` differ at most in their per-tensor step size (readout and schedule), so the readout
+    inputs measured on one are inputs of the other's readout (each row keeps the log step it was measured at)."""
     sa, sb = a.state_dict(), b.state_dict()
-    keys = {k for k in sa if not k.startswith("lr_readout.")}
-    return keys == {k for k in sb if not k.startswith("lr_readout.")} and all(
+    keys = {k for k in sa if not k.startswith(STEP_SIZE_PARAMS)}
+    return keys == {k for k in sb if not k.startswith(STEP_SIZE_PARAMS)} and all(
         sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]) for k in keys)
 
 

@@ -141,9 +141,14 @@ def test_load_rows_annotates_records_and_checks_the_encoder(tmp_path, monkeypatc
     assert [r["log_step"] for r in loaded] == pytest.approx([r["log_step"] for r in rows])
     other = fresh_learned_update("v2_cosine_bounded")
     with torch.no_grad():
-        next(p for n, p in other.named_parameters() if not n.startswith("lr_readout")).add_(1.0)
+        next(p for n, p in other.named_parameters() if n.startswith("encoder.")).add_(1.0)
     with pytest.raises(ValueError, match="encoder differs"):
         load_rows([str(path)], other)
+    resched = fresh_learned_update("v2_cosine_bounded")
+    resched.load_state_dict(learned.state_dict())
+    with torch.no_grad():
+        resched.lr_sched.weight.add_(0.5)  # another schedule, same encoder: the rows carry over
+    assert len(load_rows([str(path)], resched)) == 4
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="not a record"):
         load_rows([str(tmp_path / "bad.json")], learned)
