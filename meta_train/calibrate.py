@@ -61,7 +61,6 @@ from lopt_graphs import config as _cfg
 from lopt_graphs.evaluation import train_run
 from lopt_graphs.io import atomic_write_text
 from lopt_graphs.optim import LearnedUpdate, save_checkpoint
-from lopt_graphs.optim.functional import step_features
 
 from .tasks import num_params, sample_task
 
@@ -179,11 +178,14 @@ def leave_one_out(x: torch.Tensor, y: torch.Tensor, ridge: float) -> dict[str, f
 RESUME_KEYS = ("src", "family", "steps", "multipliers", "max_params", "sample_seed", "train_seed")
 
 
-def _resume_rows(progress: Path | None, c: CalibrateConfig) -> list[dict[str, Any]]:
+def _resume_keys(c: CalibrateConfig) -> dict[str, Any]:
+    return {k: v for k, v in _cfg.config_to_dict(c).items() if k in RESUME_KEYS}
+
+
+def _resume_rows(progress: Path | None, keys: dict[str, Any]) -> list[dict[str, Any]]:
     if progress is None or not progress.is_file():
         return []
     saved = json.loads(progress.read_text())
-    keys = {k: v for k, v in _cfg.config_to_dict(c).items() if k in RESUME_KEYS}
     if saved.get("keys") != keys:
         raise ValueError(f"{str(progress)!r} holds a partial collection made with other keys ({saved.get('keys')}, "
                          f"now {keys}): run with the same keys to resume it, or delete it to start over")
@@ -196,8 +198,8 @@ def collect(learned: LearnedUpdate, c: CalibrateConfig, log=print, progress: Pat
     docstring). With ``progress``, the rows so far are written there after every task, and the tasks it already
     holds (same draws, same keys) are not trained again: an interrupted collection resumes."""
     _check_readout(learned)
-    done = _resume_rows(progress, c)
-    keys = {k: v for k, v in _cfg.config_to_dict(c).items() if k in RESUME_KEYS}
+    keys = _resume_keys(c)
+    done = _resume_rows(progress, keys)
     seen: list[torch.Tensor] = []
     hook = learned.lr_readout.register_forward_hook(lambda _m, inp, _out: seen.append(inp[0].detach().clone()))
     gen = torch.Generator().manual_seed(c.sample_seed)
@@ -267,32 +269,29 @@ def load_rows(paths: Sequence[str], learned: LearnedUpdate) -> list[dict[str, An
     return out
 
 
-def readout_context(learned: LearnedUpdate, r: torch.Tensor) -> torch.Tensor:
-    """The readout's share of the per-tensor log step for pre-activations ``r`` (its soft bounds applied)."""
-    return learned.cfg.bound_readout(r)
-
-
-def mean_log_step(learned: LearnedUpdate, ctx: torch.Tensor, steps: int) -> torch.Tensor:
+def mean_log_step(learned: LearnedUpdate, ctx: torch.Tensor, steps: int,
+                  logit: torch.Tensor | None = None) -> torch.Tensor:
     """``[N]``: the per-tensor log step ``sigma`` averaged over a run of ``steps`` steps that is told its horizon,
-    for tensors whose readout contexts are ``ctx`` ``[N]`` (the learned schedule and its bound ``lr_bound``)."""
-    cfg = learned.cfg
-    w = learned.lr_sched.weight
-    t = torch.arange(1, steps + 1, dtype=w.dtype)  # the step count the update sees at its t-th step
-    base = learned.lr_sched(torch.stack([step_features(x, steps, cfg.horizon_taus) for x in t]).to(w.dtype))[:, 0]
-    s = base.detach().double()[None, :] + ctx.double()[:, None]
-    return (cfg.lr_bound * torch.tanh(s / cfg.lr_bound)).mean(1)
+    for tensors whose readout contexts are ``ctx`` ``[N]`` (the learned schedule and its bound ``lr_bound``).
+    ``logit``: the schedule's :meth:`~lopt_graphs.optim.LearnedUpdate.schedule_logit` over the run, if the caller
+    has it already."""
+    if logit is None:
+        logit = learned.schedule_logit(torch.arange(1, steps + 1), steps)  # the step counts the update sees
+    s = logit.double()[None, :] + ctx.double()[:, None]
+    return (learned.cfg.lr_bound * torch.tanh(s / learned.cfg.lr_bound)).mean(1)
 
 
 def context_for(learned: LearnedUpdate, wanted: torch.Tensor, steps: int, iters: int = 60) -> torch.Tensor:
     """``[N]``: the readout contexts whose :func:`mean_log_step` is ``wanted`` ``[N]`` (bisection), kept within
     95% of the readout's bounds (``+-10`` when unbounded): an unreachable value gets the nearest reachable one."""
-    b = learned.cfg.readout_bound
-    down, up = (0.95 * b, 0.95 * (learned.cfg.readout_bound_up or b)) if b > 0 else (10.0, 10.0)
-    lo = torch.full_like(wanted, -down, dtype=torch.float64)
-    hi = torch.full_like(wanted, up, dtype=torch.float64)
+    bounds = learned.cfg.readout_bounds
+    low, high = (-0.95 * bounds[0], 0.95 * bounds[1]) if bounds else (-10.0, 10.0)
+    lo = torch.full_like(wanted, low, dtype=torch.float64)
+    hi = torch.full_like(wanted, high, dtype=torch.float64)
+    logit = learned.schedule_logit(torch.arange(1, steps + 1), steps)  # once, not per bisection step
     for _ in range(iters):
         mid = (lo + hi) / 2
-        above = mean_log_step(learned, mid, steps) > wanted
+        above = mean_log_step(learned, mid, steps, logit) > wanted
         hi, lo = torch.where(above, mid, hi), torch.where(above, lo, mid)
     return (lo + hi) / 2
 
@@ -303,7 +302,7 @@ def annotate_rows(rows: list[dict[str, Any]], source: LearnedUpdate, steps: int)
     _check_readout(source)
     x = torch.tensor([r["feature"] for r in rows], dtype=source.lr_readout.weight.dtype)
     with torch.no_grad():
-        ls = mean_log_step(source, readout_context(source, source.lr_readout(x)[:, 0]), steps)
+        ls = mean_log_step(source, source.cfg.bound_readout(source.lr_readout(x)[:, 0]), steps)
     for r, v in zip(rows, ls.tolist()):
         r["steps"], r["log_step"] = steps, v
 
@@ -350,20 +349,19 @@ def calibrate(learned: LearnedUpdate, rows: list[dict[str, Any]], ridge: float,
         x = torch.zeros_like(x)  # no feature: the fit is the intercept alone
     old = torch.tensor([r["log_step"] for r in rows], dtype=torch.float64)
     steps = [int(r["steps"]) for r in rows]
+    by_length = {n: torch.tensor([s == n for s in steps]) for n in sorted(set(steps))}  # rows sharing a schedule
     with torch.no_grad():
         r_now = learned.lr_readout(x.to(learned.lr_readout.weight.dtype))[:, 0].double()
         r_new = torch.empty_like(r_now)
-        for n in sorted(set(steps)):  # rows of one run length share a schedule
-            k = torch.tensor([s == n for s in steps])
+        for n, k in by_length.items():
             r_new[k] = learned.cfg.unbound_readout(context_for(learned, old[k] + y[k], n))
         w, c = ridge_fit(x, r_new - r_now, ridge)
         learned.lr_readout.weight += w.to(learned.lr_readout.weight.dtype)[None]
         learned.lr_readout.bias += c
         r_fit = learned.lr_readout(x.to(learned.lr_readout.weight.dtype))[:, 0]
         applied = torch.empty_like(old)
-        for n in sorted(set(steps)):
-            k = torch.tensor([s == n for s in steps])
-            applied[k] = mean_log_step(learned, readout_context(learned, r_fit[k]), n) - old[k]
+        for n, k in by_length.items():
+            applied[k] = mean_log_step(learned, learned.cfg.bound_readout(r_fit[k]), n) - old[k]
     by_arch: dict[str, dict[str, float]] = {}
     for arch in sorted({str(r.get("config", {}).get("arch", "?")) for r in rows}):
         k = torch.tensor([str(r.get("config", {}).get("arch", "?")) == arch for r in rows])
@@ -383,11 +381,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     c = _cfg.parse_command(CalibrateConfig, argv, (__doc__ or "").split("\n")[0])
     if not c.dst:
         _cfg.bad_value("dst", c.dst, "the path of the calibrated checkpoint to write")
+    progress = Path(c.dst).with_suffix(".partial.json")  # the rows so far while measuring
     before = torch.get_num_threads()
     _cfg.set_threads(c.threads)
     try:
         learned = load_any(c.src)
-        progress = Path(c.dst).with_suffix(".partial.json")
         rows = load_rows(c.rows, learned) if c.rows else collect(learned, c, progress=progress)
         fit = calibrate(learned, rows, c.ridge, c.readout_bound, c.readout_bound_up, c.per_task)
     finally:
@@ -397,7 +395,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     record = {"config": keys, "fit": fit, "rows": rows}
     atomic_write_text(Path(c.dst).with_suffix(".json"), json.dumps(record, indent=1))
     if not c.rows:
-        Path(c.dst).with_suffix(".partial.json").unlink(missing_ok=True)
+        progress.unlink(missing_ok=True)
     loo = fit["leave_one_out"]
     print(f"calibrated {c.src} on {len(rows)} tasks: target log multiplier {fit['target_mean']:+.2f} +- "
           f"{fit['target_std']:.2f}, leave-one-out R^2 {loo['r2']:.2f} (corr {loo['corr']:.2f}); wrote {c.dst}")

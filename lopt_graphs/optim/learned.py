@@ -107,24 +107,28 @@ class LearnedUpdateConfig:
             raise ValueError(f"readout_bound_up={self.readout_bound_up} needs a readout_bound > 0 (the downward "
                              "bound); an unbounded readout has no upward bound either")
 
+    @property
+    def readout_bounds(self) -> tuple[float, float] | None:
+        """``(downward, upward)`` soft bounds of the readout's share of the log step (``readout_bound_up`` defaults
+        to ``readout_bound``); ``None`` when the readout is unbounded."""
+        lo = self.readout_bound
+        return None if lo <= 0 else (lo, self.readout_bound_up or lo)
+
     def bound_readout(self, r: Tensor) -> Tensor:
         """The readout's share of the per-tensor log step for the readout's raw output ``r``: softly bounded by
-        ``readout_bound`` (downward) and ``readout_bound_up`` (upward; it defaults to ``readout_bound``); ``r``
-        itself when unbounded. Smooth, with slope 1 at 0."""
-        lo = self.readout_bound
-        if lo <= 0:
+        :attr:`readout_bounds`; ``r`` itself when unbounded. Smooth, with slope 1 at 0."""
+        if self.readout_bounds is None:
             return r
-        hi = self.readout_bound_up or lo
+        lo, hi = self.readout_bounds
         if hi == lo:
             return lo * torch.tanh(r / lo)
         return torch.where(r > 0, hi * torch.tanh(r / hi), lo * torch.tanh(r / lo))
 
     def unbound_readout(self, ctx: Tensor) -> Tensor:
         """The inverse of :meth:`bound_readout` (``ctx`` strictly inside the bounds)."""
-        lo = self.readout_bound
-        if lo <= 0:
+        if self.readout_bounds is None:
             return ctx
-        hi = self.readout_bound_up or lo
+        lo, hi = self.readout_bounds
         return torch.where(ctx > 0, hi * torch.atanh(ctx / hi), lo * torch.atanh(ctx / lo))
 
     def to_dict(self) -> dict[str, Any]:
@@ -259,15 +263,22 @@ class LearnedUpdate(nn.Module):
     def schedule(self, fractions: Tensor, total: int | None = 1000) -> Tensor:
         """The per-tensor step (``base_lr * e**sigma`` at a zero readout) at these fractions of a run of
         ``total`` steps (``None``: the horizon is not known); for reports and tests."""
-        from .functional import step_features
-
         cfg = self.cfg
         if not cfg.tensor_lr:
             raise ValueError("schedule() needs a learned update with tensor_lr=True")
-        t = fractions.to(torch.float32) * (1000 if total is None else total)
-        feats = torch.stack([step_features(x, total, cfg.horizon_taus) for x in t]).to(self.lr_sched.weight.dtype)
-        s = self.lr_sched(feats)[:, 0].detach()
+        s = self.schedule_logit(fractions.to(torch.float32) * (1000 if total is None else total), total)
         return cfg.base_lr * torch.exp(cfg.lr_bound * torch.tanh(s / cfg.lr_bound))
+
+    def schedule_logit(self, steps: Tensor, total: int | None) -> Tensor:
+        """The learned schedule's share of the per-tensor log step before its bound ``lr_bound``, at step counts
+        ``steps`` of a run of ``total`` steps (``None``: the horizon is not known); detached."""
+        from .functional import step_features
+
+        if not self.cfg.tensor_lr:
+            raise ValueError("schedule_logit() needs a learned update with tensor_lr=True")
+        dtype = self.lr_sched.weight.dtype
+        feats = torch.stack([step_features(x, total, self.cfg.horizon_taus) for x in steps.to(dtype)])
+        return self.lr_sched(feats)[:, 0].detach()
 
     @torch.no_grad()
     def affine_log_step_(self, scale: float, shift: float) -> "LearnedUpdate":

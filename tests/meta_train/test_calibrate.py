@@ -19,7 +19,6 @@ from meta_train.calibrate import (
     load_rows,
     main,
     mean_log_step,
-    readout_context,
     ridge_fit,
 )
 from meta_train.trainer import fresh_learned_update
@@ -62,7 +61,7 @@ def _rows(learned, n=12, scale=1.0, steps=50, seed=1):
 
 def _log_steps(learned, feats, steps=50):
     with torch.no_grad():
-        return mean_log_step(learned, readout_context(learned, learned.lr_readout(feats)[:, 0]), steps)
+        return mean_log_step(learned, learned.cfg.bound_readout(learned.lr_readout(feats)[:, 0]), steps)
 
 
 def test_context_for_inverts_the_mean_log_step():
@@ -123,7 +122,7 @@ def test_a_wider_readout_bound_reaches_targets_the_old_one_cannot():
     err_narrow = ((_log_steps(narrow, feats) - before) - target).abs().mean()
     err_wide = ((_log_steps(wide, feats) - before) - target).abs().mean()
     assert err_wide < 0.5 * err_narrow, (err_wide, err_narrow)
-    assert (readout_context(narrow, narrow.lr_readout(feats)[:, 0]).abs() <= narrow.cfg.readout_bound).all()
+    assert (narrow.cfg.bound_readout(narrow.lr_readout(feats)[:, 0]).abs() <= narrow.cfg.readout_bound).all()
 
 
 def test_load_rows_annotates_records_and_checks_the_encoder(tmp_path, monkeypatch):
