@@ -28,7 +28,6 @@ from typing import Any
 
 import torch
 
-from lopt_graphs import NeuralGraphOptimizer
 from lopt_graphs import config as _cfg
 from lopt_graphs.config import bad_value
 from lopt_graphs.io import atomic_write_text
@@ -87,15 +86,9 @@ def _configs(cfg: HFBertConfig) -> list[tuple[str, dict[str, Any]]]:
     """``(label, keyword arguments of train())`` for every optimizer configuration."""
     out: list[tuple[str, dict[str, Any]]] = []
     for ck in cfg.ckpts:
-        if cfg.ngo_lr == 1.0:
-            out.append((f"{ck}", {"ckpt": ck}))
-            out.append((f"{ck}, total_steps", {"ckpt": ck, "total_steps": cfg.steps}))
-            continue
-        for total in (None, cfg.steps):
-            make_ngo: Callable[[torch.nn.Module], torch.optim.Optimizer] = \
-                lambda m, ck=ck, total=total: NeuralGraphOptimizer.for_module(  # noqa: E731
-                    m, ck, lr=cfg.ngo_lr, total_steps=total)
-            out.append((f"{ck}, lr={cfg.ngo_lr:g}" + (", total_steps" if total else ""), {"make_opt": make_ngo}))
+        name = ck if cfg.ngo_lr == 1.0 else f"{ck}, lr={cfg.ngo_lr:g}"
+        out.append((name, {"ckpt": ck, "lr": cfg.ngo_lr}))
+        out.append((f"{name}, total_steps", {"ckpt": ck, "lr": cfg.ngo_lr, "total_steps": cfg.steps}))
     for lr in cfg.adam_lrs:
         make: Callable[[torch.nn.Module], torch.optim.Optimizer] = \
             lambda m, lr=lr: torch.optim.Adam(m.parameters(), lr=lr)  # noqa: E731

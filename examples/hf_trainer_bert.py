@@ -52,11 +52,11 @@ class _Losses(transformers.TrainerCallback):
 
 
 def train(steps: int = 60, seed: int = 0, quiet: bool = False, ckpt: str | None = None,
-          total_steps: int | None = None,
+          total_steps: int | None = None, lr: float = 1.0,
           make_opt: Callable[[torch.nn.Module], torch.optim.Optimizer] | None = None) -> dict:
     """Train with ``Trainer``; returns first/last logged losses and held-out accuracy.
 
-    ``ckpt`` and ``total_steps`` go to ``NeuralGraphOptimizer.for_module``; ``make_opt(model)`` replaces it
+    ``ckpt``, ``total_steps`` and ``lr`` go to ``NeuralGraphOptimizer.for_module``; ``make_opt(model)`` replaces it
     (another optimizer, for comparisons: ``benchmarks/hf_bert.py``)."""
     transformers.set_seed(seed)
     cfg = transformers.BertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -64,7 +64,8 @@ def train(steps: int = 60, seed: int = 0, quiet: bool = False, ckpt: str | None 
     model = transformers.BertForSequenceClassification(cfg)
     with warnings.catch_warnings():  # lists the graph-free parameters; describe() says the same
         warnings.simplefilter("ignore", UserWarning)
-        opt = make_opt(model) if make_opt else NeuralGraphOptimizer.for_module(model, ckpt, total_steps=total_steps)
+        opt = make_opt(model) if make_opt else NeuralGraphOptimizer.for_module(model, ckpt, lr=lr,
+                                                                                        total_steps=total_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10))  # 10-step warm-up
     losses = _Losses()
     with tempfile.TemporaryDirectory() as out:

@@ -14,7 +14,7 @@ from benchmarks import hf_bert as mod
 def test_every_checkpoint_runs_with_and_without_the_horizon_and_adam_in_the_same_process(tmp_path: Path):
     calls = []
 
-    def fake_train(steps, seed, quiet, ckpt=None, total_steps=None, make_opt=None):
+    def fake_train(steps, seed, quiet, ckpt=None, total_steps=None, lr=1.0, make_opt=None):
         calls.append((ckpt, total_steps, seed))
         if make_opt is not None:
             opt = make_opt(torch.nn.Linear(2, 2))
@@ -36,15 +36,14 @@ def test_every_checkpoint_runs_with_and_without_the_horizon_and_adam_in_the_same
 def test_ngo_lr_makes_labelled_runs_with_that_multiplier(tmp_path: Path):
     made = []
 
-    def fake_train(steps, seed, quiet, ckpt=None, total_steps=None, make_opt=None):
-        opt = make_opt(torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 2)))
-        made.append((opt.param_groups[0]["lr"], opt.param_groups[0]["total_steps"]))
+    def fake_train(steps, seed, quiet, ckpt=None, total_steps=None, lr=1.0, make_opt=None):
+        made.append((ckpt, lr, total_steps))
         return {"test_accuracy": 1.0, "last_loss": 0.0, "first_loss": 0.69}
 
     cfg = mod.HFBertConfig(ckpts=("adam_init",), adam_lrs=(), steps=12, seeds=1, ngo_lr=0.5, out=str(tmp_path / "h.json"))
     doc = mod.run(cfg, fake_train)
     assert [r["optimizer"] for r in doc["rows"]] == ["adam_init, lr=0.5", "adam_init, lr=0.5, total_steps"]
-    assert made == [(0.5, None), (0.5, 12)]
+    assert made == [("adam_init", 0.5, None), ("adam_init", 0.5, 12)]
     with pytest.raises(ValueError, match="ngo_lr"):
         mod.HFBertConfig(ngo_lr=0.0)
 
