@@ -219,7 +219,6 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
     return save_figure(fig, path, dpi=120)
 
 
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command-line entry point: ``[--config FILE] results=A,B,... [out=DIR]``; returns the document."""
     c = _cfg.parse_command(HeadroomConfig, argv, (__doc__ or "").split("\n")[0])

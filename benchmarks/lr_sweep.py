@@ -172,7 +172,6 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
     return save_figure(fig, path, dpi=110)
 
 
-
 def run(c: LrSweepConfig) -> dict[str, Any]:
     """The sweep over the evaluation tasks (those whose name contains ``c.only``)."""
     from meta_train.evaluate import load_any

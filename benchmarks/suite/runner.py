@@ -17,7 +17,7 @@ import torch
 from lopt_graphs import config as _cfg
 from lopt_graphs.data import DatasetSplits, load_torchvision
 from lopt_graphs.evaluation import RunResult, curve_stats, mean_std, smooth, speedup, train_run, tuned_baseline
-from lopt_graphs.io import atomic_write_text
+from lopt_graphs.io import atomic_write_text, finite_or_none
 from lopt_graphs.optim.checkpoint import DEFAULT_ALIAS, load_learned_update, shipped_path
 from meta_train.tasks.families import Task
 
@@ -27,17 +27,6 @@ from .report import DEFINITIONS, fmt, fmt_speedup, markdown, plot, write_curves
 from .tasks import SplitsTask, TaskSpec, expand_long, suite_tasks
 
 __all__ = ["run", "run_task"]
-
-
-def finite_or_none(obj: Any) -> Any:
-    """Replace non-finite floats by ``None`` (strict JSON), recursively."""
-    if isinstance(obj, float):
-        return obj if obj == obj and abs(obj) != float("inf") else None
-    if isinstance(obj, dict):
-        return {k: finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite_or_none(v) for v in obj]
-    return obj
 
 
 def _aggregate(name: str, runs: list[RunResult], window: int) -> dict[str, Any]:
