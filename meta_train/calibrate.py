@@ -185,11 +185,16 @@ def _resume_keys(c: CalibrateConfig) -> dict[str, Any]:
 def _resume_rows(progress: Path | None, keys: dict[str, Any]) -> list[dict[str, Any]]:
     if progress is None or not progress.is_file():
         return []
-    saved = json.loads(progress.read_text())
-    if saved.get("keys") != keys:
-        raise ValueError(f"{str(progress)!r} holds a partial collection made with other keys ({saved.get('keys')}, "
+    try:
+        saved = json.loads(progress.read_text())
+        saved_keys, rows = saved.get("keys"), list(saved["rows"])
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{str(progress)!r} is not a partial collection of lopt-calibrate ({e!r}): delete it to "
+                         "start over") from e
+    if saved_keys != keys:
+        raise ValueError(f"{str(progress)!r} holds a partial collection made with other keys ({saved_keys}, "
                          f"now {keys}): run with the same keys to resume it, or delete it to start over")
-    return list(saved["rows"])
+    return rows
 
 
 def collect(learned: LearnedUpdate, c: CalibrateConfig, log=print, progress: Path | None = None,
@@ -337,6 +342,12 @@ def calibrate(learned: LearnedUpdate, rows: list[dict[str, Any]], ridge: float,
                          "measured on): pass them through annotate_rows with the learned update they come from")
     x = torch.tensor([r["feature"] for r in rows])
     y = torch.tensor([r["target_log_multiplier"] for r in rows], dtype=torch.float64)
+    old = torch.tensor([r["log_step"] for r in rows], dtype=torch.float64)
+    bad = [r.get("task", i) for i, r in enumerate(rows)
+           if not (bool(x[i].isfinite().all()) and math.isfinite(y[i]) and math.isfinite(old[i]))]
+    if bad:
+        raise ValueError(f"Rows of tasks {bad[:5]} have a non-finite feature, target or log step (a diverged lr=1 "
+                         "run?): drop them from the rows before fitting, or the readout would be NaN")
     if x.shape[1] != learned.lr_readout.in_features:
         raise ValueError(f"Features of {x.shape[1]} dims do not fit the readout's {learned.lr_readout.in_features} "
                          "inputs: the rows come from another learned update")
@@ -347,7 +358,6 @@ def calibrate(learned: LearnedUpdate, rows: list[dict[str, Any]], ridge: float,
         with torch.no_grad():
             learned.lr_readout.weight.zero_()
         x = torch.zeros_like(x)  # no feature: the fit is the intercept alone
-    old = torch.tensor([r["log_step"] for r in rows], dtype=torch.float64)
     steps = [int(r["steps"]) for r in rows]
     by_length = {n: torch.tensor([s == n for s in steps]) for n in sorted(set(steps))}  # rows sharing a schedule
     with torch.no_grad():

@@ -92,6 +92,11 @@ def test_calibrate_moves_the_mean_log_step_by_the_target():
     with pytest.raises(ValueError, match="do not fit the readout"):
         calibrate(learned, [{"feature": [0.0] * (feats.shape[1] + 1), "target_log_multiplier": 0.0, "log_step": 0.0,
                              "steps": 5}] * 3, ridge=1.0)
+    nan_rows = [dict(r) for r in rows]
+    nan_rows[3]["feature"] = [float("nan")] * feats.shape[1]
+    nan_rows[3]["task"] = "diverged"
+    with pytest.raises(ValueError, match=r"tasks \['diverged'\] have a non-finite"):
+        calibrate(learned, nan_rows, ridge=1e-3)
     with pytest.raises(ValueError, match="annotate_rows"):
         calibrate(learned, [{"feature": [0.0] * feats.shape[1], "target_log_multiplier": 0.0}] * 3, ridge=1.0)
 
@@ -189,6 +194,9 @@ def test_collect_resumes_from_its_progress_file(tmp_path, monkeypatch):
     assert more[1]["losses"] == first[1]["losses"] and more[1]["log_step"] == pytest.approx(first[1]["log_step"])
     with pytest.raises(ValueError, match="other keys"):
         collect(learned, dataclasses.replace(c, steps=5), log=lambda *_: None, progress=progress)
+    progress.write_text('{"keys": {"src"')  # cut short by hand: named, not a JSON traceback
+    with pytest.raises(ValueError, match="not a partial collection"):
+        collect(learned, c, log=lambda *_: None, progress=progress)
 
 
 @pytest.mark.parametrize("args, match", [(["multipliers=0.5,2,4"], "contains 1"), (["multipliers=2,1,4"], "increasing"),
