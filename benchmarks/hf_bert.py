@@ -63,8 +63,7 @@ class HFBertConfig:
 
     def __post_init__(self) -> None:
         _cfg.check_types(self)
-        if not (0 < self.ngo_lr < float("inf")):
-            bad_value("ngo_lr", self.ngo_lr, "a finite value > 0")
+        _cfg.check_finite(self, "ngo_lr")
         if not self.ckpts and not self.adam_lrs:
             bad_value("ckpts", self.ckpts, "at least one checkpoint or Adam lr")
         if not all(lr > 0 for lr in self.adam_lrs):

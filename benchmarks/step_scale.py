@@ -85,8 +85,7 @@ class StepScaleConfig:
         if not self.models:
             bad_value("models", self.models, f"at least one of {list(MODELS)}")
         _cfg.check_minimums(self, steps=1, seeds=1, threads=0)
-        if not (self.lr > 0 and self.lr < float("inf")):
-            bad_value("lr", self.lr, "a finite value > 0")
+        _cfg.check_finite(self, "lr")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -29,7 +30,7 @@ import yaml
 
 from .io import atomic_write_text
 
-__all__ = ["CheckedConfig", "TrainKeys", "bad_value", "check_minimums", "check_types", "command_parser", "config_from_dict",
+__all__ = ["CheckedConfig", "TrainKeys", "bad_value", "check_finite", "check_minimums", "check_types", "command_parser", "config_from_dict",
            "config_to_dict", "field_names", "keys_help", "load_config", "parse_command", "parse_override",
            "reject_unknown_keys", "save_resolved_config", "set_threads"]
 
@@ -50,6 +51,15 @@ def check_minimums(cfg: Any, **minimums: int | float) -> None:
         if not value >= low:  # NaN fails too
             kind = "an integer" if isinstance(value, int) else "a float"
             bad_value(key, value, f"{kind} >= {low}" + (" (0: torch's default)" if key == "threads" else ""))
+
+
+def check_finite(cfg: Any, *keys: str, low: float = 0.0, strict: bool = True, note: str = "") -> None:
+    """:func:`bad_value` for the first float field of ``keys`` that is not finite and above ``low`` (``>`` when
+    ``strict``, else ``>=``); ``note`` is added to the message (what ``low`` itself means, say)."""
+    for key in keys:
+        value = getattr(cfg, key)
+        if not (math.isfinite(value) and (value > low if strict else value >= low)):
+            bad_value(key, value, f"a finite float {'>' if strict else '>='} {low:g}{note}")
 
 
 def _fields(cls: type) -> dict[str, dataclasses.Field]:

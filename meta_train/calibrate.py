@@ -118,11 +118,8 @@ class CalibrateConfig(_cfg.CheckedConfig):
         _cfg.check_minimums(self, tasks=2, steps=1, max_params=0, threads=0)
         if not self.ridge > 0:
             _cfg.bad_value("ridge", self.ridge, "a value > 0")
-        if not (math.isfinite(self.readout_bound) and self.readout_bound >= 0):
-            _cfg.bad_value("readout_bound", self.readout_bound, "a finite value >= 0 (0 keeps the source's bound)")
-        if not (math.isfinite(self.readout_bound_up) and self.readout_bound_up >= 0):
-            _cfg.bad_value("readout_bound_up", self.readout_bound_up, "a finite value >= 0 (0: readout_bound both "
-                           "ways)")
+        _cfg.check_finite(self, "readout_bound", strict=False, note=" (0 keeps the source's bound)")
+        _cfg.check_finite(self, "readout_bound_up", strict=False, note=" (0: readout_bound both ways)")
         if self.train_seed < 3 or (self.train_seed < 1100 and self.train_seed + self.tasks > 1000):
             _cfg.bad_value("train_seed", self.train_seed, "seeds away from the evaluation (0-2) and tuning (1000+) "
                            "seeds, e.g. 5000")

@@ -23,6 +23,7 @@ from typing import Any
 
 from lopt_graphs import config as _cfg
 from lopt_graphs.config import bad_value as _bad
+from lopt_graphs.config import check_finite
 
 __all__ = [
     "ESTIMATORS",
@@ -203,12 +204,8 @@ class MetaTrainConfig(_cfg.CheckedConfig):
                 self.population,
                 f"an even integer >= 2 for estimator {self.estimator!r} (population // 2 antithetic pairs)",
             )
-        if not (math.isfinite(self.sigma) and self.sigma > 0):
-            _bad("sigma", self.sigma, "a finite float > 0")
-        if not (math.isfinite(self.outer_lr) and self.outer_lr > 0):
-            _bad("outer_lr", self.outer_lr, "a finite float > 0")
-        if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
-            _bad("grad_clip", self.grad_clip, "a finite float >= 0 (0 disables clipping)")
+        check_finite(self, "sigma", "outer_lr")
+        check_finite(self, "grad_clip", strict=False, note=" (0 disables clipping)")
         if self.horizon < 1:
             _bad("horizon", self.horizon, "an integer >= 1")
         if self.truncation < 1:
@@ -235,8 +232,7 @@ class MetaTrainConfig(_cfg.CheckedConfig):
             _bad("loss_clip", self.loss_clip, "a float > 0 (.inf disables clipping)")
         if self.report_steps < 1:
             _bad("report_steps", self.report_steps, "an integer >= 1")
-        if not (math.isfinite(self.mag_clip) and self.mag_clip >= 0):
-            _bad("mag_clip", self.mag_clip, "a finite float >= 0 (0 keeps the initialisation's)")
+        check_finite(self, "mag_clip", strict=False, note=" (0 keeps the initialisation's)")
         if self.threads < 0:
             _bad("threads", self.threads, "an integer >= 0 (0 = torch default)")
         if self.learned not in LEARNED_ARCHS:
@@ -249,8 +245,7 @@ class MetaTrainConfig(_cfg.CheckedConfig):
             _bad("horizon_min", self.horizon_min, f"0 or an integer >= truncation ({self.truncation})")
         if not 0.0 <= self.hidden_horizon_prob <= 1.0:
             _bad("hidden_horizon_prob", self.hidden_horizon_prob, "a float in [0, 1]")
-        if not (math.isfinite(self.input_scale) and self.input_scale >= 1.0):
-            _bad("input_scale", self.input_scale, "a finite float >= 1 (1 = no augmentation)")
+        check_finite(self, "input_scale", low=1.0, strict=False, note=" (1 = no augmentation)")
         if self.max_group_params < 0:
             _bad("max_group_params", self.max_group_params, "an integer >= 0 (0 = no cap)")
         if self.max_group_activations < 0:

@@ -8,6 +8,7 @@ import pytest
 
 from lopt_graphs.config import (
     TrainKeys,
+    check_finite,
     check_minimums,
     check_types,
     config_to_dict,
@@ -108,3 +109,26 @@ def test_check_minimums_names_the_key_the_value_and_the_bound(kw, match):
     with pytest.raises(ValueError, match=match):
         _Bounded(**kw)
     assert _Bounded(steps=10, scale=1, threads=0).scale == 1.0  # the bounds themselves are allowed
+
+
+@dataclass(frozen=True)
+class _Finite:
+    lr: float = 0.1
+    clip: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_finite(self, "lr")
+        check_finite(self, "clip", strict=False, note=" (0 disables)")
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"lr": 0.0}, r"invalid config value lr=0.0: expected a finite float > 0$"),
+    ({"lr": float("inf")}, r"lr=inf: expected a finite float > 0$"),
+    ({"lr": float("nan")}, r"lr=nan: expected a finite float > 0$"),
+    ({"clip": -1.0}, r"clip=-1.0: expected a finite float >= 0 \(0 disables\)$"),
+    ({"clip": float("inf")}, r"clip=inf: expected a finite float >= 0 \(0 disables\)$"),
+])
+def test_check_finite_names_the_key_the_value_and_the_bound(kw, match):
+    with pytest.raises(ValueError, match=match):
+        _Finite(**kw)
+    assert _Finite(lr=1e-9, clip=0.0).clip == 0.0  # a non-strict bound itself is allowed

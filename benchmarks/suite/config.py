@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from lopt_graphs import config as _cfg
 from lopt_graphs.config import bad_value as _bad
+from lopt_graphs.config import check_finite
 
 from .peers import PEERS
 
@@ -98,16 +99,14 @@ class VsAdamConfig(_cfg.CheckedConfig):
                 _bad(key, lrs, "a non-empty list of distinct finite floats > 0")
         if not 0 <= self.warmup_fraction < 1:
             _bad("warmup_fraction", self.warmup_fraction, "a float in [0, 1)")
-        if not (math.isfinite(self.adamw_weight_decay) and self.adamw_weight_decay >= 0):
-            _bad("adamw_weight_decay", self.adamw_weight_decay, "a finite float >= 0")
+        check_finite(self, "adamw_weight_decay", strict=False)
         if not 0 <= self.sgd_momentum < 1:
             _bad("sgd_momentum", self.sgd_momentum, "a float in [0, 1)")
         if (not set(self.optimizers) <= set(PEERS) or len(set(self.optimizers)) != len(self.optimizers)
                 or not {"ngo", "adam_tuned"} <= set(self.optimizers)):
             _bad("optimizers", self.optimizers, f"distinct names among {list(PEERS)} including 'ngo' and "
                                                 "'adam_tuned'")
-        if not (math.isfinite(self.ngo_lr) and self.ngo_lr > 0):
-            _bad("ngo_lr", self.ngo_lr, "a finite float > 0")
+        check_finite(self, "ngo_lr")
         if self.threads < 0:
             _bad("threads", self.threads, "an integer >= 0 (0: torch's default)")
         if not self.out:
