@@ -99,6 +99,18 @@ def test_meta_trained_checkpoint_is_shipped():
     assert torch.count_nonzero(opt.learned.w2) > 0 and opt.learned.cfg == LearnedUpdateConfig()
 
 
+def test_calibrated_v2_checkpoint_records_its_recipe():
+    """``v2_calibrated3``: the readout bounds it was fitted with and where it comes from travel in the file."""
+    assert "v2_calibrated3" in shipped_checkpoints()
+    learned = load_learned_update("v2_calibrated3")
+    assert learned.cfg.readout_bounds == (2.0, 1.5) and learned.cfg.horizon_taus
+    import lopt_graphs.optim.checkpoint as ck
+    meta = torch.load(ck.CHECKPOINT_DIR / "v2_calibrated3.pt", weights_only=True)["meta"]
+    cal = meta["calibration"]
+    assert meta["derived_from"] == "meta_train/resume/v4_transformers_best900.pt"
+    assert (cal["readout_bound"], cal["readout_bound_up"], cal["tasks"], len(cal["rows"])) == (2.0, 1.5, 192, 4)
+
+
 def test_shipped_file_loads_with_weights_only():
     import lopt_graphs.optim.checkpoint as ck
     assert ck.DEFAULT_CHECKPOINT == DEFAULT_SOURCE and not (ck.CHECKPOINT_DIR / "default.pt").exists()  # a name, no copy
