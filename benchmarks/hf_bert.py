@@ -63,11 +63,9 @@ class HFBertConfig:
 
     def __post_init__(self) -> None:
         _cfg.check_types(self)
-        _cfg.check_finite(self, "ngo_lr")
+        _cfg.check_finite(self, "ngo_lr", "adam_lrs")
         if not self.ckpts and not self.adam_lrs:
             bad_value("ckpts", self.ckpts, "at least one checkpoint or Adam lr")
-        if not all(lr > 0 for lr in self.adam_lrs):
-            bad_value("adam_lrs", self.adam_lrs, "learning rates > 0")
         if not 0.5 < self.trained_acc <= 1.0:
             bad_value("trained_acc", self.trained_acc, "a float in (0.5, 1]")
         _cfg.check_minimums(self, steps=10, seeds=1, threads=0)

@@ -23,7 +23,8 @@ The per-tensor steps come from a separate one-step run with the diagnostics on, 
 optimizer's usual path.
 
 Models: ``resnet18`` (torchvision, 11.2M parameters, 10 classes, 32x32 random inputs, 32 samples in two
-batches of 16) and ``mlp_wide`` (784-1024-1024-10 ReLU on the embedded MNIST-5k, batch 64). Prints a markdown
+batches of 16) ``mlp_wide`` (784-1024-1024-10 ReLU on the embedded MNIST-5k, batch 64) and ``mlp_mid`` (the same at width
+256, 270k parameters). Prints a markdown
 table and writes JSON + markdown.
 """
 
@@ -47,7 +48,7 @@ from lopt_graphs.io import atomic_write_text
 from lopt_graphs.optim import LearnedUpdate
 from meta_train.evaluate import load_any
 
-MODELS = ("resnet18", "mlp_wide")
+MODELS = ("resnet18", "mlp_wide", "mlp_mid")
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,8 @@ class StepScaleConfig:
         threads: torch intra-op threads (``0`` leaves torch's default).
         told: tell the optimizer its horizon (``total_steps=steps``, as the README recommends for v2 updates);
             the per-tensor steps are then read at the learned schedule's peak instead of the first step.
-        lr: the optimizer's ``lr`` multiplier (``> 0``).
+        lr: the optimizer's ``lr`` multipliers (each ``> 0``): one row per checkpoint and multiplier, a sweep
+            of the step level on models beyond meta-training's (``lr=1,0.5,0.25``).
     """
 
     ckpts: tuple[str, ...] = ("default", "v2_cosine_pes_100", "v2_ff_cosine_pes_100")
@@ -73,7 +75,7 @@ class StepScaleConfig:
     out: str = "benchmarks/results/step_scale.json"
     threads: int = 1
     told: bool = False
-    lr: float = 1.0
+    lr: tuple[float, ...] = (1.0,)
 
     def __post_init__(self) -> None:
         _cfg.check_types(self)
@@ -85,6 +87,8 @@ class StepScaleConfig:
         if not self.models:
             bad_value("models", self.models, f"at least one of {list(MODELS)}")
         _cfg.check_minimums(self, steps=1, seeds=1, threads=0)
+        if not self.lr:
+            bad_value("lr", self.lr, "at least one multiplier")
         _cfg.check_finite(self, "lr")
 
 
@@ -105,15 +109,16 @@ def problem(name: str) -> Problem:
 
         x, y = torch.randn(32, 3, 32, 32, generator=g), torch.randint(0, 10, (32,), generator=g)
         return Problem(lambda: torchvision.models.resnet18(num_classes=10), [(x[:16], y[:16]), (x[16:], y[16:])])
-    if name == "mlp_wide":
+    if name in ("mlp_wide", "mlp_mid"):
         from lopt_graphs.data import load_embedded
 
         data = load_embedded("mnist5k")
         x, y = data.x_train.flatten(1), data.y_train
         idx = torch.randperm(len(x), generator=g)[:640]
         batches = [(x[idx[i:i + 64]], y[idx[i:i + 64]]) for i in range(0, 640, 64)]
-        return Problem(lambda: nn.Sequential(nn.Flatten(), nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024),
-                                             nn.ReLU(), nn.Linear(1024, 10)), batches)
+        w = 1024 if name == "mlp_wide" else 256
+        return Problem(lambda: nn.Sequential(nn.Flatten(), nn.Linear(784, w), nn.ReLU(), nn.Linear(w, w),
+                                             nn.ReLU(), nn.Linear(w, 10)), batches)
     raise ValueError(f"Unknown model {name!r}; expected one of {list(MODELS)}")
 
 
@@ -191,7 +196,7 @@ def measure(ckpt: str, model: str, steps: int, seeds: int, told: bool = False, l
     probe = peak_step(learned, total)
     per_tensor = tensor_steps(train(prob, lambda m: make_opt(m, True), probe)[2], learned, total, probe)
     start, ends = _ends(prob, make_opt, steps, seeds)
-    row = {"ckpt": ckpt, "model": model, "params": sum(p.numel() for p in prob.make().parameters()),
+    row = {"ckpt": ckpt, "model": model, "params": sum(p.numel() for p in prob.make().parameters()), "lr": lr,
            "loss_start": start, **_summary("ngo", ends), **(per_tensor or {})}
     print(f"  {ckpt} on {model}: {start:.3f} -> {[f'{e:.4g}' for e in ends]}", file=sys.stderr)
     return row
@@ -207,15 +212,18 @@ def adam_rows(model: str, steps: int, seeds: int) -> dict:
     return out
 
 
-def markdown(rows: list[dict], steps: int, seeds: int, told: bool = False, lr: float = 1.0) -> str:
-    """The table of the result rows."""
+def markdown(rows: list[dict], steps: int, seeds: int, told: bool = False) -> str:
+    """The table of the result rows (one ``lr`` column when they hold other multipliers than 1)."""
+    lrs = sorted({r.get("lr", 1.0) for r in rows}, reverse=True)
     how = (f"Told `total_steps={steps}`" if told else "Without `total_steps`") + f", {steps} steps"
-    how += f", NGO `lr={lr:g}`" if lr != 1.0 else ""
+    how += f", NGO `lr={lrs[0]:g}`" if len(lrs) == 1 and lrs[0] != 1.0 else ""
+    col = len(lrs) > 1
     at = "the learned schedule's peak (step `probe_step` in the JSON)" if told else "the first step"
     lines = [f"{how}; loss in eval mode on the training batches, median (worst) over {seeds} initializations. "
              f"Per-tensor step (v2): at {at}, median / max over the tensors, and the schedule's (zero readout).", "",
-             "| checkpoint | model | params | median step | max step | schedule step | loss start | NGO end | "
-             "Adam 1e-3 end | Adam 1e-2 end |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| checkpoint | model | params | " + ("lr | " if col else "") + "median step | max step | schedule step | "
+             "loss start | NGO end | Adam 1e-3 end | Adam 1e-2 end |",
+             "|---|---|---:|" + ("---:|" if col else "") + "---:|---:|---:|---:|---:|---:|---:|"]
 
     def f(r: dict, k: str, fmt: str = ".3g") -> str:
         return "-" if r.get(k) is None else f"{r[k]:{fmt}}"
@@ -224,7 +232,8 @@ def markdown(rows: list[dict], steps: int, seeds: int, told: bool = False, lr: f
         return f"{r[f'{prefix}_loss_end']:.3g} ({r[f'{prefix}_loss_end_worst']:.3g})"
 
     for r in rows:
-        lines.append(f"| {r['ckpt']} | {r['model']} | {r['params']:,} | {f(r, 'median_step')} | {f(r, 'max_step')} | "
+        lr = f"{r.get('lr', 1.0):g} | " if col else ""
+        lines.append(f"| {r['ckpt']} | {r['model']} | {r['params']:,} | {lr}{f(r, 'median_step')} | {f(r, 'max_step')} | "
                      f"{f(r, 'schedule_step')} | {r['loss_start']:.3f} | {end(r, 'ngo')} | {end(r, 'adam_0.001')} | "
                      f"{end(r, 'adam_0.01')} |")
     return "\n".join(lines)
@@ -237,11 +246,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     rows = []
     for model in cfg.models:
         adam = adam_rows(model, cfg.steps, cfg.seeds)
-        rows += [{**measure(c, model, cfg.steps, cfg.seeds, cfg.told, cfg.lr), **adam} for c in cfg.ckpts]
-    text = markdown(rows, cfg.steps, cfg.seeds, cfg.told, cfg.lr)
+        rows += [{**measure(c, model, cfg.steps, cfg.seeds, cfg.told, lr), **adam} for c in cfg.ckpts for lr in cfg.lr]
+    text = markdown(rows, cfg.steps, cfg.seeds, cfg.told)
     print(text)
     res = {"steps": cfg.steps, "seeds": list(range(cfg.seeds)), "threads": torch.get_num_threads(),
-           "total_steps": cfg.steps if cfg.told else None, "lr": cfg.lr, "rows": rows}
+           "total_steps": cfg.steps if cfg.told else None, "lr": list(cfg.lr), "rows": rows}
     atomic_write_text(cfg.out, json.dumps(res, indent=1))
     atomic_write_text(Path(cfg.out).with_suffix(".md"), text + "\n")
     return res

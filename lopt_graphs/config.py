@@ -55,11 +55,14 @@ def check_minimums(cfg: Any, **minimums: int | float) -> None:
 
 def check_finite(cfg: Any, *keys: str, low: float = 0.0, strict: bool = True, note: str = "") -> None:
     """:func:`bad_value` for the first float field of ``keys`` that is not finite and above ``low`` (``>`` when
-    ``strict``, else ``>=``); ``note`` is added to the message (what ``low`` itself means, say)."""
+    ``strict``, else ``>=``); ``note`` is added to the message (what ``low`` itself means, say). A tuple-valued
+    field (``lrs=1e-3,1e-2``) is checked entry by entry and named whole."""
     for key in keys:
         value = getattr(cfg, key)
-        if not (math.isfinite(value) and (value > low if strict else value >= low)):
-            bad_value(key, value, f"a finite float {'>' if strict else '>='} {low:g}{note}")
+        for v in value if isinstance(value, tuple) else (value,):
+            if not (math.isfinite(v) and (v > low if strict else v >= low)):
+                what = "finite floats" if isinstance(value, tuple) else "a finite float"
+                bad_value(key, value, f"{what} {'>' if strict else '>='} {low:g}{note}")
 
 
 def _fields(cls: type) -> dict[str, dataclasses.Field]:

@@ -115,9 +115,10 @@ def test_check_minimums_names_the_key_the_value_and_the_bound(kw, match):
 class _Finite:
     lr: float = 0.1
     clip: float = 0.0
+    lrs: tuple[float, ...] = (1e-3, 1e-2)
 
     def __post_init__(self) -> None:
-        check_finite(self, "lr")
+        check_finite(self, "lr", "lrs")
         check_finite(self, "clip", strict=False, note=" (0 disables)")
 
 
@@ -127,6 +128,8 @@ class _Finite:
     ({"lr": float("nan")}, r"lr=nan: expected a finite float > 0$"),
     ({"clip": -1.0}, r"clip=-1.0: expected a finite float >= 0 \(0 disables\)$"),
     ({"clip": float("inf")}, r"clip=inf: expected a finite float >= 0 \(0 disables\)$"),
+    ({"lrs": (1e-3, float("nan"))}, r"lrs=\(0.001, nan\): expected finite floats > 0$"),
+    ({"lrs": (-1.0,)}, r"lrs=\(-1.0,\): expected finite floats > 0$"),
 ])
 def test_check_finite_names_the_key_the_value_and_the_bound(kw, match):
     with pytest.raises(ValueError, match=match):

@@ -50,13 +50,28 @@ def test_told_reads_the_steps_at_the_schedules_peak(tmp_path: Path):
                     f"out={tmp_path / 't.json'}"])
     row = res["rows"][0]
     assert res["total_steps"] == 20 and row["probe_step"] == peak
-    assert row["schedule_step"] == pytest.approx(0.5 * float(sched.max()), rel=1e-4) and res["lr"] == 0.5
+    assert row["schedule_step"] == pytest.approx(0.5 * float(sched.max()), rel=1e-4) and res["lr"] == [0.5]
     assert row["schedule_step"] / math.e <= row["min_step"] <= row["max_step"] <= row["schedule_step"] * math.e
     assert (tmp_path / "t.md").read_text().startswith("Told `total_steps=20`, 20 steps, NGO `lr=0.5`")
 
 
+def test_an_lr_sweep_gives_a_row_per_multiplier_against_one_adam_run(tmp_path: Path):
+    learned = fresh_learned_update("v2_cosine_bounded")
+    path = tmp_path / "prior.pt"
+    save_checkpoint(learned, path)
+    res = mod.main([f"ckpts={path}", "models=mlp_mid", "steps=3", "seeds=1", "told=true", "lr=1,0.25",
+                    f"out={tmp_path / 'w.json'}"])
+    big, small = res["rows"]
+    assert (big["lr"], small["lr"], res["lr"]) == (1.0, 0.25, [1.0, 0.25]) and big["params"] == 269_322
+    assert small["schedule_step"] == pytest.approx(0.25 * big["schedule_step"], rel=1e-5)
+    assert small["median_step"] == pytest.approx(0.25 * big["median_step"], rel=1e-4)
+    assert big["adam_0.01_loss_ends"] == small["adam_0.01_loss_ends"]
+    md = (tmp_path / "w.md").read_text()
+    assert "| params | lr | median step |" in md and f"| {path} | mlp_mid | 269,322 | 0.25 |" in md
+
+
 @pytest.mark.parametrize("bad, match", [("models=vgg", "models"), ("steps=0", "steps=0"), ("ckpts=", "ckpts"), ("seeds=0", "seeds=0"),
-                                        ("lr=0", "lr")])
+                                        ("lr=0", "lr"), ("lr=1,nan", "lr"), ("lr=", "lr")])
 def test_bad_keys_raise(bad: str, match: str, tmp_path: Path):
     with pytest.raises(ValueError, match=match):
         mod.main(["ckpts=adam_init", bad, f"out={tmp_path / 'x.json'}"])
