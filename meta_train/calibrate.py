@@ -25,6 +25,12 @@ activation and batch size do). So this stage measures it directly:
    pre-activation instead: at the bound, where transformers' and many CNNs' readouts sit, it moved their
    steps by a third of the target or less).
 
+``horizon=untold`` calibrates the other half of the update, runs that are not told ``total_steps`` (a user who
+passes nothing): the runs of step 1 go without the horizon, and the fit is one shift of the learned schedule's
+log step on such runs, the median over the tasks of the shift that gives each its wanted mean log step. It
+moves the schedule's bias and takes the same amount off the weight of its "horizon known" flag, so a told run's
+schedule (and with it every told result of ``src``) is unchanged; the readout is left alone.
+
 Rows measured before (``rows=A.json,B.json``: records of earlier runs, on learned updates with this encoder)
 replace the collection; rows without ``log_step`` get it from their record's ``src``.
 
@@ -33,6 +39,7 @@ Commands::
     lopt-calibrate src=v2_cosine_pes_100_bounded dst=runs/calib/calibrated.pt     # 48 tasks: ~15 min, 1 core
     lopt-calibrate src=... dst=... tasks=8 steps=100 multipliers=0.5,1,2           # a quick look
     lopt-calibrate src=... dst=... rows=a.json,b.json readout_bound=2              # refit measured rows: seconds
+    lopt-calibrate src=v2_calibrated3 dst=runs/calib/untold.pt horizon=untold      # the untold step level
     lopt-calibrate --help                                                           # the keys and their defaults
 
 While it measures, ``dst`` with ``.partial.json`` holds the rows so far; the same command resumes from it.
@@ -61,11 +68,14 @@ from lopt_graphs import config as _cfg
 from lopt_graphs.evaluation import train_run
 from lopt_graphs.io import atomic_write_text
 from lopt_graphs.optim import LearnedUpdate, save_checkpoint
+from lopt_graphs.optim.learned import STEP_FEATURES
 
 from .tasks import num_params, sample_task
 
 #: Offset of the loss in the target's ``log(L + c)`` (the ``log_final`` meta-objective's and validation's).
 LOSS_OFFSET = 0.01
+#: What calibration runs are told: their horizon (``total_steps``), or nothing.
+HORIZONS = ("told", "untold")
 
 
 @dataclass(frozen=True)
@@ -78,7 +88,7 @@ class CalibrateConfig(_cfg.CheckedConfig):
         dst: the calibrated checkpoint to write.
         family: task family of the calibration tasks (``meta_train.tasks.FAMILIES``).
         tasks: number of calibration tasks.
-        steps: training steps per run (the optimizer is told them: ``total_steps``).
+        steps: training steps per run (told as ``total_steps`` unless ``horizon=untold``).
         multipliers: ``lr`` grid per task (at least 3 values, each > 0, increasing).
         ridge: ridge penalty on the standardized features (> 0).
         max_params: skip drawn tasks with more parameters (0: no limit).
@@ -91,6 +101,8 @@ class CalibrateConfig(_cfg.CheckedConfig):
         rows: records (``.json`` written by earlier runs) whose rows to fit instead of collecting new ones.
         per_task: ``False`` zeroes the readout's weights and fits only its bias: one step level for every tensor
             of every task, the ablation of what the encoder's per-task information is worth.
+        horizon: ``told`` (runs told ``total_steps``; the fit moves the readout) or ``untold`` (runs without it;
+            the fit shifts the schedule of untold runs only, see the module docstring).
     """
 
     src: str = "v2_cosine_pes_100_bounded"
@@ -108,8 +120,11 @@ class CalibrateConfig(_cfg.CheckedConfig):
     readout_bound_up: float = 0.0
     rows: tuple[str, ...] = ()
     per_task: bool = True
+    horizon: str = "told"
 
     def validate(self) -> None:
+        if self.horizon not in HORIZONS:
+            _cfg.bad_value("horizon", self.horizon, f"one of {list(HORIZONS)}")
         m = self.multipliers
         if len(m) < 3 or any(not x > 0 for x in m) or list(m) != sorted(set(m)):
             _cfg.bad_value("multipliers", m, "at least 3 increasing values > 0")
@@ -172,7 +187,7 @@ def leave_one_out(x: torch.Tensor, y: torch.Tensor, ridge: float) -> dict[str, f
 
 
 #: Keys a partial collection must share with the command that resumes it (``tasks`` may grow).
-RESUME_KEYS = ("src", "family", "steps", "multipliers", "max_params", "sample_seed", "train_seed")
+RESUME_KEYS = ("src", "family", "steps", "multipliers", "max_params", "sample_seed", "train_seed", "horizon")
 
 
 def _resume_keys(c: CalibrateConfig) -> dict[str, Any]:
@@ -200,6 +215,9 @@ def collect(learned: LearnedUpdate, c: CalibrateConfig, log=print, progress: Pat
     docstring). With ``progress``, the rows so far are written there after every task, and the tasks it already
     holds (same draws, same keys) are not trained again: an interrupted collection resumes."""
     _check_readout(learned)
+    told = c.horizon == "told"
+    if not told:
+        _check_untold(learned)
     keys = _resume_keys(c)
     done = _resume_rows(progress, keys)
     seen: list[torch.Tensor] = []
@@ -229,7 +247,7 @@ def collect(learned: LearnedUpdate, c: CalibrateConfig, log=print, progress: Pat
                 with warnings.catch_warnings():  # transformers: "attention in-projections are graph-free", per run
                     warnings.filterwarnings("ignore", message=r".*graph-free", category=UserWarning)
                     r = train_run(task, lambda mod, m=m: NeuralGraphOptimizer.for_module(
-                        mod, learned, lr=m, total_steps=c.steps), c.steps, seed)
+                        mod, learned, lr=m, total_steps=c.steps if told else None), c.steps, seed)
                 losses.append(r.final_loss)
                 if m == 1.0:
                     if not seen:
@@ -237,7 +255,7 @@ def collect(learned: LearnedUpdate, c: CalibrateConfig, log=print, progress: Pat
                     feature = torch.stack(seen).mean(0)
             target = best_log_multiplier(c.multipliers, losses)
             rows.append({"task": task.name, "config": task.cfg.to_dict(), "seed": seed, "losses": losses,
-                         "target_log_multiplier": target, "feature": feature.tolist()})
+                         "target_log_multiplier": target, "feature": feature.tolist(), "told": told})
             log(f"[{len(rows)}/{c.tasks}] {task.name}: best lr x{math.exp(target):.2f} "
                 f"({time.perf_counter() - t0:.0f} s)")
             if progress is not None:
@@ -246,6 +264,12 @@ def collect(learned: LearnedUpdate, c: CalibrateConfig, log=print, progress: Pat
         hook.remove()
     annotate_rows(rows, learned, c.steps)
     return rows
+
+
+def _check_untold(learned: LearnedUpdate) -> None:
+    if not learned.cfg.horizon_taus:
+        raise ValueError("horizon=untold needs a learned update with horizon features (horizon_taus): without them "
+                         "told and untold runs are the same, calibrate them with horizon=told")
 
 
 def load_rows(paths: Sequence[str], learned: LearnedUpdate) -> list[dict[str, Any]]:
@@ -272,13 +296,13 @@ def load_rows(paths: Sequence[str], learned: LearnedUpdate) -> list[dict[str, An
 
 
 def mean_log_step(learned: LearnedUpdate, ctx: torch.Tensor, steps: int,
-                  logit: torch.Tensor | None = None) -> torch.Tensor:
-    """``[N]``: the per-tensor log step ``sigma`` averaged over a run of ``steps`` steps that is told its horizon,
-    for tensors whose readout contexts are ``ctx`` ``[N]`` (the learned schedule and its bound ``lr_bound``).
-    ``logit``: the schedule's :meth:`~lopt_graphs.optim.LearnedUpdate.schedule_logit` over the run, if the caller
-    has it already."""
-    if logit is None:
-        logit = learned.schedule_logit(torch.arange(1, steps + 1), steps)  # the step counts the update sees
+                  logit: torch.Tensor | None = None, told: bool = True) -> torch.Tensor:
+    """``[N]``: the per-tensor log step ``sigma`` averaged over a run of ``steps`` steps that is told its horizon
+    (``told=False``: that is not), for tensors whose readout contexts are ``ctx`` ``[N]`` (the learned schedule
+    and its bound ``lr_bound``). ``logit``: the schedule's :meth:`~lopt_graphs.optim.LearnedUpdate.schedule_logit`
+    over the run, if the caller has it already."""
+    if logit is None:  # the step counts the update sees
+        logit = learned.schedule_logit(torch.arange(1, steps + 1), steps if told else None)
     s = logit.double()[None, :] + ctx.double()[:, None]
     return (learned.cfg.lr_bound * torch.tanh(s / learned.cfg.lr_bound)).mean(1)
 
@@ -299,12 +323,15 @@ def context_for(learned: LearnedUpdate, wanted: torch.Tensor, steps: int, iters:
 
 
 def annotate_rows(rows: list[dict[str, Any]], source: LearnedUpdate, steps: int) -> None:
-    """Give rows measured on ``source`` (runs of ``steps`` steps) their ``steps`` and ``log_step``: the mean
-    per-tensor log step of ``source`` at each row's feature (in place)."""
+    """Give rows measured on ``source`` (runs of ``steps`` steps, told their horizon unless a row says
+    ``"told": false``) their ``steps`` and ``log_step``: the mean per-tensor log step of ``source`` at each row's
+    feature (in place)."""
     _check_readout(source)
     x = torch.tensor([r["feature"] for r in rows], dtype=source.lr_readout.weight.dtype)
+    told = torch.tensor([r.get("told", True) for r in rows])
     with torch.no_grad():
-        ls = mean_log_step(source, source.cfg.bound_readout(source.lr_readout(x)[:, 0]), steps)
+        ctx = source.cfg.bound_readout(source.lr_readout(x)[:, 0])
+        ls = torch.where(told, mean_log_step(source, ctx, steps), mean_log_step(source, ctx, steps, told=False))
     for r, v in zip(rows, ls.tolist()):
         r["steps"], r["log_step"] = steps, v
 
@@ -322,21 +349,19 @@ def same_encoder(a: LearnedUpdate, b: LearnedUpdate) -> bool:
         sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]) for k in keys)
 
 
-def calibrate(learned: LearnedUpdate, rows: list[dict[str, Any]], ridge: float,
-              readout_bound: float = 0.0, readout_bound_up: float = 0.0, per_task: bool = True) -> dict[str, Any]:
-    """Step 3: fit the rows' wanted mean log steps into ``learned``'s readout (in place; ``readout_bound > 0``
-    sets the readout's bound first, ``readout_bound_up > 0`` a separate upward one; ``per_task=False`` fits one
-    bias for all, the readout's weights zeroed). Each row needs
-    ``feature``, ``target_log_multiplier``, ``log_step`` and ``steps`` (:func:`collect`, :func:`annotate_rows`).
-    Returns the fit's record: weights' norm, intercept,
-    leave-one-out quality of the pre-activation change, targets' spread, and per architecture the mean target
-    against the mean change of log step the fitted readout gives the rows (``applied``: short of the target
-    where the bounds stop it)."""
-    _check_readout(learned)
+def _row_tensors(learned: LearnedUpdate, rows: list[dict[str, Any]], told: bool,
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(features [N, D], target log multipliers [N], log steps [N])`` of annotated rows, checked: complete,
+    finite, of ``learned``'s readout, and all measured told (``told``) or all untold."""
     missing = [i for i, r in enumerate(rows) if "log_step" not in r or "steps" not in r]
     if missing:
         raise ValueError(f"Rows {missing[:5]} have no 'log_step'/'steps' (the mean log step of the run they were "
                          "measured on): pass them through annotate_rows with the learned update they come from")
+    other = [r.get("task", i) for i, r in enumerate(rows) if r.get("told", True) != told]
+    if other:
+        mode, theirs = ("told", "untold") if told else ("untold", "told")
+        raise ValueError(f"Rows of tasks {other[:5]} were measured on {theirs} runs; a horizon={mode} fit needs rows "
+                         f"of {mode} runs (horizon={mode} when collecting them)")
     x = torch.tensor([r["feature"] for r in rows])
     y = torch.tensor([r["target_log_multiplier"] for r in rows], dtype=torch.float64)
     old = torch.tensor([r["log_step"] for r in rows], dtype=torch.float64)
@@ -348,6 +373,74 @@ def calibrate(learned: LearnedUpdate, rows: list[dict[str, Any]], ridge: float,
     if x.shape[1] != learned.lr_readout.in_features:
         raise ValueError(f"Features of {x.shape[1]} dims do not fit the readout's {learned.lr_readout.in_features} "
                          "inputs: the rows come from another learned update")
+    return x, y, old
+
+
+def _by_arch(rows: list[dict[str, Any]], y: torch.Tensor, applied: torch.Tensor) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for arch in sorted({str(r.get("config", {}).get("arch", "?")) for r in rows}):
+        k = torch.tensor([str(r.get("config", {}).get("arch", "?")) == arch for r in rows])
+        out[arch] = {"tasks": int(k.sum()), "target": float(y[k].mean()), "applied": float(applied[k].mean())}
+    return out
+
+
+def untold_shift_for(learned: LearnedUpdate, ctx: torch.Tensor, wanted: torch.Tensor, steps: int,
+                     iters: int = 60) -> torch.Tensor:
+    """``[N]``: the shift of the untold schedule's logit that gives tensors of readout contexts ``ctx`` ``[N]``
+    the mean log step ``wanted`` ``[N]`` over an untold run of ``steps`` steps (bisection within
+    ``+-3 lr_bound``; an unreachable value gets the nearest reachable one)."""
+    span = 3.0 * learned.cfg.lr_bound
+    lo = torch.full_like(wanted, -span, dtype=torch.float64)
+    hi = torch.full_like(wanted, span, dtype=torch.float64)
+    logit = learned.schedule_logit(torch.arange(1, steps + 1), None)
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        above = mean_log_step(learned, ctx.double() + mid, steps, logit) > wanted
+        hi, lo = torch.where(above, mid, hi), torch.where(above, lo, mid)
+    return (lo + hi) / 2
+
+
+def calibrate_untold(learned: LearnedUpdate, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Step 3 of ``horizon=untold``: shift the schedule of untold runs (in place) by the median over the rows of the
+    shift that gives each its wanted mean log step (``log_step + target_log_multiplier``), through the schedule's
+    bias, with the opposite shift on the weight of its "horizon known" flag: a told run's schedule logit is
+    unchanged. Rows: :func:`collect` with ``horizon=untold``. Returns the fit's record: the shift, the spread of
+    the rows' shifts, per architecture the mean target against the mean change of log step the shift gives."""
+    _check_readout(learned)
+    _check_untold(learned)
+    x, y, old = _row_tensors(learned, rows, told=False)
+    steps = [int(r["steps"]) for r in rows]
+    by_length = {n: torch.tensor([s == n for s in steps]) for n in sorted(set(steps))}
+    flag = STEP_FEATURES + len(learned.cfg.horizon_taus)  # the last step feature: 1 when told, else 0
+    with torch.no_grad():
+        ctx = learned.cfg.bound_readout(learned.lr_readout(x.to(learned.lr_readout.weight.dtype))[:, 0]).double()
+        shifts = torch.empty_like(old)
+        for n, k in by_length.items():
+            shifts[k] = untold_shift_for(learned, ctx[k], old[k] + y[k], n)
+        shift = float(shifts.median())
+        learned.lr_sched.bias += shift
+        learned.lr_sched.weight[0, flag] -= shift
+        applied = torch.empty_like(old)
+        for n, k in by_length.items():
+            applied[k] = mean_log_step(learned, ctx[k], n, told=False) - old[k]
+    return {"tasks": len(rows), "horizon": "untold", "untold_shift": shift,
+            "shift_quartiles": [float(q) for q in shifts.quantile(torch.tensor([0.25, 0.75], dtype=shifts.dtype))],
+            "target_mean": float(y.mean()), "target_std": float(y.std()), "applied_mean": float(applied.mean()),
+            "by_arch": _by_arch(rows, y, applied)}
+
+
+def calibrate(learned: LearnedUpdate, rows: list[dict[str, Any]], ridge: float,
+              readout_bound: float = 0.0, readout_bound_up: float = 0.0, per_task: bool = True) -> dict[str, Any]:
+    """Step 3: fit the rows' wanted mean log steps into ``learned``'s readout (in place; ``readout_bound > 0``
+    sets the readout's bound first, ``readout_bound_up > 0`` a separate upward one; ``per_task=False`` fits one
+    bias for all, the readout's weights zeroed). Each row needs
+    ``feature``, ``target_log_multiplier``, ``log_step`` and ``steps`` (:func:`collect`, :func:`annotate_rows`).
+    Returns the fit's record: weights' norm, intercept,
+    leave-one-out quality of the pre-activation change, targets' spread, and per architecture the mean target
+    against the mean change of log step the fitted readout gives the rows (``applied``: short of the target
+    where the bounds stop it)."""
+    _check_readout(learned)
+    x, y, old = _row_tensors(learned, rows, told=True)
     if readout_bound > 0 or readout_bound_up > 0:
         learned.cfg = dataclasses.replace(learned.cfg, readout_bound=float(readout_bound or learned.cfg.readout_bound),
                                           readout_bound_up=float(readout_bound_up))
@@ -369,10 +462,7 @@ def calibrate(learned: LearnedUpdate, rows: list[dict[str, Any]], ridge: float,
         applied = torch.empty_like(old)
         for n, k in by_length.items():
             applied[k] = mean_log_step(learned, learned.cfg.bound_readout(r_fit[k]), n) - old[k]
-    by_arch: dict[str, dict[str, float]] = {}
-    for arch in sorted({str(r.get("config", {}).get("arch", "?")) for r in rows}):
-        k = torch.tensor([str(r.get("config", {}).get("arch", "?")) == arch for r in rows])
-        by_arch[arch] = {"tasks": int(k.sum()), "target": float(y[k].mean()), "applied": float(applied[k].mean())}
+    by_arch = _by_arch(rows, y, applied)
     return {"tasks": len(rows), "ridge": ridge, "per_task": per_task, "readout_bound": learned.cfg.readout_bound,
             "readout_bound_up": learned.cfg.readout_bound_up, "weight_l1": float(w.abs().sum()),
             "intercept": c, "target_mean": float(y.mean()), "target_std": float(y.std()),
@@ -394,7 +484,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         learned = load_any(c.src)
         rows = load_rows(c.rows, learned) if c.rows else collect(learned, c, progress=progress)
-        fit = calibrate(learned, rows, c.ridge, c.readout_bound, c.readout_bound_up, c.per_task)
+        if c.horizon == "untold":
+            fit = calibrate_untold(learned, rows)
+        else:
+            fit = calibrate(learned, rows, c.ridge, c.readout_bound, c.readout_bound_up, c.per_task)
     finally:
         torch.set_num_threads(before)
     keys = _cfg.config_to_dict(c)
@@ -403,9 +496,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     atomic_write_text(Path(c.dst).with_suffix(".json"), json.dumps(record, indent=1))
     if not c.rows:
         progress.unlink(missing_ok=True)
-    loo = fit["leave_one_out"]
-    print(f"calibrated {c.src} on {len(rows)} tasks: target log multiplier {fit['target_mean']:+.2f} +- "
-          f"{fit['target_std']:.2f}, leave-one-out R^2 {loo['r2']:.2f} (corr {loo['corr']:.2f}); wrote {c.dst}")
+    head = (f"calibrated {c.src} on {len(rows)} tasks: target log multiplier {fit['target_mean']:+.2f} +- "
+            f"{fit['target_std']:.2f}, ")
+    if c.horizon == "untold":
+        q = fit["shift_quartiles"]
+        print(head + f"untold schedule shifted by {fit['untold_shift']:+.2f} (tasks' shifts {q[0]:+.2f} to "
+              f"{q[1]:+.2f}, quartiles); wrote {c.dst}")
+    else:
+        loo = fit["leave_one_out"]
+        print(head + f"leave-one-out R^2 {loo['r2']:.2f} (corr {loo['corr']:.2f}); wrote {c.dst}")
     for arch, a in fit["by_arch"].items():
         print(f"  {arch}: {a['tasks']} tasks, mean target {a['target']:+.2f}, applied {a['applied']:+.2f}")
     return record

@@ -13,6 +13,7 @@ from meta_train.calibrate import (
     annotate_rows,
     best_log_multiplier,
     calibrate,
+    calibrate_untold,
     collect,
     context_for,
     leave_one_out,
@@ -50,11 +51,12 @@ def test_ridge_fit_recovers_a_linear_relation():
     assert leave_one_out(x, noise, 1.0)["r2"] < 0.2  # nothing to predict: no skill out of sample
 
 
-def _rows(learned, n=12, scale=1.0, steps=50, seed=1):
+def _rows(learned, n=12, scale=1.0, steps=50, seed=1, told=True):
     g = torch.Generator().manual_seed(seed)
     feats = torch.randn(n, learned.lr_readout.in_features, generator=g)
     rows = [{"feature": f.tolist(), "target_log_multiplier": float(scale * (f[0] - 0.5 * f[1])) / 4,
-             "config": {"arch": "mlp" if i % 2 else "cnn"}} for i, f in enumerate(feats)]
+             "config": {"arch": "mlp" if i % 2 else "cnn"}, **({} if told else {"told": False})}
+            for i, f in enumerate(feats)]
     annotate_rows(rows, learned, steps)
     return rows, feats
 
@@ -99,6 +101,43 @@ def test_calibrate_moves_the_mean_log_step_by_the_target():
         calibrate(learned, nan_rows, ridge=1e-3)
     with pytest.raises(ValueError, match="annotate_rows"):
         calibrate(learned, [{"feature": [0.0] * feats.shape[1], "target_log_multiplier": 0.0}] * 3, ridge=1.0)
+
+
+def test_untold_calibration_moves_untold_runs_and_leaves_told_ones():
+    learned = fresh_learned_update("v2_cosine_bounded")
+    rows, feats = _rows(learned, told=False)
+    for r in rows:
+        r["target_log_multiplier"] = 0.4  # every task wants a 1.5x larger step when untold
+    t = torch.arange(1, 301)
+    told_before, untold_before = learned.schedule_logit(t, 300), learned.schedule_logit(t, None)
+    readout = {k: v.clone() for k, v in learned.lr_readout.state_dict().items()}
+    with torch.no_grad():
+        ctx = learned.cfg.bound_readout(learned.lr_readout(feats)[:, 0])
+    before = mean_log_step(learned, ctx, 50, told=False)
+    assert torch.allclose(before, torch.tensor([r["log_step"] for r in rows], dtype=torch.float64))
+    fit = calibrate_untold(learned, rows)
+    assert fit["untold_shift"] > 0.4  # the bound's tanh: more logit than log step
+    assert torch.allclose(learned.schedule_logit(t, 300), told_before, atol=1e-6)  # told runs unchanged
+    assert torch.allclose(learned.schedule_logit(t, None), untold_before + fit["untold_shift"], atol=1e-6)
+    assert all(torch.equal(v, readout[k]) for k, v in learned.lr_readout.state_dict().items())
+    change = mean_log_step(learned, ctx, 50, told=False) - before
+    assert torch.allclose(change, torch.full_like(change, 0.4), atol=0.05)
+    assert fit["applied_mean"] == pytest.approx(0.4, abs=0.02) and set(fit["by_arch"]) == {"cnn", "mlp"}
+    q = fit["shift_quartiles"]
+    assert q[0] <= fit["untold_shift"] <= q[1]
+
+
+def test_told_and_untold_rows_do_not_mix():
+    learned = fresh_learned_update("v2_cosine_bounded")
+    told_rows, _ = _rows(learned)
+    untold_rows, _ = _rows(learned, told=False)
+    with pytest.raises(ValueError, match="measured on told runs; a horizon=untold fit"):
+        calibrate_untold(learned, told_rows)
+    with pytest.raises(ValueError, match="measured on untold runs; a horizon=told fit"):
+        calibrate(learned, untold_rows, ridge=1.0)
+    learned.cfg = dataclasses.replace(learned.cfg, horizon_taus=())
+    with pytest.raises(ValueError, match="needs a learned update with horizon features"):
+        calibrate_untold(learned, untold_rows)
 
 
 def test_per_task_false_fits_one_step_level_for_all():
@@ -175,6 +214,12 @@ def test_collect_small(tmp_path):
         assert math.log(0.5) - 1e-9 <= r["target_log_multiplier"] <= math.log(2.0) + 1e-9
         assert r["steps"] == 8 and math.isfinite(r["log_step"])
     assert not learned.lr_readout._forward_hooks  # the feature hook is removed
+    untold = collect(learned, dataclasses.replace(c, horizon="untold"), log=lambda *_: None)[0]
+    assert untold["told"] is False and untold["task"] == rows[0]["task"] and rows[0]["told"] is True
+    assert untold["losses"] != rows[0]["losses"]  # runs without the horizon: another schedule
+    with torch.no_grad():
+        ctx = learned.cfg.bound_readout(learned.lr_readout(torch.tensor([untold["feature"]]))[:, 0])
+    assert untold["log_step"] == pytest.approx(float(mean_log_step(learned, ctx, 8, told=False)[0]))
 
 
 def test_collect_resumes_from_its_progress_file(tmp_path, monkeypatch):
@@ -202,6 +247,7 @@ def test_collect_resumes_from_its_progress_file(tmp_path, monkeypatch):
 @pytest.mark.parametrize("args, match", [(["multipliers=0.5,2,4"], "contains 1"), (["multipliers=2,1,4"], "increasing"),
                                          (["train_seed=0"], "train_seed"), (["train_seed=999"], "train_seed"),
                                          (["ridge=0"], "ridge"), (["readout_bound=-1"], "readout_bound"),
+                                         (["horizon=sometimes"], "horizon"),
                                          ([], "dst")])
 def test_bad_keys(args, match):
     with pytest.raises(ValueError, match=match):
