@@ -14,7 +14,8 @@ For each checkpoint (a shipped name, a path, a meta-training run's ``ckpt.pt``/`
   (``refs_from``; those a run computed) or are computed here.
 * ``train_family``: the meta-objective's own quantity on tasks drawn from the training family (``tasks`` draws
   of ``family`` with the run's input-scale augmentation, fixed ``sample_seed``), each trained ``steps`` steps
-  told its horizon (seed 0): the mean of ``log((L + 0.01) / log(classes))`` of the final full-training-set loss. If a
+  told its horizon (seed 0; ``told=false``: both parts without it): the mean of
+  ``log((L + 0.01) / log(classes))`` of the final full-training-set loss. If a
   run improves this but not ``validation``, its training distribution is the problem; if neither, its
   meta-gradient is (noise moves the meta-parameters as much as signal).
 * per task, each checkpoint against the first: how many tasks it has the lower value on.
@@ -66,6 +67,8 @@ class MetaProgressConfig:
         sample_seed: seed of the task draws.
         out: JSON output (the markdown goes next to it, ``.md``).
         threads: torch intra-op threads.
+        told: tell every run its horizon (``total_steps``), as a run validates; ``false`` scores the untold path
+            (what a user who passes nothing gets) against the same references.
     """
 
     ckpts: tuple[str, ...] = ("fresh:v2_cosine", "v2_cosine_pes_100")
@@ -79,6 +82,7 @@ class MetaProgressConfig:
     sample_seed: int = 12345
     out: str = "benchmarks/results/meta_progress.json"
     threads: int = 1
+    told: bool = True
 
     def __post_init__(self) -> None:
         _cfg.check_types(self)
@@ -109,13 +113,15 @@ def family_tasks(cfg: MetaProgressConfig) -> list[TaskConfig]:
     return [sample_group(cfg.family, gen, 1, input_scale=cfg.input_scale)[0] for _ in range(cfg.tasks)]
 
 
-def family_values(learned: LearnedUpdate, tasks: Sequence[TaskConfig], steps: int, seed: int) -> list[float]:
+def family_values(learned: LearnedUpdate, tasks: Sequence[TaskConfig], steps: int, seed: int,
+                  told: bool = True) -> list[float]:
     """Per task, ``log((L + c) / log(classes))`` of the final training loss after ``steps`` steps (3 if it
-    diverged)."""
+    diverged); ``told``: the runs are told ``total_steps``."""
     out = []
     for tc in tasks:
         task = Task(tc)
-        r = train_run(task, lambda m: NeuralGraphOptimizer.for_module(m, copy.deepcopy(learned), total_steps=steps),
+        r = train_run(task, lambda m: NeuralGraphOptimizer.for_module(m, copy.deepcopy(learned),
+                                                                      total_steps=steps if told else None),
                       steps, seed)
         out.append(math.log((r.final_loss + LOSS_OFFSET) / task.loss_scale) if math.isfinite(r.final_loss) else 3.0)
     return out
@@ -133,7 +139,8 @@ def references(cfg: MetaProgressConfig) -> list[dict]:
 
 
 def markdown(rows: list[dict], cfg: MetaProgressConfig) -> str:
-    lines = [f"validation: {cfg.validate_seeds} seeds, {cfg.validate_steps} steps (lower is better, 0 = tuned Adam). "
+    lines = [("Runs told `total_steps`. " if cfg.told else "Runs **not** told `total_steps` (the untold path). ") +
+             f"validation: {cfg.validate_seeds} seeds, {cfg.validate_steps} steps (lower is better, 0 = tuned Adam). "
              f"train_family: {cfg.tasks} tasks of `{cfg.family}` (input scale x{cfg.input_scale:g}), {cfg.steps} "
              "steps, mean log((L + 0.01) / L_0) of the final loss. Per task: where it is lower than the first "
              "checkpoint's.", "",
@@ -153,8 +160,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     rows: list[dict] = []
     for ckpt in cfg.ckpts:
         learned = load(ckpt)
-        val = validation_score(learned, refs, cfg.validate_steps, seeds=cfg.validate_seeds)
-        fam = family_values(learned, tasks, cfg.steps, seed=0)
+        val = validation_score(learned, refs, cfg.validate_steps, seeds=cfg.validate_seeds, told=cfg.told)
+        fam = family_values(learned, tasks, cfg.steps, seed=0, told=cfg.told)
         val_tasks = [t["log_ratio"] for t in val["tasks"]]
         first = rows[0] if rows else None
         rows.append({"ckpt": ckpt, "validation": val["score"], "validation_tasks": val["tasks"],

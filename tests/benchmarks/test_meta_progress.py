@@ -30,6 +30,24 @@ def test_scores_and_per_task_counts(tmp_path: Path):
         mod.MetaProgressConfig(ckpts=("y",), tasks=3))  # a fixed draw
 
 
+def test_told_false_scores_the_untold_path(tmp_path: Path):
+    # the untold schedule 100x lower, the told one as it was (the flag's weight takes the bias change back)
+    slow = mod.load("fresh:v2_cosine_bounded")
+    with torch.no_grad():
+        slow.lr_sched.bias.sub_(5.0)
+        slow.lr_sched.weight[0, -1].add_(5.0)
+    save_checkpoint(slow, tmp_path / "untold_slow.pt")
+    keys = ["ckpts=fresh:v2_cosine_bounded," + str(tmp_path / "untold_slow.pt"), "validate_steps=10",
+            "validate_seeds=1", "tasks=2", "steps=20"]
+    told = mod.main([*keys, f"out={tmp_path / 't.json'}"])["rows"]
+    untold = mod.main([*keys, "told=false", f"out={tmp_path / 'u.json'}"])["rows"]
+    assert told[1]["validation"] == pytest.approx(told[0]["validation"], abs=1e-4)
+    assert told[1]["train_family"] == pytest.approx(told[0]["train_family"], abs=1e-4)
+    assert untold[1]["validation"] > untold[0]["validation"] and untold[1]["train_family_lower"] == "0/2"
+    assert untold[0]["validation"] != pytest.approx(told[0]["validation"], abs=1e-3)  # another schedule
+    assert (tmp_path / "u.md").read_text().startswith("Runs **not** told `total_steps`")
+
+
 @pytest.mark.parametrize("bad, match", [("ckpts=fresh:v9", "fresh:ARCH"), ("tasks=0", "tasks=0"),
                                         ("family=nope", "family")])
 def test_bad_keys_raise(bad: str, match: str, tmp_path: Path):
