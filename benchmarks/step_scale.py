@@ -12,7 +12,8 @@ it never saw, and its step can be off by orders of magnitude. For each checkpoin
 model with ``NeuralGraphOptimizer.for_module`` **without** ``total_steps`` (the ``for_module`` default, what a
 user who passes nothing gets; ``told=true``: with ``total_steps=steps``) and, in the same process, with Adam at lr 1e-3 and 1e-2, and reports:
 
-* the per-tensor step ``lr * base_lr * e**sigma`` (v2; from the optimizer's public diagnostics) at the first
+* the per-tensor step ``lr * base_lr * e**sigma`` (v2, times the checkpoint's size prior
+  ``NeuralGraphOptimizer.size_scale``; from the optimizer's public diagnostics) at the first
   step: median and maximum over the tensors, and the step with a zero readout (the schedule's alone);
 * the loss before and after ``steps`` steps, in eval mode on the training batches (BatchNorm's running
   statistics must follow the weights) -- the set-up of ``tests/optim/test_batchnorm.py`` -- over ``seeds``
@@ -170,7 +171,7 @@ def tensor_steps(opt: NeuralGraphOptimizer, learned: LearnedUpdate, total: int |
     if not sig:
         return None
     base = learned.cfg.base_lr
-    lr = float(opt.param_groups[0]["lr"])
+    lr = float(opt.param_groups[0]["lr"]) * opt.size_scale  # the checkpoint's size prior, if it has one
     steps = [lr * base * float(torch.tensor(s).exp()) for s in sig]
     return {"median_step": statistics.median(steps), "max_step": max(steps), "min_step": min(steps),
             "schedule_step": lr * float(learned.schedule(torch.tensor([step / (total or 1000)]), total=total)[0]),

@@ -9,24 +9,38 @@ records the source.
 whose ``u`` sits far beyond ``mag_clip`` is clipped everywhere, so its step is the bound itself and
 meta-gradients through the magnitude vanish; a ``SCALE < 1`` and a negative ``SHIFT`` bring ``u`` back inside
 the bound, where meta-training can move it.
+
+``size_prior=REF,POWER`` gives the checkpoint a size prior (``LearnedUpdateConfig.size_ref``/``size_power``): on a
+model of ``N > REF`` parameters the optimizer multiplies its ``lr`` by ``(N / REF) ** -POWER``. ``mag_clip=0``
+keeps the source's bound (then a size prior is needed: something to derive). Example::
+
+    lopt-derive src=v2_calibrated3 dst=runs/c3_size.pt size_prior=100000,0.25
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lopt_graphs import config as _cfg
-from lopt_graphs.optim import save_checkpoint
+from lopt_graphs.optim import LearnedUpdate, save_checkpoint
 from lopt_graphs.optim.checkpoint import read_checkpoint
 
 from .trainer import initial_learned_update
 
 
-def derive(src: str, dst: str | Path, mag_clip: float, mag_affine: tuple[float, float] | None = None) -> None:
-    if not mag_clip > 0:
-        raise ValueError(f"Invalid mag_clip: {mag_clip} (expected > 0)")
+def derive(src: str, dst: str | Path, mag_clip: float, mag_affine: tuple[float, float] | None = None,
+           size_prior: tuple[int, float] | None = None) -> None:
+    """Write ``dst``: ``src`` with ``mag_clip`` (``0`` keeps the source's when ``size_prior`` is given), its log
+    step mapped by ``mag_affine`` and a size prior ``(size_ref, size_power)``; ``meta`` records what changed."""
+    if not (mag_clip > 0 or (mag_clip == 0 and size_prior is not None)):
+        raise ValueError(f"Invalid mag_clip: {mag_clip} (expected > 0, or 0 to keep the source's with a size_prior)")
+    if size_prior is not None:
+        ref, power = size_prior
+        if not (float(ref).is_integer() and ref > 0 and math.isfinite(power) and power > 0):
+            raise ValueError(f"Invalid size_prior: ({ref}, {power}) (expected REF,POWER: a number of parameters > 0 "
+                             "and an exponent > 0)")
     if mag_affine is not None:
         scale, shift = (float(v) for v in mag_affine)
         if not (scale > 0 and math.isfinite(scale) and math.isfinite(shift)):  # before reading the source
@@ -38,6 +52,13 @@ def derive(src: str, dst: str | Path, mag_clip: float, mag_affine: tuple[float, 
     if mag_affine is not None:
         learned.affine_log_step_(scale, shift)
         meta["mag_affine"] = [scale, shift]
+    if mag_clip == 0:
+        del meta["mag_clip"]
+    if size_prior is not None:
+        sized = LearnedUpdate(replace(learned.cfg, size_ref=int(ref), size_power=float(power)))
+        sized.load_state_dict(learned.state_dict())
+        learned = sized
+        meta["size_prior"] = [int(ref), float(power)]
     save_checkpoint(learned, dst, meta=meta)
 
 
@@ -48,8 +69,10 @@ class DeriveConfig:
     Attributes:
         src: checkpoint path or shipped name.
         dst: output path.
-        mag_clip: bound of the learned log step multiplier (> 0).
+        mag_clip: bound of the learned log step multiplier (> 0; 0 keeps the source's, with a ``size_prior``).
         mag_affine: ``SCALE,SHIFT``: map the log step multiplier ``u`` to ``SCALE * u + SHIFT`` (empty: keep).
+        size_prior: ``REF,POWER``: ``lr`` times ``(N / REF) ** -POWER`` on models of ``N > REF`` parameters
+            (empty: keep the source's).
         threads: torch intra-op threads (1, as every command; ``0`` keeps torch's default).
     """
 
@@ -57,12 +80,15 @@ class DeriveConfig:
     dst: str = ""
     mag_clip: float = 0.0
     mag_affine: tuple[float, ...] = ()
+    size_prior: tuple[float, ...] = ()
     threads: int = 1
 
     def __post_init__(self) -> None:
         _cfg.check_types(self)
         if len(self.mag_affine) not in (0, 2):
             _cfg.bad_value("mag_affine", self.mag_affine, "SCALE,SHIFT (two floats) or empty")
+        if len(self.size_prior) not in (0, 2):
+            _cfg.bad_value("size_prior", self.size_prior, "REF,POWER (two numbers) or empty")
         if self.threads < 0:
             _cfg.bad_value("threads", self.threads, "an integer >= 0 (0 keeps torch's default)")
 
@@ -76,9 +102,12 @@ def main(argv: list[str] | None = None) -> None:
         raise ValueError("lopt-derive needs src=CHECKPOINT and dst=PATH")
     _cfg.set_threads(c.threads)
     affine = (c.mag_affine[0], c.mag_affine[1]) if c.mag_affine else None
-    derive(c.src, c.dst, c.mag_clip, affine)
+    size = (c.size_prior[0], c.size_prior[1]) if c.size_prior else None
+    derive(c.src, c.dst, c.mag_clip, affine, size)
     extra = f", log step u -> {affine[0]:g} u + {affine[1]:g}" if affine else ""
-    print(f"wrote {c.dst} ({c.src} with mag_clip={c.mag_clip}{extra})")
+    extra += f", lr x (N / {size[0]:g}) ** -{size[1]:g} above {size[0]:g} parameters" if size else ""
+    clip = f"mag_clip={c.mag_clip}" if c.mag_clip else "its mag_clip"
+    print(f"wrote {c.dst} ({c.src} with {clip}{extra})")
 
 
 if __name__ == "__main__":

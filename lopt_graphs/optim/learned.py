@@ -60,6 +60,11 @@ class LearnedUpdateConfig:
             both ways. Needs ``readout_bound > 0``.
         use_graph: ``False`` drops the encoder (the "FF" ablation: a per-parameter learned optimizer whose
             head sees no neuron context; node terms are learned per-kind constants).
+        size_ref: the size prior's reference, in parameters: on a model of ``N > size_ref`` parameters the
+            optimizer multiplies its ``lr`` by ``(N / size_ref) ** -size_power`` (a model far larger than
+            meta-training's wants smaller steps than the learned update extrapolates to; measured by
+            ``lopt-step-scale``); ``0``: no size prior.
+        size_power: the exponent of the size prior (``>= 0``; needs ``size_ref > 0`` when ``> 0``).
     """
 
     encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(
@@ -79,6 +84,8 @@ class LearnedUpdateConfig:
     readout_bound: float = 0.0
     readout_bound_up: float = 0.0
     use_graph: bool = True
+    size_ref: int = 0
+    size_power: float = 0.0
 
     def __post_init__(self) -> None:
         if self.encoder.node_in != len(FEATURES) or self.encoder.edge_in != len(FEATURES):
@@ -103,9 +110,23 @@ class LearnedUpdateConfig:
         if not (math.isfinite(self.readout_bound_up) and self.readout_bound_up >= 0):
             raise ValueError(f"Invalid readout_bound_up: {self.readout_bound_up} (expected a finite float >= 0; 0 "
                              "uses readout_bound both ways)")
+        if isinstance(self.size_ref, bool) or not isinstance(self.size_ref, int) or self.size_ref < 0:
+            raise ValueError(f"Invalid size_ref: {self.size_ref!r} (expected an int >= 0, a number of parameters; 0: "
+                             "no size prior)")
+        if not (math.isfinite(self.size_power) and self.size_power >= 0):
+            raise ValueError(f"Invalid size_power: {self.size_power} (expected a finite float >= 0)")
+        if self.size_power > 0 and self.size_ref == 0:
+            raise ValueError(f"size_power={self.size_power} needs a size_ref > 0 (the model size it applies above)")
         if self.readout_bound_up > 0 and self.readout_bound == 0:
             raise ValueError(f"readout_bound_up={self.readout_bound_up} needs a readout_bound > 0 (the downward "
                              "bound); an unbounded readout has no upward bound either")
+
+    def size_factor(self, num_params: int) -> float:
+        """The size prior's ``lr`` multiplier on a model of ``num_params`` parameters: ``(N / size_ref) **
+        -size_power`` above ``size_ref``, else 1 (and 1 without a size prior)."""
+        if self.size_ref == 0 or num_params <= self.size_ref:
+            return 1.0
+        return (num_params / self.size_ref) ** -self.size_power
 
     @property
     def readout_bounds(self) -> tuple[float, float] | None:

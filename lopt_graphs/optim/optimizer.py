@@ -41,7 +41,9 @@ class NeuralGraphOptimizer(Optimizer):
             Sequential-like model); use :meth:`for_module` for exact wiring of residual nets and norms.
         ckpt: learned weights: a checkpoint path, a checkpoint dict, the name of a shipped checkpoint, a
             :class:`LearnedUpdate`, or ``None`` for the default shipped checkpoint.
-        lr: multiplier of the learned step size (default 1.0; ``lr=1`` is the meta-trained setting).
+        lr: multiplier of the learned step size (default 1.0; ``lr=1`` is the meta-trained setting). A checkpoint
+            with a size prior (``size_ref``, ``size_power`` in its config) multiplies it by :attr:`size_scale` on
+            models larger than ``size_ref`` parameters.
         betas: timescales of the Adam-like momentum and the second moment.
         eps: numerical floor of the second moment.
         weight_decay: decoupled weight decay.
@@ -124,6 +126,7 @@ class NeuralGraphOptimizer(Optimizer):
         self._given_specs = list(_specs or [])
         self._names: list[list[str]] = []
         self._given_names: list[list[str]] = list(_names or [])
+        self._num_params = 0
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, encoder_every=encoder_every,
                         total_steps=total_steps)
         super().__init__(params, defaults)
@@ -182,9 +185,16 @@ class NeuralGraphOptimizer(Optimizer):
                           f"traces the wiring", UserWarning, stacklevel=4)
         super().add_param_group(param_group)
         self._specs.append(spec)
+        self._num_params += sum(p.numel() for p in params)
         names = self._given_names[idx] if idx < len(self._given_names) else [f"group{idx}.param{i}"
                                                                                for i in range(len(params))]
         self._names.append(names)
+
+    @property
+    def size_scale(self) -> float:
+        """The checkpoint's size prior on this optimizer's model (its parameters in all groups): the factor every
+        group's ``lr`` is multiplied by at each step, ``1.0`` within the prior's ``size_ref`` or without one."""
+        return self.learned.cfg.size_factor(self._num_params)
 
     def graph_spec(self, group: int = 0) -> GraphSpec:
         """The cached graph spec of parameter group ``group``."""
@@ -291,6 +301,7 @@ class NeuralGraphOptimizer(Optimizer):
         diag = None
         if self.record_diagnostics:
             self.last_diagnostics = []
+        scale = self.size_scale
         offsets = [0]
         for grads in all_grads:
             offsets.append(offsets[-1] + len(grads))
@@ -304,11 +315,12 @@ class NeuralGraphOptimizer(Optimizer):
                 self.learned.to(device)
             spec = self._specs[gi].to(device)
             base = set(spec.scale_invariant) if self.bn_weights == "base" else set()
+            lr = group["lr"] * scale if scale != 1.0 else group["lr"]
             fast = self._fast(gi, params, grads, spec)
             if fast is not None:  # in place, the base step included
                 states = [self.state[p] if g is not None or p in self.state else {} for p, g in zip(params, grads)]
                 with flush_subnormals():
-                    fast(self.learned, spec, [p.detach() for p in params], grads, states, lr=group["lr"],
+                    fast(self.learned, spec, [p.detach() for p in params], grads, states, lr=lr,
                          betas=group["betas"], eps=group["eps"], weight_decay=group["weight_decay"],
                          total_steps=group.get("total_steps"), base=base, cache=self._fast_cache.setdefault(gi, {}),
                          gnorms=norms[offsets[gi]: offsets[gi + 1]])
@@ -317,12 +329,12 @@ class NeuralGraphOptimizer(Optimizer):
             states = [dict(self.state[p]) if p in self.state else {} for p in params]
             new_params, new_states = ngo_update(
                 self.learned, spec, [p.detach() for p in params], grads, states,
-                lr=group["lr"], betas=group["betas"], eps=group["eps"], weight_decay=group["weight_decay"],
+                lr=lr, betas=group["betas"], eps=group["eps"], weight_decay=group["weight_decay"],
                 encoder_every=group["encoder_every"], total_steps=group.get("total_steps"),
                 diagnostics=diag, _fns=self._compiled())
             if diag is not None:
                 self.last_diagnostics.extend(diag)
-            eta = group["lr"] * self.learned.cfg.base_lr
+            eta = lr * self.learned.cfg.base_lr
             for j, (p, g, n, s) in enumerate(zip(params, grads, new_params, new_states)):
                 if g is not None:
                     if j in base:

@@ -49,7 +49,8 @@ def test_ngo_lr_makes_labelled_runs_with_that_multiplier(tmp_path: Path):
 
 
 @pytest.mark.parametrize("kw, match", [({"steps": 5}, "steps=5"), ({"trained_acc": 0.5}, "trained_acc"),
-                                       ({"adam_lrs": (0.0,)}, "adam_lrs"), ({"adam_lrs": (float("inf"),)}, "adam_lrs"), ({"ckpts": (), "adam_lrs": ()}, "ckpts")])
+                                       ({"adam_lrs": (0.0,)}, "adam_lrs"), ({"adam_lrs": (float("inf"),)}, "adam_lrs"),
+                                       ({"ckpts": (), "adam_lrs": ()}, "ckpts")])
 def test_config_errors_name_the_key(kw, match):
     with pytest.raises(ValueError, match=match):
         mod.HFBertConfig(**kw)
