@@ -26,10 +26,9 @@ activation and batch size do). So this stage measures it directly:
    steps by a third of the target or less).
 
 ``horizon=untold`` calibrates the other half of the update, runs that are not told ``total_steps`` (a user who
-passes nothing): the runs of step 1 go without the horizon, and the fit is one shift of the learned schedule's
-log step on such runs, the median over the tasks of the shift that gives each its wanted mean log step. It
-moves the schedule's bias and takes the same amount off the weight of its "horizon known" flag, so a told run's
-schedule (and with it every told result of ``src``) is unchanged; the readout is left alone.
+passes nothing): the runs of step 1 go without the horizon, and the fit goes into a second readout that only
+such runs read (``LearnedUpdateConfig.untold_readout``; added as a copy of the readout when ``src`` has none),
+through the untold schedule. A told run (and with it every told result of ``src``) is unchanged.
 
 Rows measured before (``rows=A.json,B.json``: records of earlier runs, on learned updates with this encoder)
 replace the collection; rows without ``log_step`` get it from their record's ``src``.
@@ -68,7 +67,6 @@ from lopt_graphs import config as _cfg
 from lopt_graphs.evaluation import train_run
 from lopt_graphs.io import atomic_write_text
 from lopt_graphs.optim import LearnedUpdate, save_checkpoint
-from lopt_graphs.optim.learned import STEP_FEATURES
 
 from .tasks import num_params, sample_task
 
@@ -102,7 +100,7 @@ class CalibrateConfig(_cfg.CheckedConfig):
         per_task: ``False`` zeroes the readout's weights and fits only its bias: one step level for every tensor
             of every task, the ablation of what the encoder's per-task information is worth.
         horizon: ``told`` (runs told ``total_steps``; the fit moves the readout) or ``untold`` (runs without it;
-            the fit shifts the schedule of untold runs only, see the module docstring).
+            the fit moves the untold readout, see the module docstring).
     """
 
     src: str = "v2_cosine_pes_100_bounded"
@@ -307,14 +305,16 @@ def mean_log_step(learned: LearnedUpdate, ctx: torch.Tensor, steps: int,
     return (learned.cfg.lr_bound * torch.tanh(s / learned.cfg.lr_bound)).mean(1)
 
 
-def context_for(learned: LearnedUpdate, wanted: torch.Tensor, steps: int, iters: int = 60) -> torch.Tensor:
-    """``[N]``: the readout contexts whose :func:`mean_log_step` is ``wanted`` ``[N]`` (bisection), kept within
-    95% of the readout's bounds (``+-10`` when unbounded): an unreachable value gets the nearest reachable one."""
+def context_for(learned: LearnedUpdate, wanted: torch.Tensor, steps: int, iters: int = 60,
+                told: bool = True) -> torch.Tensor:
+    """``[N]``: the readout contexts whose :func:`mean_log_step` (of a told run, or an untold one) is ``wanted``
+    ``[N]`` (bisection), kept within 95% of the readout's bounds (``+-10`` when unbounded): an unreachable value
+    gets the nearest reachable one."""
     bounds = learned.cfg.readout_bounds
     low, high = (-0.95 * bounds[0], 0.95 * bounds[1]) if bounds else (-10.0, 10.0)
     lo = torch.full_like(wanted, low, dtype=torch.float64)
     hi = torch.full_like(wanted, high, dtype=torch.float64)
-    logit = learned.schedule_logit(torch.arange(1, steps + 1), steps)  # once, not per bisection step
+    logit = learned.schedule_logit(torch.arange(1, steps + 1), steps if told else None)  # once
     for _ in range(iters):
         mid = (lo + hi) / 2
         above = mean_log_step(learned, mid, steps, logit) > wanted
@@ -329,15 +329,17 @@ def annotate_rows(rows: list[dict[str, Any]], source: LearnedUpdate, steps: int)
     _check_readout(source)
     x = torch.tensor([r["feature"] for r in rows], dtype=source.lr_readout.weight.dtype)
     told = torch.tensor([r.get("told", True) for r in rows])
+    untold_readout = source.lr_readout_untold if source.cfg.untold_readout else source.lr_readout
     with torch.no_grad():
         ctx = source.cfg.bound_readout(source.lr_readout(x)[:, 0])
-        ls = torch.where(told, mean_log_step(source, ctx, steps), mean_log_step(source, ctx, steps, told=False))
+        ctx_untold = source.cfg.bound_readout(untold_readout(x)[:, 0])
+        ls = torch.where(told, mean_log_step(source, ctx, steps), mean_log_step(source, ctx_untold, steps, told=False))
     for r, v in zip(rows, ls.tolist()):
         r["steps"], r["log_step"] = steps, v
 
 
 #: Meta-parameters a calibration may differ in from the update its rows were measured on (the step size's).
-STEP_SIZE_PARAMS = ("lr_readout.", "lr_sched.")
+STEP_SIZE_PARAMS = ("lr_readout.", "lr_readout_untold.", "lr_sched.")
 
 
 def same_encoder(a: LearnedUpdate, b: LearnedUpdate) -> bool:
@@ -384,86 +386,49 @@ def _by_arch(rows: list[dict[str, Any]], y: torch.Tensor, applied: torch.Tensor)
     return out
 
 
-def untold_shift_for(learned: LearnedUpdate, ctx: torch.Tensor, wanted: torch.Tensor, steps: int,
-                     iters: int = 60) -> torch.Tensor:
-    """``[N]``: the shift of the untold schedule's logit that gives tensors of readout contexts ``ctx`` ``[N]``
-    the mean log step ``wanted`` ``[N]`` over an untold run of ``steps`` steps (bisection within
-    ``+-3 lr_bound``; an unreachable value gets the nearest reachable one)."""
-    span = 3.0 * learned.cfg.lr_bound
-    lo = torch.full_like(wanted, -span, dtype=torch.float64)
-    hi = torch.full_like(wanted, span, dtype=torch.float64)
-    logit = learned.schedule_logit(torch.arange(1, steps + 1), None)
-    for _ in range(iters):
-        mid = (lo + hi) / 2
-        above = mean_log_step(learned, ctx.double() + mid, steps, logit) > wanted
-        hi, lo = torch.where(above, mid, hi), torch.where(above, lo, mid)
-    return (lo + hi) / 2
-
-
-def calibrate_untold(learned: LearnedUpdate, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Step 3 of ``horizon=untold``: shift the schedule of untold runs (in place) by the median over the rows of the
-    shift that gives each its wanted mean log step (``log_step + target_log_multiplier``), through the schedule's
-    bias, with the opposite shift on the weight of its "horizon known" flag: a told run's schedule logit is
-    unchanged. Rows: :func:`collect` with ``horizon=untold``. Returns the fit's record: the shift, the spread of
-    the rows' shifts, per architecture the mean target against the mean change of log step the shift gives."""
-    _check_readout(learned)
-    _check_untold(learned)
-    x, y, old = _row_tensors(learned, rows, told=False)
-    steps = [int(r["steps"]) for r in rows]
-    by_length = {n: torch.tensor([s == n for s in steps]) for n in sorted(set(steps))}
-    flag = STEP_FEATURES + len(learned.cfg.horizon_taus)  # the last step feature: 1 when told, else 0
-    with torch.no_grad():
-        ctx = learned.cfg.bound_readout(learned.lr_readout(x.to(learned.lr_readout.weight.dtype))[:, 0]).double()
-        shifts = torch.empty_like(old)
-        for n, k in by_length.items():
-            shifts[k] = untold_shift_for(learned, ctx[k], old[k] + y[k], n)
-        shift = float(shifts.median())
-        learned.lr_sched.bias += shift
-        learned.lr_sched.weight[0, flag] -= shift
-        applied = torch.empty_like(old)
-        for n, k in by_length.items():
-            applied[k] = mean_log_step(learned, ctx[k], n, told=False) - old[k]
-    return {"tasks": len(rows), "horizon": "untold", "untold_shift": shift,
-            "shift_quartiles": [float(q) for q in shifts.quantile(torch.tensor([0.25, 0.75], dtype=shifts.dtype))],
-            "target_mean": float(y.mean()), "target_std": float(y.std()), "applied_mean": float(applied.mean()),
-            "by_arch": _by_arch(rows, y, applied)}
-
-
 def calibrate(learned: LearnedUpdate, rows: list[dict[str, Any]], ridge: float,
-              readout_bound: float = 0.0, readout_bound_up: float = 0.0, per_task: bool = True) -> dict[str, Any]:
+              readout_bound: float = 0.0, readout_bound_up: float = 0.0, per_task: bool = True,
+              told: bool = True) -> dict[str, Any]:
     """Step 3: fit the rows' wanted mean log steps into ``learned``'s readout (in place; ``readout_bound > 0``
     sets the readout's bound first, ``readout_bound_up > 0`` a separate upward one; ``per_task=False`` fits one
-    bias for all, the readout's weights zeroed). Each row needs
+    bias for all, the readout's weights zeroed). ``told=False``: rows of untold runs, fitted into the untold
+    readout (added first as a copy of the readout, :meth:`~lopt_graphs.optim.LearnedUpdate.add_untold_readout_`;
+    told runs are unchanged). Each row needs
     ``feature``, ``target_log_multiplier``, ``log_step`` and ``steps`` (:func:`collect`, :func:`annotate_rows`).
     Returns the fit's record: weights' norm, intercept,
     leave-one-out quality of the pre-activation change, targets' spread, and per architecture the mean target
     against the mean change of log step the fitted readout gives the rows (``applied``: short of the target
     where the bounds stop it)."""
     _check_readout(learned)
-    x, y, old = _row_tensors(learned, rows, told=True)
+    x, y, old = _row_tensors(learned, rows, told=told)
+    if not told:
+        _check_untold(learned)
+        learned.add_untold_readout_()
+    readout = learned.lr_readout if told else learned.lr_readout_untold
     if readout_bound > 0 or readout_bound_up > 0:
         learned.cfg = dataclasses.replace(learned.cfg, readout_bound=float(readout_bound or learned.cfg.readout_bound),
                                           readout_bound_up=float(readout_bound_up))
     if not per_task:
         with torch.no_grad():
-            learned.lr_readout.weight.zero_()
+            readout.weight.zero_()
         x = torch.zeros_like(x)  # no feature: the fit is the intercept alone
     steps = [int(r["steps"]) for r in rows]
     by_length = {n: torch.tensor([s == n for s in steps]) for n in sorted(set(steps))}  # rows sharing a schedule
     with torch.no_grad():
-        r_now = learned.lr_readout(x.to(learned.lr_readout.weight.dtype))[:, 0].double()
+        r_now = readout(x.to(readout.weight.dtype))[:, 0].double()
         r_new = torch.empty_like(r_now)
         for n, k in by_length.items():
-            r_new[k] = learned.cfg.unbound_readout(context_for(learned, old[k] + y[k], n))
+            r_new[k] = learned.cfg.unbound_readout(context_for(learned, old[k] + y[k], n, told=told))
         w, c = ridge_fit(x, r_new - r_now, ridge)
-        learned.lr_readout.weight += w.to(learned.lr_readout.weight.dtype)[None]
-        learned.lr_readout.bias += c
-        r_fit = learned.lr_readout(x.to(learned.lr_readout.weight.dtype))[:, 0]
+        readout.weight += w.to(readout.weight.dtype)[None]
+        readout.bias += c
+        r_fit = readout(x.to(readout.weight.dtype))[:, 0]
         applied = torch.empty_like(old)
         for n, k in by_length.items():
-            applied[k] = mean_log_step(learned, learned.cfg.bound_readout(r_fit[k]), n) - old[k]
+            applied[k] = mean_log_step(learned, learned.cfg.bound_readout(r_fit[k]), n, told=told) - old[k]
     by_arch = _by_arch(rows, y, applied)
-    return {"tasks": len(rows), "ridge": ridge, "per_task": per_task, "readout_bound": learned.cfg.readout_bound,
+    return {"tasks": len(rows), "horizon": "told" if told else "untold", "ridge": ridge, "per_task": per_task,
+            "readout_bound": learned.cfg.readout_bound,
             "readout_bound_up": learned.cfg.readout_bound_up, "weight_l1": float(w.abs().sum()),
             "intercept": c, "target_mean": float(y.mean()), "target_std": float(y.std()),
             "applied_mean": float(applied.mean()), "by_arch": by_arch,
@@ -484,10 +449,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         learned = load_any(c.src)
         rows = load_rows(c.rows, learned) if c.rows else collect(learned, c, progress=progress)
-        if c.horizon == "untold":
-            fit = calibrate_untold(learned, rows)
-        else:
-            fit = calibrate(learned, rows, c.ridge, c.readout_bound, c.readout_bound_up, c.per_task)
+        fit = calibrate(learned, rows, c.ridge, c.readout_bound, c.readout_bound_up, c.per_task,
+                        told=c.horizon == "told")
     finally:
         torch.set_num_threads(before)
     keys = _cfg.config_to_dict(c)
@@ -496,15 +459,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     atomic_write_text(Path(c.dst).with_suffix(".json"), json.dumps(record, indent=1))
     if not c.rows:
         progress.unlink(missing_ok=True)
-    head = (f"calibrated {c.src} on {len(rows)} tasks: target log multiplier {fit['target_mean']:+.2f} +- "
-            f"{fit['target_std']:.2f}, ")
-    if c.horizon == "untold":
-        q = fit["shift_quartiles"]
-        print(head + f"untold schedule shifted by {fit['untold_shift']:+.2f} (tasks' shifts {q[0]:+.2f} to "
-              f"{q[1]:+.2f}, quartiles); wrote {c.dst}")
-    else:
-        loo = fit["leave_one_out"]
-        print(head + f"leave-one-out R^2 {loo['r2']:.2f} (corr {loo['corr']:.2f}); wrote {c.dst}")
+    loo = fit["leave_one_out"]
+    print(f"calibrated {c.src} ({c.horizon} runs) on {len(rows)} tasks: target log multiplier "
+          f"{fit['target_mean']:+.2f} +- {fit['target_std']:.2f}, leave-one-out R^2 {loo['r2']:.2f} "
+          f"(corr {loo['corr']:.2f}); wrote {c.dst}")
     for arch, a in fit["by_arch"].items():
         print(f"  {arch}: {a['tasks']} tasks, mean target {a['target']:+.2f}, applied {a['applied']:+.2f}")
     return record

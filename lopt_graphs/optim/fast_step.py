@@ -57,7 +57,7 @@ from torch import Tensor
 
 from ..graph import GraphSpec
 from . import native
-from .functional import FEATURE_CLIP, compute_dtype, head_view, init_state
+from .functional import FEATURE_CLIP, compute_dtype, head_view, init_state, readout_context
 from .learned import HeadWeights, LearnedUpdate
 
 #: Parameter groups holding a parameter with at least this many entries take the fast path.
@@ -366,7 +366,7 @@ class _Group:
                  eps: float, total: int | None, base: Collection[int], lr: float | Tensor, cache: dict | None,
                  gnorms: Sequence[Tensor | None] | None, all_norms: bool = False):
         cfg = learned.cfg
-        self.cfg, self.betas, self.momenta = cfg, betas, cfg.momenta
+        self.cfg, self.betas, self.momenta, self.total = cfg, betas, cfg.momenta, total
         self.active = [i for i, g in enumerate(grads) if g is not None]
         for i in self.active:
             if not states[i]:
@@ -415,7 +415,8 @@ class _Group:
     def log_steps(self) -> None:
         """v2: each head parameter's step size ``eta e**sigma`` (one host read), from its state's ``ctx_lr``."""
         if self.cfg.tensor_lr and self.heads:
-            sig = torch.stack([_log_step(self.params[i].hw, self.params[i].sc, self.params[i].st.get("ctx_lr", 0.0))
+            sig = torch.stack([_log_step(self.params[i].hw, self.params[i].sc,
+                                         readout_context(self.params[i].st, self.total))
                                for i in self.heads])
             self.etas.update(zip(self.heads, (torch.exp(sig.to(torch.float64)) * self.eta).tolist()))
 
@@ -558,7 +559,7 @@ def fast_param_step(hw: HeadWeights, p: Tensor, g: Tensor, st: dict[str, Tensor]
         cdt = compute_dtype(p)
         rms = tuple(math.sqrt(float(torch.linalg.vector_norm(x, dtype=cdt)) ** 2 / x.numel() + 1e-12) for x in (p, g))
         if hw.lr_w is not None:
-            eta = eta * torch.exp(_log_step(hw, sc, st.get("ctx_lr", 0.0)))
+            eta = eta * torch.exp(_log_step(hw, sc, readout_context(st, total)))
     prm = _Param(hw, p, g, st, kind, view, sc, rms, base, {})
     scratch = _Scratch(prm.per * prm.row, hw.w1.shape[0], st["v"].dtype, hw.w1.dtype, p.device)
     out_scale = torch.tensor([[hw.dir_scale], [hw.mag_scale]], dtype=hw.w1.dtype, device=hw.w1.device)
@@ -579,6 +580,7 @@ def random_state(p: Tensor, kind: str, view: tuple[int, ...], hdim: int, tensor_
         st["ctx"] = torch.randn(hdim, view[0], generator=gen)
     if tensor_lr and kind != "free":
         st["ctx_lr"] = torch.randn((), generator=gen)
+        st["ctx_lr_untold"] = torch.randn((), generator=gen)  # read by untold runs of an untold readout
     return st
 
 

@@ -159,8 +159,10 @@ def node_contexts(learned: LearnedUpdate, spec: GraphSpec, feats: Sequence[Tenso
             out.append({})
             continue
         if cfg.tensor_lr:  # invariant: means over the tensor's neurons
-            r = learned.lr_readout(torch.cat([rows.mean(0), cols.mean(0)]))[0]
-            out[-1]["ctx_lr"] = cfg.bound_readout(r)
+            inp = torch.cat([rows.mean(0), cols.mean(0)])
+            out[-1]["ctx_lr"] = cfg.bound_readout(learned.lr_readout(inp)[0])
+            if cfg.untold_readout:
+                out[-1]["ctx_lr_untold"] = cfg.bound_readout(learned.lr_readout_untold(inp)[0])
     return out
 
 
@@ -295,7 +297,7 @@ def apply_update(hw: HeadWeights, p: Tensor, xs: list[Tensor], adam_dir: Tensor,
     sb = torch.nn.functional.linear(sf, hw.step_w, hw.step_b)
     sigma = None
     if hw.lr_w is not None:  # learned per-tensor log step, softly bounded
-        s = (sf * hw.lr_w).sum() + hw.lr_b + st.get("ctx_lr", 0.0)
+        s = (sf * hw.lr_w).sum() + hw.lr_b + readout_context(st, total)
         sigma = hw.lr_bound * torch.tanh(s / hw.lr_bound)
         eta = eta * torch.exp(sigma)
     if stacked:
@@ -314,6 +316,14 @@ def apply_update(hw: HeadWeights, p: Tensor, xs: list[Tensor], adam_dir: Tensor,
         ctx = lambda h: 0.0  # noqa: E731
     o_dir, o_mag = head([x.to(wdtype).reshape(view) for x in xs], ctx, hw, sb)
     return _finish(hw, p, adam_dir, o_dir, o_mag, eta, weight_decay, sigma, diagnostics)
+
+
+def readout_context(st: dict[str, Tensor], total: float | None) -> Tensor | float:
+    """A parameter's readout share of its per-tensor log step (v2): ``ctx_lr``, or in a run not told its horizon
+    (``total`` None) ``ctx_lr_untold`` when the update has an untold readout; ``0.0`` before any."""
+    if total is None and "ctx_lr_untold" in st:
+        return st["ctx_lr_untold"]
+    return st.get("ctx_lr", 0.0)
 
 
 def _stacked_ctx(st: dict[str, Tensor], kind: str, view: tuple[int, ...]) -> Tensor | float:

@@ -65,6 +65,10 @@ class LearnedUpdateConfig:
             meta-training's wants smaller steps than the learned update extrapolates to; measured by
             ``lopt-step-scale``); ``0``: no size prior.
         size_power: the exponent of the size prior (``>= 0``; needs ``size_ref > 0`` when ``> 0``).
+        untold_readout: a second readout of the per-tensor step (``lr_readout_untold``, the same inputs) that
+            replaces ``lr_readout`` in runs not told their horizon (``total_steps=None``): the step level a tensor
+            wants differs between a run with a learned decay and one without (``lopt-calibrate horizon=untold``
+            fits it). Needs ``tensor_lr``, ``use_graph`` and ``horizon_taus``.
     """
 
     encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(
@@ -86,6 +90,7 @@ class LearnedUpdateConfig:
     use_graph: bool = True
     size_ref: int = 0
     size_power: float = 0.0
+    untold_readout: bool = False
 
     def __post_init__(self) -> None:
         if self.encoder.node_in != len(FEATURES) or self.encoder.edge_in != len(FEATURES):
@@ -115,6 +120,9 @@ class LearnedUpdateConfig:
                              "no size prior)")
         if not (math.isfinite(self.size_power) and self.size_power >= 0):
             raise ValueError(f"Invalid size_power: {self.size_power} (expected a finite float >= 0)")
+        if self.untold_readout and not (self.tensor_lr and self.use_graph and self.horizon_taus):
+            raise ValueError("untold_readout=True needs tensor_lr=True, use_graph=True and horizon_taus (a readout of "
+                             "the graph encoder, and horizon features that tell told runs from untold ones)")
         if self.size_power > 0 and self.size_ref == 0:
             raise ValueError(f"size_power={self.size_power} needs a size_ref > 0 (the model size it applies above)")
         if self.readout_bound_up > 0 and self.readout_bound == 0:
@@ -240,6 +248,10 @@ class LearnedUpdate(nn.Module):
                 self.lr_readout = nn.Linear(2 * d, 1)
                 nn.init.zeros_(self.lr_readout.weight)
                 nn.init.zeros_(self.lr_readout.bias)
+                if cfg.untold_readout:  # runs without total_steps read this one instead
+                    self.lr_readout_untold = nn.Linear(2 * d, 1)
+                    nn.init.zeros_(self.lr_readout_untold.weight)
+                    nn.init.zeros_(self.lr_readout_untold.bias)
             self.lr_sched = nn.Linear(ns, 1)  # global schedule over the step / horizon features
             nn.init.zeros_(self.lr_sched.weight)
             nn.init.constant_(self.lr_sched.bias, cfg.lr_init)
@@ -300,6 +312,27 @@ class LearnedUpdate(nn.Module):
         dtype = self.lr_sched.weight.dtype
         feats = torch.stack([step_features(x, total, self.cfg.horizon_taus) for x in steps.to(dtype)])
         return self.lr_sched(feats)[:, 0].detach()
+
+    @torch.no_grad()
+    def add_untold_readout_(self) -> "LearnedUpdate":
+        """Give the update its ``untold_readout`` (in place; a copy of ``lr_readout``, so every run steps as
+        before until it is fitted). Nothing to do when it has one. Returns ``self``.
+
+        Raises:
+            ValueError: for an update without a graph readout or horizon features.
+        """
+        if self.cfg.untold_readout:
+            return self
+        from dataclasses import replace
+
+        cfg = replace(self.cfg, untold_readout=True)  # checks the requirements
+        readout = getattr(self, "lr_readout", None)
+        if readout is None:
+            raise ValueError("add_untold_readout_() needs a learned update with a per-tensor step readout")
+        self.lr_readout_untold = nn.Linear(readout.in_features, 1).to(readout.weight)
+        self.lr_readout_untold.load_state_dict(readout.state_dict())
+        self.cfg = cfg
+        return self
 
     @torch.no_grad()
     def affine_log_step_(self, scale: float, shift: float) -> "LearnedUpdate":

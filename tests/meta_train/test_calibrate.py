@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -13,7 +14,6 @@ from meta_train.calibrate import (
     annotate_rows,
     best_log_multiplier,
     calibrate,
-    calibrate_untold,
     collect,
     context_for,
     leave_one_out,
@@ -103,28 +103,56 @@ def test_calibrate_moves_the_mean_log_step_by_the_target():
         calibrate(learned, [{"feature": [0.0] * feats.shape[1], "target_log_multiplier": 0.0}] * 3, ridge=1.0)
 
 
-def test_untold_calibration_moves_untold_runs_and_leaves_told_ones():
+def test_untold_calibration_fits_an_untold_readout_and_leaves_told_runs():
     learned = fresh_learned_update("v2_cosine_bounded")
     rows, feats = _rows(learned, told=False)
-    for r in rows:
-        r["target_log_multiplier"] = 0.4  # every task wants a 1.5x larger step when untold
+    told_readout = {k: v.clone() for k, v in learned.lr_readout.state_dict().items()}
     t = torch.arange(1, 301)
-    told_before, untold_before = learned.schedule_logit(t, 300), learned.schedule_logit(t, None)
-    readout = {k: v.clone() for k, v in learned.lr_readout.state_dict().items()}
+    sched = (learned.schedule_logit(t, 300), learned.schedule_logit(t, None))
     with torch.no_grad():
-        ctx = learned.cfg.bound_readout(learned.lr_readout(feats)[:, 0])
-    before = mean_log_step(learned, ctx, 50, told=False)
+        before = mean_log_step(learned, learned.cfg.bound_readout(learned.lr_readout(feats)[:, 0]), 50, told=False)
     assert torch.allclose(before, torch.tensor([r["log_step"] for r in rows], dtype=torch.float64))
-    fit = calibrate_untold(learned, rows)
-    assert fit["untold_shift"] > 0.4  # the bound's tanh: more logit than log step
-    assert torch.allclose(learned.schedule_logit(t, 300), told_before, atol=1e-6)  # told runs unchanged
-    assert torch.allclose(learned.schedule_logit(t, None), untold_before + fit["untold_shift"], atol=1e-6)
-    assert all(torch.equal(v, readout[k]) for k, v in learned.lr_readout.state_dict().items())
-    change = mean_log_step(learned, ctx, 50, told=False) - before
-    assert torch.allclose(change, torch.full_like(change, 0.4), atol=0.05)
-    assert fit["applied_mean"] == pytest.approx(0.4, abs=0.02) and set(fit["by_arch"]) == {"cnn", "mlp"}
-    q = fit["shift_quartiles"]
-    assert q[0] <= fit["untold_shift"] <= q[1]
+    fit = calibrate(learned, rows, ridge=1e-3, told=False)
+    assert learned.cfg.untold_readout and fit["horizon"] == "untold" and fit["weight_l1"] > 0.1
+    assert all(torch.equal(v, told_readout[k]) for k, v in learned.lr_readout.state_dict().items())  # told: as was
+    assert torch.equal(learned.schedule_logit(t, 300), sched[0]) and torch.equal(learned.schedule_logit(t, None), sched[1])
+    with torch.no_grad():
+        after = mean_log_step(learned, learned.cfg.bound_readout(learned.lr_readout_untold(feats)[:, 0]), 50, told=False)
+    target = torch.tensor([r["target_log_multiplier"] for r in rows], dtype=torch.float64)
+    assert torch.allclose(after - before, target, atol=0.02)
+    # rows measured on the calibrated update read its untold readout: nothing left to move
+    again = [{k: v for k, v in r.items() if k not in ("log_step", "steps")} for r in rows]
+    annotate_rows(again, learned, 50)
+    assert torch.allclose(torch.tensor([r["log_step"] for r in again], dtype=torch.float64), after, atol=1e-6)
+
+
+def test_an_untold_readout_steps_untold_runs_only():
+    from torch import nn
+
+    from lopt_graphs.optim import NeuralGraphOptimizer
+
+    learned = fresh_learned_update("v2_cosine_bounded")
+    plain = copy.deepcopy(learned)
+    learned.add_untold_readout_()
+    with torch.no_grad():
+        learned.lr_readout_untold.bias.fill_(-1.0)  # untold runs: a smaller step
+
+    def train(lu, total):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+        opt = NeuralGraphOptimizer(model.parameters(), copy.deepcopy(lu), total_steps=total)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(4):
+            x, y = torch.randn(8, 6, generator=g), torch.randint(0, 3, (8,), generator=g)
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        return [p.detach() for p in model.parameters()]
+
+    assert all(torch.equal(a, b) for a, b in zip(train(learned, 20), train(plain, 20)))  # told: the same
+    moved = [(a - b).abs().max() for a, b in zip(train(learned, None), train(plain, None))]
+    assert max(moved) > 1e-4
+    assert learned.add_untold_readout_() is learned and learned.lr_readout_untold.bias.item() == -1.0  # kept
 
 
 def test_told_and_untold_rows_do_not_mix():
@@ -132,12 +160,12 @@ def test_told_and_untold_rows_do_not_mix():
     told_rows, _ = _rows(learned)
     untold_rows, _ = _rows(learned, told=False)
     with pytest.raises(ValueError, match="measured on told runs; a horizon=untold fit"):
-        calibrate_untold(learned, told_rows)
+        calibrate(learned, told_rows, ridge=1.0, told=False)
     with pytest.raises(ValueError, match="measured on untold runs; a horizon=told fit"):
         calibrate(learned, untold_rows, ridge=1.0)
     learned.cfg = dataclasses.replace(learned.cfg, horizon_taus=())
     with pytest.raises(ValueError, match="needs a learned update with horizon features"):
-        calibrate_untold(learned, untold_rows)
+        calibrate(learned, untold_rows, ridge=1.0, told=False)
 
 
 def test_per_task_false_fits_one_step_level_for_all():

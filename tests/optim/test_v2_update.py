@@ -212,3 +212,24 @@ def test_fresh_v2_cosine_starts_at_the_prior():
                                learned.schedule(torch.linspace(0, 1, 41), total=1000))
     with pytest.raises(ValueError, match="Unknown learned-update architecture 'v3'"):
         fresh_learned_update("v3")
+
+
+def test_an_untold_readout_round_trips_and_needs_a_graph_readout(tmp_path):
+    import dataclasses
+
+    from lopt_graphs.optim import load_learned_update, save_checkpoint
+    from lopt_graphs.optim.fast_step import fast_step_agrees
+    from lopt_graphs.optim.learned import LearnedUpdateConfig
+
+    learned = _random_v2().add_untold_readout_()
+    with torch.no_grad():
+        learned.lr_readout_untold.weight.normal_(0, 0.5)
+    save_checkpoint(learned, tmp_path / "u.pt")
+    back = load_learned_update(str(tmp_path / "u.pt"))
+    assert back.cfg.untold_readout
+    torch.testing.assert_close(back.lr_readout_untold.weight, learned.lr_readout_untold.weight.to(back.lr_readout_untold.weight))
+    assert fast_step_agrees(back)  # the fast path reads the untold readout's context as the reference does
+    with pytest.raises(ValueError, match="untold_readout=True needs"):
+        dataclasses.replace(v2_config(use_graph=False), untold_readout=True)
+    with pytest.raises(ValueError, match="untold_readout=True needs"):
+        LearnedUpdateConfig(untold_readout=True)  # v1: no per-tensor step, no horizon features
