@@ -306,12 +306,13 @@ def mean_log_step(learned: LearnedUpdate, ctx: torch.Tensor, steps: int,
 
 
 def context_for(learned: LearnedUpdate, wanted: torch.Tensor, steps: int, iters: int = 60,
-                told: bool = True) -> torch.Tensor:
+                told: bool = True, offset: float = 0.0) -> torch.Tensor:
     """``[N]``: the readout contexts whose :func:`mean_log_step` (of a told run, or an untold one) is ``wanted``
-    ``[N]`` (bisection), kept within 95% of the readout's bounds (``+-10`` when unbounded): an unreachable value
-    gets the nearest reachable one."""
+    ``[N]`` (bisection), kept within 95% of the readout's bounds (``+-10`` when unbounded), moved by ``offset``
+    (an unbounded shift added after the bound): an unreachable value gets the nearest reachable one."""
     bounds = learned.cfg.readout_bounds
     low, high = (-0.95 * bounds[0], 0.95 * bounds[1]) if bounds else (-10.0, 10.0)
+    low, high = low + offset, high + offset
     lo = torch.full_like(wanted, low, dtype=torch.float64)
     hi = torch.full_like(wanted, high, dtype=torch.float64)
     logit = learned.schedule_logit(torch.arange(1, steps + 1), steps if told else None)  # once
@@ -329,17 +330,18 @@ def annotate_rows(rows: list[dict[str, Any]], source: LearnedUpdate, steps: int)
     _check_readout(source)
     x = torch.tensor([r["feature"] for r in rows], dtype=source.lr_readout.weight.dtype)
     told = torch.tensor([r.get("told", True) for r in rows])
-    untold_readout = source.lr_readout_untold if source.cfg.untold_readout else source.lr_readout
+    untold = source.cfg.untold_readout
     with torch.no_grad():
         ctx = source.cfg.bound_readout(source.lr_readout(x)[:, 0])
-        ctx_untold = source.cfg.bound_readout(untold_readout(x)[:, 0])
+        ctx_untold = (source.cfg.bound_readout(source.lr_readout_untold(x)[:, 0]) + source.lr_untold_shift
+                      if untold else ctx)
         ls = torch.where(told, mean_log_step(source, ctx, steps), mean_log_step(source, ctx_untold, steps, told=False))
     for r, v in zip(rows, ls.tolist()):
         r["steps"], r["log_step"] = steps, v
 
 
 #: Meta-parameters a calibration may differ in from the update its rows were measured on (the step size's).
-STEP_SIZE_PARAMS = ("lr_readout.", "lr_readout_untold.", "lr_sched.")
+STEP_SIZE_PARAMS = ("lr_readout.", "lr_readout_untold.", "lr_untold_shift", "lr_sched.")
 
 
 def same_encoder(a: LearnedUpdate, b: LearnedUpdate) -> bool:
@@ -386,14 +388,44 @@ def _by_arch(rows: list[dict[str, Any]], y: torch.Tensor, applied: torch.Tensor)
     return out
 
 
+#: Shifts of the untold readout (``lr_untold_shift``) a ``horizon=untold`` fit tries: the one whose bounded
+#: readout fit leaves the smallest squared error on the rows wins.
+UNTOLD_SHIFTS = tuple(round(0.1 * k, 1) for k in range(-20, 21))
+
+
+def _fit_readout(learned: LearnedUpdate, readout: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor,
+                 old: torch.Tensor, steps: list[int], ridge: float, told: bool, offset: float = 0.0,
+                 ) -> tuple[torch.Tensor, float, torch.Tensor, torch.Tensor]:
+    """Fit ``readout`` (in place) so the rows' mean log steps move by their targets, through its bound and, for
+    untold runs, the unbounded ``offset`` added after it. Returns ``(w, b, wanted pre-activation change,
+    applied change of mean log step)``."""
+    by_length = {n: torch.tensor([s == n for s in steps]) for n in sorted(set(steps))}  # rows sharing a schedule
+    with torch.no_grad():
+        r_now = readout(x.to(readout.weight.dtype))[:, 0].double()
+        r_new = torch.empty_like(r_now)
+        for n, k in by_length.items():
+            ctx = context_for(learned, old[k] + y[k], n, told=told, offset=offset)
+            r_new[k] = learned.cfg.unbound_readout(ctx - offset)
+        w, c = ridge_fit(x, r_new - r_now, ridge)
+        readout.weight += w.to(readout.weight.dtype)[None]
+        readout.bias += c
+        r_fit = readout(x.to(readout.weight.dtype))[:, 0]
+        applied = torch.empty_like(old)
+        for n, k in by_length.items():
+            ctx = learned.cfg.bound_readout(r_fit[k]).double() + offset
+            applied[k] = mean_log_step(learned, ctx, n, told=told) - old[k]
+    return w, c, r_new - r_now, applied
+
+
 def calibrate(learned: LearnedUpdate, rows: list[dict[str, Any]], ridge: float,
               readout_bound: float = 0.0, readout_bound_up: float = 0.0, per_task: bool = True,
               told: bool = True) -> dict[str, Any]:
     """Step 3: fit the rows' wanted mean log steps into ``learned``'s readout (in place; ``readout_bound > 0``
     sets the readout's bound first, ``readout_bound_up > 0`` a separate upward one; ``per_task=False`` fits one
     bias for all, the readout's weights zeroed). ``told=False``: rows of untold runs, fitted into the untold
-    readout (added first as a copy of the readout, :meth:`~lopt_graphs.optim.LearnedUpdate.add_untold_readout_`;
-    told runs are unchanged). Each row needs
+    readout (added first as a copy of the readout, :meth:`~lopt_graphs.optim.LearnedUpdate.add_untold_readout_`)
+    and its unbounded shift (the one of :data:`UNTOLD_SHIFTS` with the smallest squared error after the fit:
+    it moves the level where the bounded readout cannot); told runs are unchanged. Each row needs
     ``feature``, ``target_log_multiplier``, ``log_step`` and ``steps`` (:func:`collect`, :func:`annotate_rows`).
     Returns the fit's record: weights' norm, intercept,
     leave-one-out quality of the pre-activation change, targets' spread, and per architecture the mean target
@@ -413,26 +445,28 @@ def calibrate(learned: LearnedUpdate, rows: list[dict[str, Any]], ridge: float,
             readout.weight.zero_()
         x = torch.zeros_like(x)  # no feature: the fit is the intercept alone
     steps = [int(r["steps"]) for r in rows]
-    by_length = {n: torch.tensor([s == n for s in steps]) for n in sorted(set(steps))}  # rows sharing a schedule
-    with torch.no_grad():
-        r_now = readout(x.to(readout.weight.dtype))[:, 0].double()
-        r_new = torch.empty_like(r_now)
-        for n, k in by_length.items():
-            r_new[k] = learned.cfg.unbound_readout(context_for(learned, old[k] + y[k], n, told=told))
-        w, c = ridge_fit(x, r_new - r_now, ridge)
-        readout.weight += w.to(readout.weight.dtype)[None]
-        readout.bias += c
-        r_fit = readout(x.to(readout.weight.dtype))[:, 0]
-        applied = torch.empty_like(old)
-        for n, k in by_length.items():
-            applied[k] = mean_log_step(learned, learned.cfg.bound_readout(r_fit[k]), n, told=told) - old[k]
-    by_arch = _by_arch(rows, y, applied)
-    return {"tasks": len(rows), "horizon": "told" if told else "untold", "ridge": ridge, "per_task": per_task,
-            "readout_bound": learned.cfg.readout_bound,
+    record: dict[str, Any] = {}
+    if told:
+        w, c, dr, applied = _fit_readout(learned, readout, x, y, old, steps, ridge, True)
+    else:
+        start = {k: v.clone() for k, v in readout.state_dict().items()}
+        trials = []
+        for shift in UNTOLD_SHIFTS:
+            readout.load_state_dict(start)
+            _, _, _, applied = _fit_readout(learned, readout, x, y, old, steps, ridge, False, shift)
+            trials.append((float(((applied - y) ** 2).mean()), shift))
+        err, shift = min(trials)
+        readout.load_state_dict(start)
+        w, c, dr, applied = _fit_readout(learned, readout, x, y, old, steps, ridge, False, shift)
+        with torch.no_grad():
+            learned.lr_untold_shift.fill_(shift)
+        record = {"untold_shift": shift, "squared_error": err}
+    return {"tasks": len(rows), "horizon": "told" if told else "untold", **record, "ridge": ridge,
+            "per_task": per_task, "readout_bound": learned.cfg.readout_bound,
             "readout_bound_up": learned.cfg.readout_bound_up, "weight_l1": float(w.abs().sum()),
             "intercept": c, "target_mean": float(y.mean()), "target_std": float(y.std()),
-            "applied_mean": float(applied.mean()), "by_arch": by_arch,
-            "leave_one_out": leave_one_out(x, r_new - r_now, ridge)}
+            "applied_mean": float(applied.mean()), "by_arch": _by_arch(rows, y, applied),
+            "leave_one_out": leave_one_out(x, dr, ridge)}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

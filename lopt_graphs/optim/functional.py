@@ -162,7 +162,7 @@ def node_contexts(learned: LearnedUpdate, spec: GraphSpec, feats: Sequence[Tenso
             inp = torch.cat([rows.mean(0), cols.mean(0)])
             out[-1]["ctx_lr"] = cfg.bound_readout(learned.lr_readout(inp)[0])
             if cfg.untold_readout:
-                out[-1]["ctx_lr_untold"] = cfg.bound_readout(learned.lr_readout_untold(inp)[0])
+                out[-1]["ctx_lr_untold"] = cfg.bound_readout(learned.lr_readout_untold(inp)[0]) + learned.lr_untold_shift
     return out
 
 

@@ -65,10 +65,11 @@ class LearnedUpdateConfig:
             meta-training's wants smaller steps than the learned update extrapolates to; measured by
             ``lopt-step-scale``); ``0``: no size prior.
         size_power: the exponent of the size prior (``>= 0``; needs ``size_ref > 0`` when ``> 0``).
-        untold_readout: a second readout of the per-tensor step (``lr_readout_untold``, the same inputs) that
-            replaces ``lr_readout`` in runs not told their horizon (``total_steps=None``): the step level a tensor
-            wants differs between a run with a learned decay and one without (``lopt-calibrate horizon=untold``
-            fits it). Needs ``tensor_lr``, ``use_graph`` and ``horizon_taus``.
+        untold_readout: a second readout of the per-tensor step (``lr_readout_untold``, the same inputs, bounded
+            as the first, plus an unbounded shift ``lr_untold_shift``) that replaces ``lr_readout`` in runs not
+            told their horizon (``total_steps=None``): the step level a tensor wants differs between a run with
+            a learned decay and one without (``lopt-calibrate horizon=untold`` fits it). Needs ``tensor_lr``,
+            ``use_graph`` and ``horizon_taus``.
     """
 
     encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(
@@ -252,6 +253,7 @@ class LearnedUpdate(nn.Module):
                     self.lr_readout_untold = nn.Linear(2 * d, 1)
                     nn.init.zeros_(self.lr_readout_untold.weight)
                     nn.init.zeros_(self.lr_readout_untold.bias)
+                    self.lr_untold_shift = nn.Parameter(torch.zeros(()))
             self.lr_sched = nn.Linear(ns, 1)  # global schedule over the step / horizon features
             nn.init.zeros_(self.lr_sched.weight)
             nn.init.constant_(self.lr_sched.bias, cfg.lr_init)
@@ -331,6 +333,7 @@ class LearnedUpdate(nn.Module):
             raise ValueError("add_untold_readout_() needs a learned update with a per-tensor step readout")
         self.lr_readout_untold = nn.Linear(readout.in_features, 1).to(readout.weight)
         self.lr_readout_untold.load_state_dict(readout.state_dict())
+        self.lr_untold_shift = nn.Parameter(torch.zeros((), dtype=readout.weight.dtype, device=readout.weight.device))
         self.cfg = cfg
         return self
 

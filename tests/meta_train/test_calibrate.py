@@ -126,6 +126,21 @@ def test_untold_calibration_fits_an_untold_readout_and_leaves_told_runs():
     assert torch.allclose(torch.tensor([r["log_step"] for r in again], dtype=torch.float64), after, atol=1e-6)
 
 
+def test_the_untold_shift_reaches_levels_beyond_the_readouts_bound():
+    learned = fresh_learned_update("v2_cosine_bounded")
+    rows, feats = _rows(learned, told=False)
+    for r in rows:
+        r["target_log_multiplier"] = 1.2  # the readout's context would need ~1.9: beyond its bound, 1
+    assert learned.cfg.readout_bounds[1] == 1.0
+    fit = calibrate(learned, rows, ridge=1.0, told=False)
+    assert fit["untold_shift"] > 0.5 and float(learned.lr_untold_shift) == pytest.approx(fit["untold_shift"])
+    assert fit["applied_mean"] == pytest.approx(1.2, abs=0.05) and fit["squared_error"] < 0.01
+    again = [{k: v for k, v in r.items() if k not in ("log_step", "steps")} for r in rows]
+    annotate_rows(again, learned, 50)  # the shift is part of the untold context
+    moved = torch.tensor([a["log_step"] - r["log_step"] for a, r in zip(again, rows)])
+    assert torch.allclose(moved, torch.full_like(moved, 1.2), atol=0.1)
+
+
 def test_an_untold_readout_steps_untold_runs_only():
     from torch import nn
 
