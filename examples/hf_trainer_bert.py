@@ -7,7 +7,8 @@ Command::
 The BERT (``BertForSequenceClassification``, 2 layers, hidden 32) is built from a ``BertConfig``, so
 nothing is downloaded. The task is synthetic: a sequence of random tokens is labelled by whether its first
 token is in the lower half of the vocabulary (BERT's pooler reads the first position). The optimizer comes
-from ``NeuralGraphOptimizer.for_module(model)``: torch.fx traces BERT with
+from ``NeuralGraphOptimizer.for_module(model, total_steps=steps)`` (the ``Trainer``'s ``max_steps``: the
+default checkpoint learned its schedule from the fraction of training done): torch.fx traces BERT with
 its embeddings and self-attention blocks as unknown leaves (graph-free), and its dense and LayerNorm
 layers on the graph (see ``opt.describe()``). Needs ``pip install transformers`` (the ``models`` extra).
 Prints the first and last training losses and the accuracy on held-out sequences.
@@ -101,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """``[--config FILE] [key=value ...]`` (keys of :class:`HFExampleConfig`); returns what :func:`train` returns."""
     cfg = parse_command(HFExampleConfig, argv, __doc__.split("\n")[0])
     set_threads(cfg.threads)
-    return train(cfg.steps, cfg.seed)
+    return train(cfg.steps, cfg.seed, total_steps=cfg.steps)
 
 
 if __name__ == "__main__":

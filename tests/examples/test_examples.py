@@ -107,7 +107,7 @@ def test_lightning_module_with_scheduler_dict() -> None:
 def test_hf_trainer_tiny_bert() -> None:
     pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
-    out = _load("hf_trainer_bert").train(steps=40, quiet=True)
+    out = _load("hf_trainer_bert").train(steps=40, quiet=True, total_steps=40)  # as its main() does
     assert out["last_loss"] < 0.5 * out["first_loss"]
     assert out["test_accuracy"] > 0.9
     assert out["description"].totals()["edge"][0] >= 8  # dense layers of attention output, FFN, pooler, classifier

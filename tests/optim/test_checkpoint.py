@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pickle
 import re
@@ -79,7 +78,7 @@ def test_ckpt_forms(tmp_path, form):
 
 
 #: The shipped checkpoint the default names (see lopt_graphs/checkpoints/README.md).
-DEFAULT_SOURCE = "meta_tbptt_clip3_1875"
+DEFAULT_SOURCE = "v2_calibrated4"
 
 
 @pytest.mark.parametrize("ckpt", [None, "default"])
@@ -87,10 +86,13 @@ def test_default_checkpoint(ckpt):
     assert "default" in shipped_checkpoints()
     opt = NeuralGraphOptimizer(tiny_mlp().parameters(), ckpt)
     _same_weights(opt.learned, _default_weights())
-    # the default is meta-trained (non-zero output layer) with a bounded step multiplier
+    # the default is recipe v2, meta-trained and calibrated: a learned per-tensor step (schedule and readouts
+    # for told and untold runs) on an Adam-like direction, and a size prior above 100k parameters
     _same_weights(opt.learned, load_learned_update(DEFAULT_SOURCE))
-    assert torch.count_nonzero(opt.learned.w2) > 0
-    assert opt.learned.cfg == dataclasses.replace(LearnedUpdateConfig(), mag_clip=3.0)
+    cfg = opt.learned.cfg
+    assert cfg.tensor_lr and cfg.horizon_taus and cfg.untold_readout and (cfg.size_ref, cfg.size_power) == (100000, 0.25)
+    assert torch.count_nonzero(opt.learned.lr_readout.weight) > 0 and torch.count_nonzero(opt.learned.lr_readout_untold.weight) > 0
+    assert not torch.equal(opt.learned.lr_readout.weight, opt.learned.lr_readout_untold.weight)
 
 
 def test_meta_trained_checkpoint_is_shipped():
@@ -109,6 +111,19 @@ def test_calibrated_v2_checkpoint_records_its_recipe():
     cal = meta["calibration"]
     assert meta["derived_from"] == "meta_train/resume/v4_transformers_best900.pt"
     assert (cal["readout_bound"], cal["readout_bound_up"], cal["tasks"], len(cal["rows"])) == (2.0, 1.5, 192, 4)
+
+
+def test_the_new_default_records_its_recipe():
+    """``v2_calibrated4``: ``v2_calibrated3`` for told runs, its untold calibration and size prior in the file."""
+    told, new = load_learned_update("v2_calibrated3"), load_learned_update("v2_calibrated4")
+    sd = new.state_dict()
+    assert all(torch.equal(v, sd[k]) for k, v in told.state_dict().items())  # every told meta-parameter as it was
+    assert set(sd) - set(told.state_dict()) == {"lr_readout_untold.weight", "lr_readout_untold.bias", "lr_untold_shift"}
+    import lopt_graphs.optim.checkpoint as ck
+    meta = torch.load(ck.CHECKPOINT_DIR / "v2_calibrated4.pt", weights_only=True)["meta"]
+    assert meta["derived_from"] == "v2_calibrated3" and meta["size_prior"] == [100000, 0.25]
+    assert meta["calibration_untold"]["horizon"] == "untold" and meta["calibration_untold"]["tasks"] == 48
+    assert meta["calibration_told"]["tasks"] == 192
 
 
 def test_shipped_file_loads_with_weights_only():
