@@ -77,6 +77,8 @@ class NeuralGraphOptimizer(Optimizer):
     Attributes:
         learned: the :class:`LearnedUpdate` (meta-parameters; not optimizer state, not in ``state_dict``).
         nonfinite_steps: number of steps skipped because a gradient held NaN or Inf.
+        size_scale: the checkpoint's size prior on this model (read-only): every group's ``lr`` is multiplied by
+            it; 1.0 on models within the prior's ``size_ref`` parameters (100,000 for the default) or without one.
     """
 
     def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], ckpt: CkptLike = None, *,
