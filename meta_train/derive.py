@@ -48,12 +48,12 @@ def derive(src: str, dst: str | Path, mag_clip: float, mag_affine: tuple[float, 
                              "finite SHIFT)")
     obj = read_checkpoint(src)
     learned = initial_learned_update(obj, mag_clip)
-    meta = {**(obj.get("meta") or {}), "derived_from": str(src), "mag_clip": float(mag_clip)}
+    meta = {**(obj.get("meta") or {}), "derived_from": str(src)}
+    if mag_clip > 0:  # 0 keeps the source's bound, and whatever its meta says about it
+        meta["mag_clip"] = float(mag_clip)
     if mag_affine is not None:
         learned.affine_log_step_(scale, shift)
         meta["mag_affine"] = [scale, shift]
-    if mag_clip == 0:
-        del meta["mag_clip"]
     if size_prior is not None:
         sized = LearnedUpdate(replace(learned.cfg, size_ref=int(ref), size_power=float(power)))
         sized.load_state_dict(learned.state_dict())

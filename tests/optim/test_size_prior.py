@@ -92,6 +92,9 @@ def test_derive_writes_a_size_prior_and_keeps_the_weights(tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
     meta = read_checkpoint(str(tmp_path / "s.pt"))["meta"]
     assert meta["size_prior"] == [100000, 0.25] and meta["derived_from"] == "v2_calibrated3" and "mag_clip" not in meta
+    derive("meta_tbptt_1100_clip3", tmp_path / "v1.pt", 0.0, size_prior=(1000, 0.5))  # its meta records mag_clip 3
+    v1_meta = read_checkpoint(str(tmp_path / "v1.pt"))["meta"]
+    assert v1_meta["mag_clip"] == 3.0 == load_learned_update(str(tmp_path / "v1.pt")).cfg.mag_clip  # kept, not dropped
     with pytest.raises(ValueError, match="Invalid size_prior"):
         derive("v2_calibrated3", tmp_path / "t.pt", 0.0, size_prior=(100000, -1.0))
     with pytest.raises(ValueError, match="Invalid mag_clip: 0"):
