@@ -330,11 +330,9 @@ def annotate_rows(rows: list[dict[str, Any]], source: LearnedUpdate, steps: int)
     _check_readout(source)
     x = torch.tensor([r["feature"] for r in rows], dtype=source.lr_readout.weight.dtype)
     told = torch.tensor([r.get("told", True) for r in rows])
-    untold = source.cfg.untold_readout
     with torch.no_grad():
-        ctx = source.cfg.bound_readout(source.lr_readout(x)[:, 0])
-        ctx_untold = (source.cfg.bound_readout(source.lr_readout_untold(x)[:, 0]) + source.lr_untold_shift
-                      if untold else ctx)
+        ctx, ctx_untold = source.readout_contexts(x)
+        ctx_untold = ctx if ctx_untold is None else ctx_untold
         ls = torch.where(told, mean_log_step(source, ctx, steps), mean_log_step(source, ctx_untold, steps, told=False))
     for r, v in zip(rows, ls.tolist()):
         r["steps"], r["log_step"] = steps, v

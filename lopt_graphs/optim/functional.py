@@ -159,10 +159,10 @@ def node_contexts(learned: LearnedUpdate, spec: GraphSpec, feats: Sequence[Tenso
             out.append({})
             continue
         if cfg.tensor_lr:  # invariant: means over the tensor's neurons
-            inp = torch.cat([rows.mean(0), cols.mean(0)])
-            out[-1]["ctx_lr"] = cfg.bound_readout(learned.lr_readout(inp)[0])
-            if cfg.untold_readout:
-                out[-1]["ctx_lr_untold"] = cfg.bound_readout(learned.lr_readout_untold(inp)[0]) + learned.lr_untold_shift
+            told, untold = learned.readout_contexts(torch.cat([rows.mean(0), cols.mean(0)]))
+            out[-1]["ctx_lr"] = told
+            if untold is not None:
+                out[-1]["ctx_lr_untold"] = untold
     return out
 
 

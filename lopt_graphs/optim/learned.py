@@ -315,6 +315,16 @@ class LearnedUpdate(nn.Module):
         feats = torch.stack([step_features(x, total, self.cfg.horizon_taus) for x in steps.to(dtype)])
         return self.lr_sched(feats)[:, 0].detach()
 
+    def readout_contexts(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The readouts' shares of the per-tensor log step (``tensor_lr`` with the graph) for readout inputs ``x``
+        ``[..., 2 * hidden]`` (the mean embeddings of a tensor's row and column neurons), shaped ``[...]``: told
+        runs' (``lr_readout``, bounded) and untold runs' (``lr_readout_untold``, bounded, plus
+        ``lr_untold_shift``; ``None`` without an untold readout: untold runs read the told one)."""
+        told = self.cfg.bound_readout(self.lr_readout(x)[..., 0])
+        if not self.cfg.untold_readout:
+            return told, None
+        return told, self.cfg.bound_readout(self.lr_readout_untold(x)[..., 0]) + self.lr_untold_shift
+
     @torch.no_grad()
     def add_untold_readout_(self) -> "LearnedUpdate":
         """Give the update its ``untold_readout`` (in place; a copy of ``lr_readout``, so every run steps as
