@@ -10,7 +10,8 @@ Meta-training sees MLPs and CNNs of at most ~20k parameters. A v2 update's per-t
 plus a readout of the encoder's node embeddings; on a model with 500-wide layers the readout reads embeddings
 it never saw, and its step can be off by orders of magnitude. For each checkpoint and model this trains the
 model with ``NeuralGraphOptimizer.for_module`` **without** ``total_steps`` (the ``for_module`` default, what a
-user who passes nothing gets; ``told=true``: with ``total_steps=steps``) and, in the same process, with Adam at lr 1e-3 and 1e-2, and reports:
+user who passes nothing gets; ``told=true``: with ``total_steps=steps``) and, in the same process, with Adam at
+constant lrs ``adam_lrs`` (default 1e-3 and 1e-2), and reports:
 
 * the per-tensor step ``lr * base_lr * e**sigma`` (v2, times the checkpoint's size prior
   ``NeuralGraphOptimizer.size_scale``; from the optimizer's public diagnostics) at the first
@@ -67,6 +68,9 @@ class StepScaleConfig:
             the per-tensor steps are then read at the learned schedule's peak instead of the first step.
         lr: the optimizer's ``lr`` multipliers (each ``> 0``): one row per checkpoint and multiplier, a sweep
             of the step level on models beyond meta-training's (``lr=1,0.5,0.25``).
+        adam_lrs: Adam's constant learning rates, run in the same process on the same initializations and
+            batches (each ``> 0``, distinct): one column each (``adam_lrs=0.001,0.01,0.02,0.04`` asks what
+            constant step size a model tolerates).
     """
 
     ckpts: tuple[str, ...] = ("default", "v2_cosine_pes_100", "v2_ff_cosine_pes_100")
@@ -77,6 +81,7 @@ class StepScaleConfig:
     threads: int = 1
     told: bool = False
     lr: tuple[float, ...] = (1.0,)
+    adam_lrs: tuple[float, ...] = (1e-3, 1e-2)
 
     def __post_init__(self) -> None:
         _cfg.check_types(self)
@@ -91,6 +96,11 @@ class StepScaleConfig:
         if not self.lr:
             bad_value("lr", self.lr, "at least one multiplier")
         _cfg.check_finite(self, "lr")
+        if not self.adam_lrs:
+            bad_value("adam_lrs", self.adam_lrs, "at least one learning rate")
+        _cfg.check_finite(self, "adam_lrs")
+        if any(not lr > 0 for lr in self.adam_lrs) or len(set(self.adam_lrs)) != len(self.adam_lrs):
+            bad_value("adam_lrs", self.adam_lrs, "distinct learning rates > 0")
 
 
 @dataclass(frozen=True)
@@ -203,18 +213,20 @@ def measure(ckpt: str, model: str, steps: int, seeds: int, told: bool = False, l
     return row
 
 
-def adam_rows(model: str, steps: int, seeds: int) -> dict:
-    """Adam at lr 1e-3 and 1e-2 on ``model``, on the same initializations and batches as :func:`measure`'s."""
+def adam_rows(model: str, steps: int, seeds: int, lrs: Sequence[float] = (1e-3, 1e-2)) -> dict:
+    """Adam at the constant ``lrs`` on ``model``, on the same initializations and batches as :func:`measure`'s."""
     prob = problem(model)
     out: dict = {}
-    for lr in (1e-3, 1e-2):
+    for lr in lrs:
         out.update(_summary(f"adam_{lr:g}", _ends(prob, lambda m, lr=lr: torch.optim.Adam(m.parameters(), lr=lr),
                                                   steps, seeds)[1]))
     return out
 
 
-def markdown(rows: list[dict], steps: int, seeds: int, told: bool = False) -> str:
-    """The table of the result rows (one ``lr`` column when they hold other multipliers than 1)."""
+def markdown(rows: list[dict], steps: int, seeds: int, told: bool = False,
+             adam_lrs: Sequence[float] = (1e-3, 1e-2)) -> str:
+    """The table of the result rows (one ``lr`` column when they hold other multipliers than 1; one column per
+    Adam lr)."""
     lrs = sorted({r.get("lr", 1.0) for r in rows}, reverse=True)
     how = (f"Told `total_steps={steps}`" if told else "Without `total_steps`") + f", {steps} steps"
     how += f", NGO `lr={lrs[0]:g}`" if len(lrs) == 1 and lrs[0] != 1.0 else ""
@@ -223,8 +235,8 @@ def markdown(rows: list[dict], steps: int, seeds: int, told: bool = False) -> st
     lines = [f"{how}; loss in eval mode on the training batches, median (worst) over {seeds} initializations. "
              f"Per-tensor step (v2): at {at}, median / max over the tensors, and the schedule's (zero readout).", "",
              "| checkpoint | model | params | " + ("lr | " if col else "") + "median step | max step | schedule step | "
-             "loss start | NGO end | Adam 1e-3 end | Adam 1e-2 end |",
-             "|---|---|---:|" + ("---:|" if col else "") + "---:|---:|---:|---:|---:|---:|---:|"]
+             "loss start | NGO end | " + "".join(f"Adam {lr:g} end | " for lr in adam_lrs).rstrip(),
+             "|---|---|---:|" + ("---:|" if col else "") + "---:|---:|---:|---:|---:|" + "---:|" * len(adam_lrs)]
 
     def f(r: dict, k: str, fmt: str = ".3g") -> str:
         return "-" if r.get(k) is None else f"{r[k]:{fmt}}"
@@ -235,8 +247,8 @@ def markdown(rows: list[dict], steps: int, seeds: int, told: bool = False) -> st
     for r in rows:
         lr = f"{r.get('lr', 1.0):g} | " if col else ""
         lines.append(f"| {r['ckpt']} | {r['model']} | {r['params']:,} | {lr}{f(r, 'median_step')} | {f(r, 'max_step')} | "
-                     f"{f(r, 'schedule_step')} | {r['loss_start']:.3f} | {end(r, 'ngo')} | {end(r, 'adam_0.001')} | "
-                     f"{end(r, 'adam_0.01')} |")
+                     f"{f(r, 'schedule_step')} | {r['loss_start']:.3f} | {end(r, 'ngo')} | "
+                     + "".join(f"{end(r, f'adam_{lr:g}')} | " for lr in adam_lrs).rstrip())
     return "\n".join(lines)
 
 
@@ -246,12 +258,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     _cfg.set_threads(cfg.threads)
     rows = []
     for model in cfg.models:
-        adam = adam_rows(model, cfg.steps, cfg.seeds)
+        adam = adam_rows(model, cfg.steps, cfg.seeds, cfg.adam_lrs)
         rows += [{**measure(c, model, cfg.steps, cfg.seeds, cfg.told, lr), **adam} for c in cfg.ckpts for lr in cfg.lr]
-    text = markdown(rows, cfg.steps, cfg.seeds, cfg.told)
+    text = markdown(rows, cfg.steps, cfg.seeds, cfg.told, cfg.adam_lrs)
     print(text)
     res = {"steps": cfg.steps, "seeds": list(range(cfg.seeds)), "threads": torch.get_num_threads(),
-           "total_steps": cfg.steps if cfg.told else None, "lr": list(cfg.lr), "rows": rows}
+           "total_steps": cfg.steps if cfg.told else None, "lr": list(cfg.lr), "adam_lrs": list(cfg.adam_lrs),
+           "rows": rows}
     atomic_write_text(cfg.out, json.dumps(res, indent=1))
     atomic_write_text(Path(cfg.out).with_suffix(".md"), text + "\n")
     return res

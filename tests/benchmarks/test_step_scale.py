@@ -70,8 +70,21 @@ def test_an_lr_sweep_gives_a_row_per_multiplier_against_one_adam_run(tmp_path: P
     assert "| params | lr | median step |" in md and f"| {path} | mlp_mid | 269,322 | 0.25 |" in md
 
 
+def test_adam_lrs_give_one_column_each_on_the_same_inits(tmp_path: Path):
+    res = mod.main(["ckpts=adam_init", "models=mlp_mid", "steps=2", "seeds=1", "adam_lrs=0.001,0.04",
+                    f"out={tmp_path / 'a.json'}"])
+    (row,) = res["rows"]
+    assert res["adam_lrs"] == [0.001, 0.04] and "adam_0.01_loss_end" not in row
+    # a larger constant step moves the loss differently from the same start
+    assert row["adam_0.001_loss_end"] != row["adam_0.04_loss_end"]
+    header = (tmp_path / "a.md").read_text().splitlines()[2]
+    assert header.endswith("| NGO end | Adam 0.001 end | Adam 0.04 end |")
+
+
 @pytest.mark.parametrize("bad, match", [("models=vgg", "models"), ("steps=0", "steps=0"), ("ckpts=", "ckpts"), ("seeds=0", "seeds=0"),
-                                        ("lr=0", "lr"), ("lr=1,nan", "lr"), ("lr=", "lr")])
+                                        ("lr=0", "lr"), ("lr=1,nan", "lr"), ("lr=", "lr"), ("adam_lrs=", "adam_lrs"),
+                                        ("adam_lrs=0.01,0.01", "adam_lrs"), ("adam_lrs=-1", "adam_lrs"),
+                                        ("adam_lrs=inf", "adam_lrs")])
 def test_bad_keys_raise(bad: str, match: str, tmp_path: Path):
     with pytest.raises(ValueError, match=match):
         mod.main(["ckpts=adam_init", bad, f"out={tmp_path / 'x.json'}"])
