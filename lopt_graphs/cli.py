@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "lopt-suite-compare": "benchmarks.suite_compare:main",
     "lopt-headroom": "benchmarks.headroom:main",
     "lopt-lr-sweep": "benchmarks.lr_sweep:main",
+    "lopt-recurrent-lm": "benchmarks.recurrent_lm:main",
 }
 
 
