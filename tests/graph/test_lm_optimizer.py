@@ -77,7 +77,7 @@ def test_for_module_trains_a_recurrent_lm(cell: str, vocab: int) -> None:
     adam = _lm_losses(adam_model, torch.optim.Adam(adam_model.parameters(), lr=1e-3), vocab)
     assert adam[0] == losses[0] and all(map(lambda v: v == v, losses))  # the same start; finite
     # it trains, and faster than Adam at its default lr in the same 15 steps (the 10k vocabulary: the default
-    # checkpoint's loss ratio 0.90, Adam's 0.99; the v1 checkpoint's 0.41)
+    # checkpoint's loss ratio 0.90, Adam's 0.99; the v1 checkpoint's 0.41: `lopt-recurrent-lm`, whose model and data these are)
     assert sum(losses[-3:]) / 3 < 0.95 * losses[0], losses
     assert sum(losses[-3:]) < sum(adam[-3:]), (losses, adam)
 
