@@ -18,7 +18,6 @@ markdown. Needs ``transformers`` and ``accelerate`` (the ``models`` extra).
 from __future__ import annotations
 
 import importlib.util
-import json
 import statistics
 import sys
 from collections.abc import Callable, Sequence
@@ -30,7 +29,7 @@ import torch
 
 from lopt_graphs import config as _cfg
 from lopt_graphs.config import bad_value
-from lopt_graphs.io import atomic_write_text
+from lopt_graphs.io import write_json_and_markdown
 
 __all__ = ["HFBertConfig", "main", "run"]
 
@@ -129,10 +128,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     doc = run(cfg)
     md = markdown(doc)
     print(md)
-    out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(doc, indent=1))
-    atomic_write_text(out.with_suffix(".md"), md)
+    out = write_json_and_markdown(cfg.out, doc, md)
     print(f"wrote {out}, {out.with_suffix('.md')}")
     return doc
 

@@ -20,7 +20,6 @@ the plot next to ``out``.
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 from collections.abc import Callable, Sequence
@@ -34,10 +33,10 @@ from torch import Tensor, nn
 from lopt_graphs import NeuralGraphOptimizer
 from lopt_graphs import config as _cfg
 from lopt_graphs.config import bad_value
-from lopt_graphs.io import atomic_write_text, finite_or_none
+from lopt_graphs.io import finite_or_none, write_json_and_markdown
 from lopt_graphs.plotting import new_figure, save_figure
 
-__all__ = ["RecurrentLMConfig", "RecurrentLM", "main", "run"]
+__all__ = ["RecurrentLMConfig", "RecurrentLM", "batch", "main", "run", "train_losses"]
 
 #: Tokens the stride sequences use (the rest of the vocabulary never occurs).
 USED_TOKENS = 16
@@ -99,12 +98,10 @@ def batch(gen: torch.Generator, batch_size: int = 8, ctx: int = 12) -> tuple[Ten
     return seq[:, :-1], seq[:, 1:]
 
 
-def train(make_opt: Callable[[nn.Module], torch.optim.Optimizer], vocab: int, steps: int, seed: int) -> list[float]:
-    """The training losses of one run (the model initialized and the batches drawn from ``seed``)."""
-    torch.manual_seed(seed)
-    model = RecurrentLM(vocab)
-    opt = make_opt(model)
-    gen = torch.Generator().manual_seed(seed)
+def train_losses(model: nn.Module, opt: torch.optim.Optimizer, vocab: int, steps: int,
+                 gen: torch.Generator) -> list[float]:
+    """Train ``model`` (logits over ``vocab`` tokens) with ``opt`` for ``steps`` steps on batches drawn from
+    ``gen``; the training loss of every step."""
     losses = []
     for _ in range(steps):
         x, y = batch(gen)
@@ -114,6 +111,13 @@ def train(make_opt: Callable[[nn.Module], torch.optim.Optimizer], vocab: int, st
         opt.step()
         losses.append(loss.item())
     return losses
+
+
+def train(make_opt: Callable[[nn.Module], torch.optim.Optimizer], vocab: int, steps: int, seed: int) -> list[float]:
+    """The training losses of one run (the model initialized and the batches drawn from ``seed``)."""
+    torch.manual_seed(seed)
+    model = RecurrentLM(vocab)
+    return train_losses(model, make_opt(model), vocab, steps, torch.Generator().manual_seed(seed))
 
 
 def loss_ratio(losses: Sequence[float]) -> float:
@@ -189,10 +193,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     doc = run(cfg)
     md = markdown(doc)
     print(md)
-    out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(doc, indent=1))
-    atomic_write_text(out.with_suffix(".md"), md)
+    out = write_json_and_markdown(cfg.out, doc, md)
     plot(doc, out.with_suffix(".png"))
     print(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
     return doc

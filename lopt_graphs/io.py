@@ -6,6 +6,7 @@ write to a temporary file in the destination's folder, ``fsync``, then ``os.repl
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -53,6 +54,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None],
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def write_json_and_markdown(path: str | os.PathLike, doc: Any, markdown: str) -> Path:
+    """A benchmark's result: ``doc`` as JSON at ``path`` and ``markdown`` next to it (``.md``), each written
+    atomically (parent directories made); returns ``path``."""
+    path = Path(path)
+    atomic_write_text(path, json.dumps(doc, indent=1))
+    atomic_write_text(path.with_suffix(".md"), markdown)
+    return path
 
 
 def finite_or_none(x: Any) -> Any:

@@ -19,6 +19,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from benchmarks.recurrent_lm import train_losses
 from lopt_graphs import NeuralGraphOptimizer
 from lopt_graphs.graph import graph_from_module
 from lopt_graphs.graph.coarsen import SPARSIFY_ABOVE
@@ -51,14 +52,6 @@ class RecurrentLM(nn.Module):
         return self.out(torch.tanh(self.fc(self.rnn(self.emb(t))[0])))
 
 
-def _batch(gen: torch.Generator, vocab: int, used: int = 16, batch: int = 8, ctx: int = 12) -> tuple[Tensor, Tensor]:
-    """Stride sequences over the first ``used`` tokens: each token is the previous plus a per-row stride."""
-    start = torch.randint(0, used, (batch, 1), generator=gen)
-    stride = torch.randint(1, 4, (batch, 1), generator=gen)
-    seq = (start + stride * torch.arange(ctx + 1)) % used
-    return seq[:, :-1], seq[:, 1:]
-
-
 @pytest.mark.parametrize("cell,vocab", [("lstm", 16), ("gru", 16), ("lstm", 10000)])
 def test_for_module_trains_a_recurrent_lm(cell: str, vocab: int) -> None:
     torch.manual_seed(0)
@@ -83,16 +76,8 @@ def test_for_module_trains_a_recurrent_lm(cell: str, vocab: int) -> None:
 
 
 def _lm_losses(model: nn.Module, opt: torch.optim.Optimizer, vocab: int, steps: int = 15) -> list[float]:
-    gen = torch.Generator().manual_seed(0)
-    losses = []
-    for _ in range(steps):
-        x, y = _batch(gen, vocab)
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(model(x).reshape(-1, vocab), y.reshape(-1))
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
+    """15 steps on ``lopt-recurrent-lm``'s stride sequences (batches drawn from seed 0)."""
+    return train_losses(model, opt, vocab, steps, torch.Generator().manual_seed(0))
 
 
 @pytest.mark.parametrize("kw", [{"cell": "lstm", "bidirectional": True, "proj_size": 5, "num_layers": 2},
