@@ -20,11 +20,11 @@ keeps the source's bound (then a size prior is needed: something to derive). Exa
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from lopt_graphs import config as _cfg
-from lopt_graphs.optim import LearnedUpdate, save_checkpoint
+from lopt_graphs.optim import save_checkpoint
 from lopt_graphs.optim.checkpoint import read_checkpoint
 
 from .trainer import initial_learned_update
@@ -55,9 +55,7 @@ def derive(src: str, dst: str | Path, mag_clip: float, mag_affine: tuple[float, 
         learned.affine_log_step_(scale, shift)
         meta["mag_affine"] = [scale, shift]
     if size_prior is not None:
-        sized = LearnedUpdate(replace(learned.cfg, size_ref=int(ref), size_power=float(power)))
-        sized.load_state_dict(learned.state_dict())
-        learned = sized
+        learned = learned.with_config(size_ref=int(ref), size_power=float(power))
         meta["size_prior"] = [int(ref), float(power)]
     save_checkpoint(learned, dst, meta=meta)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -62,9 +61,7 @@ def initial_learned_update(init_ckpt: str | Mapping = "", mag_clip: float = 0.0,
     if arch != "v1" and not init_ckpt:
         return learned  # a fresh v2 keeps its own bound (v2_config)
     if mag_clip > 0 and mag_clip != learned.cfg.mag_clip:
-        clipped = LearnedUpdate(replace(learned.cfg, mag_clip=float(mag_clip)))
-        clipped.load_state_dict(learned.state_dict())
-        learned = clipped
+        learned = learned.with_config(mag_clip=float(mag_clip))
     return learned
 
 

@@ -6,7 +6,7 @@ These weights are meta-parameters (trained by ``meta_train``), not optimizer sta
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, NamedTuple
 
 import torch
@@ -250,10 +250,7 @@ class LearnedUpdate(nn.Module):
                 nn.init.zeros_(self.lr_readout.weight)
                 nn.init.zeros_(self.lr_readout.bias)
                 if cfg.untold_readout:  # runs without total_steps read this one instead
-                    self.lr_readout_untold = nn.Linear(2 * d, 1)
-                    nn.init.zeros_(self.lr_readout_untold.weight)
-                    nn.init.zeros_(self.lr_readout_untold.bias)
-                    self.lr_untold_shift = nn.Parameter(torch.zeros(()))
+                    self._build_untold_readout(2 * d)
             self.lr_sched = nn.Linear(ns, 1)  # global schedule over the step / horizon features
             nn.init.zeros_(self.lr_sched.weight)
             nn.init.constant_(self.lr_sched.bias, cfg.lr_init)
@@ -335,17 +332,23 @@ class LearnedUpdate(nn.Module):
         """
         if self.cfg.untold_readout:
             return self
-        from dataclasses import replace
-
         cfg = replace(self.cfg, untold_readout=True)  # checks the requirements
         readout = getattr(self, "lr_readout", None)
         if readout is None:
             raise ValueError("add_untold_readout_() needs a learned update with a per-tensor step readout")
-        self.lr_readout_untold = nn.Linear(readout.in_features, 1).to(readout.weight)
+        self._build_untold_readout(readout.in_features, readout.weight)
         self.lr_readout_untold.load_state_dict(readout.state_dict())
-        self.lr_untold_shift = nn.Parameter(torch.zeros((), dtype=readout.weight.dtype, device=readout.weight.device))
         self.cfg = cfg
         return self
+
+    def _build_untold_readout(self, width: int, like: Tensor | None = None) -> None:
+        """The untold readout ``lr_readout_untold`` (``width`` inputs, zero) and its shift ``lr_untold_shift``
+        (zero), with ``like``'s dtype and device (default: the default dtype, on the CPU)."""
+        kw = {} if like is None else {"dtype": like.dtype, "device": like.device}
+        self.lr_readout_untold = nn.Linear(width, 1, **kw)
+        nn.init.zeros_(self.lr_readout_untold.weight)
+        nn.init.zeros_(self.lr_readout_untold.bias)
+        self.lr_untold_shift = nn.Parameter(torch.zeros((), **kw))
 
     @torch.no_grad()
     def affine_log_step_(self, scale: float, shift: float) -> "LearnedUpdate":
@@ -363,6 +366,25 @@ class LearnedUpdate(nn.Module):
         self.w2[1].mul_(scale)  # u = mag_scale * (w2[1] . relu(z) + b2[1])  ->  scale * u + shift
         self.b2[1].mul_(scale).add_(shift / self.cfg.mag_scale)
         return self
+
+    def with_config(self, **changes: Any) -> "LearnedUpdate":
+        """A new update whose config is this one's with ``changes`` (checked as any config is) and whose weights
+        are this one's (same dtype and device): for fields that leave the parameters as they are (``mag_clip``,
+        the size prior, bounds). ``self`` is unchanged.
+
+        Raises:
+            ValueError: if a change adds or removes parameters (use :meth:`add_untold_readout_` for that one).
+        """
+        new = LearnedUpdate(replace(self.cfg, **changes))
+        ref = next(self.parameters())
+        new.to(dtype=ref.dtype, device=ref.device)
+        mine, theirs = set(self.state_dict()), set(new.state_dict())
+        if mine != theirs:
+            raise ValueError(f"with_config({', '.join(f'{k}={v!r}' for k, v in changes.items())}) changes the "
+                             f"parameters (added {sorted(theirs - mine)}, removed {sorted(mine - theirs)}): only "
+                             "fields that keep them can be replaced")
+        new.load_state_dict(self.state_dict())
+        return new
 
     def extra_repr(self) -> str:
         return f"head_hidden={self.cfg.head_hidden}, encoder_every={self.cfg.encoder_every}"

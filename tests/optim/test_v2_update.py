@@ -233,3 +233,16 @@ def test_an_untold_readout_round_trips_and_needs_a_graph_readout(tmp_path):
         dataclasses.replace(v2_config(use_graph=False), untold_readout=True)
     with pytest.raises(ValueError, match="untold_readout=True needs"):
         LearnedUpdateConfig(untold_readout=True)  # v1: no per-tensor step, no horizon features
+
+
+def test_with_config_keeps_the_weights_dtype_and_the_original():
+    learned = _random_v2().to(torch.float64)
+    sized = learned.with_config(size_ref=1000, size_power=0.5, mag_clip=2.0)
+    assert (sized.cfg.size_ref, sized.cfg.size_power, sized.cfg.mag_clip) == (1000, 0.5, 2.0)
+    assert learned.cfg.size_ref != 1000 and learned.cfg.mag_clip != 2.0  # the source is unchanged
+    for (name, a), (_, b) in zip(learned.state_dict().items(), sized.state_dict().items()):
+        assert a.dtype == b.dtype == torch.float64 and torch.equal(a, b), name
+    with pytest.raises(ValueError, match="changes the parameters.*lr_readout_untold"):
+        learned.with_config(untold_readout=True)
+    with pytest.raises(ValueError, match="size_power"):
+        learned.with_config(size_power=-1.0)  # checked as a new config is
