@@ -91,7 +91,11 @@ class CalibrateConfig(_cfg.CheckedConfig):
         ridge: ridge penalty on the standardized features (> 0).
         max_params: skip drawn tasks with more parameters (0: no limit).
         sample_seed: seed of the task draws.
-        train_seed: task ``i`` trains on seed ``train_seed + i``.
+        train_seed: task ``i`` trains on seed ``train_seed + i`` (with ``seeds_per_task`` ``k``: on seeds
+            ``train_seed + k i ... train_seed + k i + k - 1``).
+        seeds_per_task: training seeds per task and multiplier; a task's loss per multiplier is the geometric
+            mean of ``L + 0.01`` over them (minus 0.01), which the target reads: less seed noise in the target
+            at ``k`` times the cost (>= 1).
         threads: torch intra-op threads.
         readout_bound: widen (or set) the readout's soft bound before the fit (``0``: keep ``src``'s).
         readout_bound_up: a separate upward bound of the readout (``LearnedUpdateConfig.readout_bound_up``;
@@ -119,6 +123,7 @@ class CalibrateConfig(_cfg.CheckedConfig):
     rows: tuple[str, ...] = ()
     per_task: bool = True
     horizon: str = "told"
+    seeds_per_task: int = 1
 
     def validate(self) -> None:
         if self.horizon not in HORIZONS:
@@ -128,12 +133,12 @@ class CalibrateConfig(_cfg.CheckedConfig):
             _cfg.bad_value("multipliers", m, "at least 3 increasing values > 0")
         if 1.0 not in m:
             _cfg.bad_value("multipliers", m, "a grid that contains 1 (the features come from the m = 1 run)")
-        _cfg.check_minimums(self, tasks=2, steps=1, max_params=0, threads=0)
+        _cfg.check_minimums(self, tasks=2, steps=1, max_params=0, threads=0, seeds_per_task=1)
         if not self.ridge > 0:
             _cfg.bad_value("ridge", self.ridge, "a value > 0")
         _cfg.check_finite(self, "readout_bound", strict=False, note=" (0 keeps the source's bound)")
         _cfg.check_finite(self, "readout_bound_up", strict=False, note=" (0: readout_bound both ways)")
-        if self.train_seed < 3 or (self.train_seed < 1100 and self.train_seed + self.tasks > 1000):
+        if self.train_seed < 3 or (self.train_seed < 1100 and self.train_seed + self.tasks * self.seeds_per_task > 1000):
             _cfg.bad_value("train_seed", self.train_seed, "seeds away from the evaluation (0-2) and tuning (1000+) "
                            "seeds, e.g. 5000")
 
@@ -189,7 +194,17 @@ RESUME_KEYS = ("src", "family", "steps", "multipliers", "max_params", "sample_se
 
 
 def _resume_keys(c: CalibrateConfig) -> dict[str, Any]:
-    return {k: v for k, v in _cfg.config_to_dict(c).items() if k in RESUME_KEYS}
+    keys = {k: v for k, v in _cfg.config_to_dict(c).items() if k in RESUME_KEYS}
+    if c.seeds_per_task != 1:  # a partial collection of one seed per task (older ones too) resumes as before
+        keys["seeds_per_task"] = c.seeds_per_task
+    return keys
+
+
+def mean_over_seeds(losses: Sequence[float]) -> float:
+    """The loss whose ``log(L + 0.01)`` is the mean of the seeds' (a non-finite loss counts as ``1e9``, as in
+    :func:`best_log_multiplier`)."""
+    logs = [math.log((x if math.isfinite(x) else 1e9) + LOSS_OFFSET) for x in losses]
+    return math.exp(sum(logs) / len(logs)) - LOSS_OFFSET
 
 
 def _resume_rows(progress: Path | None, keys: dict[str, Any]) -> list[dict[str, Any]]:
@@ -232,28 +247,35 @@ def collect(learned: LearnedUpdate, c: CalibrateConfig, log=print, progress: Pat
                                  f"max_params={c.max_params} parameters: raise max_params")
             if c.max_params and num_params(task.cfg) > c.max_params:
                 continue
-            seed = c.train_seed + len(rows)
+            seeds = [c.train_seed + c.seeds_per_task * len(rows) + j for j in range(c.seeds_per_task)]
             if len(rows) < len(done):
                 if done[len(rows)]["task"] != task.name:
                     raise ValueError(f"{str(progress)!r}: task {len(rows)} was {done[len(rows)]['task']!r}, the "
                                      f"draws now give {task.name!r}: delete it to start over")
                 rows.append(done[len(rows)])
                 continue
-            losses, feature = [], None
+            per_seed, feature = [], None
             for m in c.multipliers:
                 seen.clear()
-                with warnings.catch_warnings():  # transformers: "attention in-projections are graph-free", per run
-                    warnings.filterwarnings("ignore", message=r".*graph-free", category=UserWarning)
-                    r = train_run(task, lambda mod, m=m: NeuralGraphOptimizer.for_module(
-                        mod, learned, lr=m, total_steps=c.steps if told else None), c.steps, seed)
-                losses.append(r.final_loss)
+                finals = []
+                for seed in seeds:
+                    with warnings.catch_warnings():  # transformers: "attention in-projections are graph-free"
+                        warnings.filterwarnings("ignore", message=r".*graph-free", category=UserWarning)
+                        r = train_run(task, lambda mod, m=m: NeuralGraphOptimizer.for_module(
+                            mod, learned, lr=m, total_steps=c.steps if told else None), c.steps, seed)
+                    finals.append(r.final_loss)
+                per_seed.append(finals)
                 if m == 1.0:
                     if not seen:
                         raise RuntimeError(f"{task.name}: the readout was never called (no weight on the graph?)")
-                    feature = torch.stack(seen).mean(0)
+                    feature = torch.stack(seen).mean(0)  # over the tensors, encoder calls and seeds
+            losses = [mean_over_seeds(f) for f in per_seed]
             target = best_log_multiplier(c.multipliers, losses)
-            rows.append({"task": task.name, "config": task.cfg.to_dict(), "seed": seed, "losses": losses,
-                         "target_log_multiplier": target, "feature": feature.tolist(), "told": told})
+            row = {"task": task.name, "config": task.cfg.to_dict(), "seed": seeds[0], "losses": losses,
+                   "target_log_multiplier": target, "feature": feature.tolist(), "told": told}
+            if c.seeds_per_task > 1:
+                row.update(seeds=seeds, losses_per_seed=per_seed)
+            rows.append(row)
             log(f"[{len(rows)}/{c.tasks}] {task.name}: best lr x{math.exp(target):.2f} "
                 f"({time.perf_counter() - t0:.0f} s)")
             if progress is not None:

@@ -265,6 +265,26 @@ def test_collect_small(tmp_path):
     assert untold["log_step"] == pytest.approx(float(mean_log_step(learned, ctx, 8, told=False)[0]))
 
 
+def test_seeds_per_task_average_the_seeds_in_the_targets_log_space():
+    from meta_train.calibrate import mean_over_seeds
+
+    assert mean_over_seeds([0.09, 0.99]) == pytest.approx(math.sqrt(0.1 * 1.0) - 0.01)
+    assert mean_over_seeds([float("nan"), 0.0]) > 1e3  # a diverged seed counts as 1e9, as in the target
+    learned = fresh_learned_update("v2_cosine_bounded")
+    c = CalibrateConfig(family="digits", tasks=2, steps=6, multipliers=(0.5, 1.0, 2.0), max_params=5000,
+                        seeds_per_task=2)
+    rows = collect(learned, c, log=lambda *_: None)
+    one = collect(learned, dataclasses.replace(c, seeds_per_task=1), log=lambda *_: None)
+    assert [r["seeds"] for r in rows] == [[5000, 5001], [5002, 5003]] and [r["seed"] for r in rows] == [5000, 5002]
+    for r in rows:
+        assert [len(f) for f in r["losses_per_seed"]] == [2, 2, 2]
+        assert r["losses"] == pytest.approx([mean_over_seeds(f) for f in r["losses_per_seed"]])
+        assert r["target_log_multiplier"] == pytest.approx(best_log_multiplier(c.multipliers, r["losses"]))
+    # the first seed of task 0 is the one-seed collection's own run
+    assert rows[0]["losses_per_seed"][1][0] == pytest.approx(one[0]["losses"][1])
+    assert "seeds" not in one[0]
+
+
 def test_collect_resumes_from_its_progress_file(tmp_path, monkeypatch):
     import meta_train.calibrate as mod
 
@@ -290,7 +310,7 @@ def test_collect_resumes_from_its_progress_file(tmp_path, monkeypatch):
 @pytest.mark.parametrize("args, match", [(["multipliers=0.5,2,4"], "contains 1"), (["multipliers=2,1,4"], "increasing"),
                                          (["train_seed=0"], "train_seed"), (["train_seed=999"], "train_seed"),
                                          (["ridge=0"], "ridge"), (["readout_bound=-1"], "readout_bound"),
-                                         (["horizon=sometimes"], "horizon"),
+                                         (["horizon=sometimes"], "horizon"), (["seeds_per_task=0"], "seeds_per_task"),
                                          ([], "dst")])
 def test_bad_keys(args, match):
     with pytest.raises(ValueError, match=match):
