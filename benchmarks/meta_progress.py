@@ -18,7 +18,9 @@ For each checkpoint (a shipped name, a path, a meta-training run's ``ckpt.pt``/`
   ``log((L + 0.01) / log(classes))`` of the final full-training-set loss. If a
   run improves this but not ``validation``, its training distribution is the problem; if neither, its
   meta-gradient is (noise moves the meta-parameters as much as signal).
-* per task, each checkpoint against the first: how many tasks it has the lower value on.
+* per task, each checkpoint against the first: how many tasks it has the lower value on, and for validation
+  the paired difference (mean over the validation runs of its log ratio minus the first's) with its standard
+  error: a difference within about two standard errors is noise (one chaotic task can move a score by 0.05).
 
 Prints a markdown table and writes JSON (with every per-task value) + markdown.
 """
@@ -138,17 +140,28 @@ def references(cfg: MetaProgressConfig) -> list[dict]:
     return adam_references(cfg.validate_steps, seeds=cfg.validate_seeds)
 
 
+def paired_difference(values: Sequence[float], first: Sequence[float]) -> dict[str, float]:
+    """``{"mean", "se"}`` of ``values[i] - first[i]`` (the standard error of the mean; ``nan`` for one pair)."""
+    d = [a - b for a, b in zip(values, first)]
+    mean = sum(d) / len(d)
+    se = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d)) if len(d) > 1 else math.nan
+    return {"mean": mean, "se": se}
+
+
 def markdown(rows: list[dict], cfg: MetaProgressConfig) -> str:
     lines = [("Runs told `total_steps`. " if cfg.told else "Runs **not** told `total_steps` (the untold path). ") +
              f"validation: {cfg.validate_seeds} seeds, {cfg.validate_steps} steps (lower is better, 0 = tuned Adam). "
              f"train_family: {cfg.tasks} tasks of `{cfg.family}` (input scale x{cfg.input_scale:g}), {cfg.steps} "
              "steps, mean log((L + 0.01) / L_0) of the final loss. Per task: where it is lower than the first "
              "checkpoint's.", "",
-             "| checkpoint | validation | validation tasks lower | train_family | train_family tasks lower |",
-             "|---|---:|---:|---:|---:|"]
+             "| checkpoint | validation | paired vs first (SE) | validation tasks lower | train_family | "
+             "train_family tasks lower |",
+             "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['ckpt']} | {r['validation']:+.3f} | {r['validation_lower']} | {r['train_family']:+.3f} | "
-                     f"{r['train_family_lower']} |")
+        d = r.get("validation_vs_first")
+        paired = "-" if d is None else f"{d['mean']:+.3f} ({d['se']:.3f})"
+        lines.append(f"| {r['ckpt']} | {r['validation']:+.3f} | {paired} | {r['validation_lower']} | "
+                     f"{r['train_family']:+.3f} | {r['train_family_lower']} |")
     return "\n".join(lines)
 
 
@@ -169,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                      "validation_lower": "-" if first is None else
                      f"{sum(a < b for a, b in zip(val_tasks, (t['log_ratio'] for t in first['validation_tasks'])))}"
                      f"/{len(val_tasks)}",
+                     "validation_vs_first": None if first is None else
+                     paired_difference(val_tasks, [t["log_ratio"] for t in first["validation_tasks"]]),
                      "train_family_lower": "-" if first is None else
                      f"{sum(a < b for a, b in zip(fam, first['train_family_values']))}/{len(fam)}"})
         print(f"  {ckpt}: validation {val['score']:+.3f}, train_family {rows[-1]['train_family']:+.3f}", file=sys.stderr)

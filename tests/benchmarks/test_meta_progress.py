@@ -24,10 +24,19 @@ def test_scores_and_per_task_counts(tmp_path: Path):
     assert fresh["validation_lower"] == "-" and len(fresh["train_family_values"]) == 3 == len(res["tasks"])
     assert worse["train_family"] > fresh["train_family"] and worse["train_family_lower"] == "0/3"
     assert worse["validation"] > fresh["validation"] and worse["validation_lower"].endswith("/8")
+    assert fresh["validation_vs_first"] is None
+    d = worse["validation_vs_first"]
+    assert d["mean"] == pytest.approx(worse["validation"] - fresh["validation"]) and d["se"] > 0
     assert json.loads((tmp_path / "p.json").read_text())["rows"][1]["train_family"] == worse["train_family"]
     assert "| train_family |" in (tmp_path / "p.md").read_text()
     assert mod.family_tasks(mod.MetaProgressConfig(ckpts=("x",), tasks=3)) == mod.family_tasks(
         mod.MetaProgressConfig(ckpts=("y",), tasks=3))  # a fixed draw
+
+
+def test_paired_difference():
+    d = mod.paired_difference([1.0, 2.0, 6.0], [0.0, 0.0, 3.0])
+    assert d["mean"] == pytest.approx(2.0) and d["se"] == pytest.approx(((1 + 0 + 1) / 2 / 3) ** 0.5)
+    assert mod.paired_difference([1.0], [0.5])["se"] != mod.paired_difference([1.0], [0.5])["se"]  # nan
 
 
 def test_told_false_scores_the_untold_path(tmp_path: Path):
