@@ -68,11 +68,10 @@ class RecurrentLMConfig:
 
     def __post_init__(self) -> None:
         _cfg.check_types(self)
-        _cfg.check_finite(self, "adam_lrs")
         if not self.ckpts and not self.adam_lrs:
             bad_value("ckpts", self.ckpts, "at least one checkpoint or Adam lr")
-        if any(not lr > 0 for lr in self.adam_lrs) or len(set(self.adam_lrs)) != len(self.adam_lrs):
-            bad_value("adam_lrs", self.adam_lrs, "distinct learning rates > 0")
+        if self.adam_lrs:
+            _cfg.check_grid(self, "adam_lrs")
         _cfg.check_minimums(self, vocab=USED_TOKENS, steps=4, seeds=1, threads=0)
 
 

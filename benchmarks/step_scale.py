@@ -96,11 +96,7 @@ class StepScaleConfig:
         if not self.lr:
             bad_value("lr", self.lr, "at least one multiplier")
         _cfg.check_finite(self, "lr")
-        if not self.adam_lrs:
-            bad_value("adam_lrs", self.adam_lrs, "at least one learning rate")
-        _cfg.check_finite(self, "adam_lrs")
-        if any(not lr > 0 for lr in self.adam_lrs) or len(set(self.adam_lrs)) != len(self.adam_lrs):
-            bad_value("adam_lrs", self.adam_lrs, "distinct learning rates > 0")
+        _cfg.check_grid(self, "adam_lrs")
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,15 @@ def check_finite(cfg: Any, *keys: str, low: float = 0.0, strict: bool = True, no
                 bad_value(key, value, f"{what} {'>' if strict else '>='} {low:g}{note}")
 
 
+def check_grid(cfg: Any, *keys: str) -> None:
+    """:func:`bad_value` for the first tuple field of ``keys`` that is not a non-empty grid of distinct finite
+    floats > 0 (learning rates, multipliers)."""
+    for key in keys:
+        value = getattr(cfg, key)
+        if not value or any(not (math.isfinite(v) and v > 0) for v in value) or len(set(value)) != len(value):
+            bad_value(key, value, "a non-empty list of distinct finite floats > 0")
+
+
 def _fields(cls: type) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls)}
 

@@ -9,6 +9,7 @@ import pytest
 from lopt_graphs.config import (
     TrainKeys,
     check_finite,
+    check_grid,
     check_minimums,
     check_types,
     config_to_dict,
@@ -135,3 +136,18 @@ def test_check_finite_names_the_key_the_value_and_the_bound(kw, match):
     with pytest.raises(ValueError, match=match):
         _Finite(**kw)
     assert _Finite(lr=1e-9, clip=0.0).clip == 0.0  # a non-strict bound itself is allowed
+
+
+@dataclass(frozen=True)
+class _Grid:
+    lrs: tuple[float, ...] = (1e-3, 1e-2)
+
+    def __post_init__(self) -> None:
+        check_grid(self, "lrs")
+
+
+@pytest.mark.parametrize("lrs", [(), (1e-3, 1e-3), (0.0, 1e-3), (1e-3, float("nan")), (float("inf"),)])
+def test_check_grid_wants_distinct_finite_positive_values(lrs):
+    with pytest.raises(ValueError, match=r"invalid config value lrs=.*: expected a non-empty list of distinct finite"):
+        _Grid(lrs)
+    assert _Grid((0.5, 1e-3)).lrs == (0.5, 1e-3)  # any order

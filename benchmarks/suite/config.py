@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -93,10 +92,7 @@ class VsAdamConfig(_cfg.CheckedConfig):
                 _bad(key, getattr(self, key), "an integer >= 1")
         if not self.long_steps or min(self.long_steps) < 1 or len(set(self.long_steps)) != len(self.long_steps):
             _bad("long_steps", self.long_steps, "a non-empty list of distinct integers >= 1")
-        for key in ("adam_lrs", "sgd_lrs"):
-            lrs = getattr(self, key)
-            if not lrs or any(not (math.isfinite(lr) and lr > 0) for lr in lrs) or len(set(lrs)) != len(lrs):
-                _bad(key, lrs, "a non-empty list of distinct finite floats > 0")
+        _cfg.check_grid(self, "adam_lrs", "sgd_lrs")
         if not 0 <= self.warmup_fraction < 1:
             _bad("warmup_fraction", self.warmup_fraction, "a float in [0, 1)")
         check_finite(self, "adamw_weight_decay", strict=False)
