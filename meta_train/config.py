@@ -50,6 +50,8 @@ META_PARAMS: dict[str, tuple[str, ...]] = {
     "no_encoder": ("encoder.",),
     # only the per-tensor step size: its schedule (lr_sched) and its readout of the encoder (lr_readout)
     "step_size": ("encoder.", "ctx_", "slot_type.", "w1", "w2", "b2", "step_proj."),
+    # only the per-entry head and its node terms: the per-tensor step size (schedule, readouts) stays as given
+    "head": ("encoder.", "lr_readout", "lr_untold_shift", "lr_sched."),
 }
 
 #: Estimators that sample antithetic perturbation pairs (``population`` must be even and >= 2).
@@ -143,7 +145,9 @@ class MetaTrainConfig(_cfg.CheckedConfig):
             fixed equivariant feature map; its readouts, the head and the step-size schedule are trained:
             ~350 dimensions instead of ~11,000 for v2, which PES can estimate on a small budget), or
             ``"step_size"`` (only the learned per-tensor step size of a v2 update: its schedule and its
-            readout of the fixed encoder, 43 dimensions; the per-entry head stays Adam's direction).
+            readout of the fixed encoder, 43 dimensions; the per-entry head stays Adam's direction), or ``"head"``
+            (the per-entry head and the encoder's node terms it reads, the complement of ``"step_size"`` outside
+            the encoder: a calibrated step size stays as it is).
     """
 
     outer_steps: int = 300

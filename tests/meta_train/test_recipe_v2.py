@@ -201,6 +201,26 @@ def test_meta_params_step_size_trains_only_the_schedule_and_its_readout():
     assert moved and moved <= set(tr.space.names)
 
 
+def test_meta_params_head_trains_the_head_and_keeps_the_step_size(tmp_path):
+    from lopt_graphs.optim import save_checkpoint
+    from meta_train.trainer import MetaTrainer, fresh_learned_update
+    init = fresh_learned_update("v2_cosine_bounded").add_untold_readout_()
+    save_checkpoint(init, tmp_path / "init.pt")
+    cfg = load_config(None, [f"init_ckpt={tmp_path / 'init.pt'}", "meta_params=head", "wandb=false", "groups=1",
+                             "tasks_per_group=1", "truncation=2", "horizon=4", "horizon_min=0", "population=2",
+                             "validate_every=0", "seed=5", "mag_clip=0"])
+    tr = MetaTrainer(cfg)
+    names = set(tr.space.names)
+    assert {"w1", "w2", "b2", "step_proj.weight", "ctx_dst.weight", "slot_type.weight"} <= names
+    assert not any(n.startswith(("encoder.", "lr_")) for n in names)
+    step_size = {n for n, _ in tr.learned.named_parameters() if n.startswith("lr_")}
+    assert step_size >= {"lr_readout.weight", "lr_readout_untold.weight", "lr_untold_shift", "lr_sched.bias"}
+    before = {n: p.detach().clone() for n, p in tr.learned.named_parameters()}
+    tr.outer_step()
+    moved = {n for n, p in tr.learned.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert moved and moved <= names and not moved & step_size
+
+
 def test_a_resume_point_is_small_and_continues_the_meta_parameters(tmp_path):
     from meta_train.checkpointing import load_checkpoint, resume_point
     from meta_train.trainer import MetaTrainer
