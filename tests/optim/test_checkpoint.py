@@ -78,7 +78,7 @@ def test_ckpt_forms(tmp_path, form):
 
 
 #: The shipped checkpoint the default names (see lopt_graphs/checkpoints/README.md).
-DEFAULT_SOURCE = "v2_calibrated4"
+DEFAULT_SOURCE = "v2_calibrated4_es60"
 
 
 @pytest.mark.parametrize("ckpt", [None, "default"])
@@ -124,6 +124,24 @@ def test_the_new_default_records_its_recipe():
     assert meta["derived_from"] == "v2_calibrated3" and meta["size_prior"] == [100000, 0.25]
     assert meta["calibration_untold"]["horizon"] == "untold" and meta["calibration_untold"]["tasks"] == 48
     assert meta["calibration_told"]["tasks"] == 192
+
+
+def test_the_es_default_records_its_recipe():
+    """``v2_calibrated4_es60``: ``v2_calibrated4`` meta-trained 60 outer steps by ES with the encoder fixed."""
+    base, new = load_learned_update("v2_calibrated4"), load_learned_update("v2_calibrated4_es60")
+    assert new.cfg == base.cfg
+    sd, sd0 = new.state_dict(), base.state_dict()
+    assert set(sd) == set(sd0)
+    moved = {k for k in sd if not torch.equal(sd[k], sd0[k])}
+    assert not any(k.startswith("encoder.") for k in moved)  # meta_params=no_encoder
+    assert {"w2", "lr_readout.weight", "lr_readout_untold.weight", "lr_sched.weight"} <= moved
+    # small moves: 60 outer steps of Adam at lr 1e-3 move a meta-parameter by at most 0.06
+    assert max(float((sd[k] - sd0[k]).abs().max()) for k in moved) <= 0.06 + 1e-6
+    import lopt_graphs.optim.checkpoint as ck
+    meta = torch.load(ck.CHECKPOINT_DIR / "v2_calibrated4_es60.pt", weights_only=True)["meta"]
+    assert meta["derived_from"] == "v2_calibrated4" and meta["meta_train"]["outer_step"] == 60
+    assert meta["meta_train"]["config"]["meta_params"] == "no_encoder"
+    assert meta["meta_train"]["config"]["estimator"] == "full_es"
 
 
 def test_shipped_file_loads_with_weights_only():
