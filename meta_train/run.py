@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -50,6 +51,10 @@ def main(argv: list[str] | None = None) -> MetaTrainer:
     trainer = MetaTrainer(cfg, rank=rank, world=world)
     if cfg.resume:
         trainer.load(cfg.resume)
+        if trainer.step >= cfg.outer_steps and rank == 0:
+            warnings.warn(f"resume={cfg.resume!r} is at outer step {trainer.step}, at or past outer_steps="
+                          f"{cfg.outer_steps}: no outer step will run (raise outer_steps to continue the run)",
+                          RuntimeWarning, stacklevel=2)
     if rank == 0:
         save_resolved_config(cfg, out / "config.yaml")
     logger = MetricsLogger(out, config_to_dict(cfg), use_wandb=cfg.wandb and rank == 0, project=cfg.wandb_project, rank=rank,

@@ -273,3 +273,17 @@ def test_resume_takes_the_configured_outer_lr(tmp_path):
     again.load(tmp_path / "ck.pt")
     assert again.outer.param_groups[0]["lr"] == 0.001
     assert torch.equal(again.theta.detach(), tr.theta.detach()) and again.step == 1
+
+
+def test_resuming_at_or_past_outer_steps_warns_and_runs_nothing(tmp_path):
+    from meta_train.run import main
+    from meta_train.trainer import MetaTrainer
+    args = ["learned=v2_ff", "wandb=false", "groups=1", "tasks_per_group=1", "truncation=2", "horizon=4",
+            "horizon_min=0", "population=2", "report=false", "validate_every=0"]
+    tr = MetaTrainer(load_config(None, args))
+    tr.outer_step()
+    tr.outer_step()
+    tr.save(tmp_path / "ck.pt")
+    with pytest.warns(RuntimeWarning, match=r"at outer step 2, at or past outer_steps=1: no outer step will run"):
+        again = main([*args, "outer_steps=1", f"resume={tmp_path / 'ck.pt'}", f"out={tmp_path / 'run'}"])
+    assert again.step == 2 and torch.equal(again.theta.detach(), tr.theta.detach())
