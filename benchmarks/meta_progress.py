@@ -28,12 +28,10 @@ Prints a markdown table and writes JSON (with every per-task value) + markdown.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -41,7 +39,7 @@ from lopt_graphs import NeuralGraphOptimizer
 from lopt_graphs import config as _cfg
 from lopt_graphs.config import bad_value
 from lopt_graphs.evaluation import train_run
-from lopt_graphs.io import atomic_write_text
+from lopt_graphs.io import write_json_and_markdown
 from lopt_graphs.optim import LearnedUpdate
 from lopt_graphs.optim.checkpoint import read_checkpoint
 from meta_train.config import LEARNED_ARCHS
@@ -192,8 +190,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     res = {"config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "tasks": [t.name for t in tasks],
            "rows": rows}
     res["config"]["ckpts"] = list(cfg.ckpts)
-    atomic_write_text(cfg.out, json.dumps(res, indent=1))
-    atomic_write_text(Path(cfg.out).with_suffix(".md"), text + "\n")
+    write_json_and_markdown(cfg.out, res, text + "\n")
     return res
 
 

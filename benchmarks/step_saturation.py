@@ -22,12 +22,10 @@ per-tensor step near its tanh bound; ``None`` for v1). Prints a markdown table a
 from __future__ import annotations
 
 import copy
-import json
 import statistics
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -36,7 +34,7 @@ from lopt_graphs import NeuralGraphOptimizer
 from lopt_graphs import config as _cfg
 from lopt_graphs.config import bad_value
 from lopt_graphs.evaluation import train_run
-from lopt_graphs.io import atomic_write_text
+from lopt_graphs.io import write_json_and_markdown
 from meta_train.evaluate import load_any
 from meta_train.tasks import HELD_OUT, IN_DISTRIBUTION, Task
 
@@ -133,8 +131,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(markdown(rows))
     res = {"steps": cfg.steps, "seed": 0, "threads": torch.get_num_threads(), "sigma_saturated": SIGMA_SATURATED,
            "rows": rows}
-    atomic_write_text(cfg.out, json.dumps(res, indent=1))
-    atomic_write_text(Path(cfg.out).with_suffix(".md"), markdown(rows) + "\n")
+    write_json_and_markdown(cfg.out, res, markdown(rows) + "\n")
     return res
 
 

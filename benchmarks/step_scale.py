@@ -33,12 +33,10 @@ table and writes JSON + markdown.
 from __future__ import annotations
 
 import copy
-import json
 import statistics
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -46,7 +44,7 @@ from torch import Tensor, nn
 from lopt_graphs import NeuralGraphOptimizer
 from lopt_graphs import config as _cfg
 from lopt_graphs.config import bad_value
-from lopt_graphs.io import atomic_write_text
+from lopt_graphs.io import write_json_and_markdown
 from lopt_graphs.optim import LearnedUpdate
 from meta_train.evaluate import load_any
 
@@ -261,8 +259,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     res = {"steps": cfg.steps, "seeds": list(range(cfg.seeds)), "threads": torch.get_num_threads(),
            "total_steps": cfg.steps if cfg.told else None, "lr": list(cfg.lr), "adam_lrs": list(cfg.adam_lrs),
            "rows": rows}
-    atomic_write_text(cfg.out, json.dumps(res, indent=1))
-    atomic_write_text(Path(cfg.out).with_suffix(".md"), text + "\n")
+    write_json_and_markdown(cfg.out, res, text + "\n")
     return res
 
 

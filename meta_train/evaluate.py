@@ -25,7 +25,7 @@ from lopt_graphs import NeuralGraphOptimizer
 from lopt_graphs import config as _cfg
 from lopt_graphs.evaluation import smooth, train_run, tuned_baseline
 from lopt_graphs.evaluation import steps_to_reach as _steps_to_reach
-from lopt_graphs.io import atomic_write_text
+from lopt_graphs.io import write_json_and_markdown
 from lopt_graphs.optim import LearnedUpdate, load_learned_update
 from lopt_graphs.optim.checkpoint import read_checkpoint
 
@@ -224,9 +224,6 @@ class EvaluateConfig(ScoredRunKeys):
 def main(argv: list[str] | None = None) -> dict:
     """``lopt-evaluate [--config FILE] [ckpt=PATH] [steps=300] [seeds=0,1,2] [threads=1] [out=F.json]``; returns
     the result document."""
-    import json
-    from pathlib import Path
-
     cfg = _cfg.parse_command(EvaluateConfig, argv, "Evaluate a learned-update checkpoint against per-task tuned Adam.")
     before = torch.get_num_threads()
     _cfg.set_threads(cfg.threads)
@@ -234,10 +231,10 @@ def main(argv: list[str] | None = None) -> dict:
         res = evaluate_checkpoint(cfg.ckpt, cfg.steps, cfg.seeds)
     finally:
         torch.set_num_threads(before)
-    print(markdown(res))
+    text = markdown(res)
+    print(text)
     if cfg.out:
-        atomic_write_text(cfg.out, json.dumps(res, indent=1))
-        atomic_write_text(Path(cfg.out).with_suffix(".md"), markdown(res) + "\n")
+        write_json_and_markdown(cfg.out, res, text + "\n")
     return res
 
 
