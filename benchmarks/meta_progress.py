@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -141,9 +142,8 @@ def references(cfg: MetaProgressConfig) -> list[dict]:
 def paired_difference(values: Sequence[float], first: Sequence[float]) -> dict[str, float]:
     """``{"mean", "se"}`` of ``values[i] - first[i]`` (the standard error of the mean; ``nan`` for one pair)."""
     d = [a - b for a, b in zip(values, first)]
-    mean = sum(d) / len(d)
-    se = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d)) if len(d) > 1 else math.nan
-    return {"mean": mean, "se": se}
+    se = statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else math.nan
+    return {"mean": statistics.fmean(d), "se": se}
 
 
 def markdown(rows: list[dict], cfg: MetaProgressConfig) -> str:
@@ -169,19 +169,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
     _cfg.set_threads(cfg.threads)
     refs, tasks = references(cfg), family_tasks(cfg)
     rows: list[dict] = []
+    first_val: list[float] = []  # the first checkpoint's validation log ratios, per run
     for ckpt in cfg.ckpts:
         learned = load(ckpt)
         val = validation_score(learned, refs, cfg.validate_steps, seeds=cfg.validate_seeds, told=cfg.told)
         fam = family_values(learned, tasks, cfg.steps, seed=0, told=cfg.told)
         val_tasks = [t["log_ratio"] for t in val["tasks"]]
         first = rows[0] if rows else None
+        first_val = first_val or val_tasks
         rows.append({"ckpt": ckpt, "validation": val["score"], "validation_tasks": val["tasks"],
                      "train_family": sum(fam) / len(fam), "train_family_values": fam,
                      "validation_lower": "-" if first is None else
-                     f"{sum(a < b for a, b in zip(val_tasks, (t['log_ratio'] for t in first['validation_tasks'])))}"
-                     f"/{len(val_tasks)}",
-                     "validation_vs_first": None if first is None else
-                     paired_difference(val_tasks, [t["log_ratio"] for t in first["validation_tasks"]]),
+                     f"{sum(a < b for a, b in zip(val_tasks, first_val))}/{len(val_tasks)}",
+                     "validation_vs_first": None if first is None else paired_difference(val_tasks, first_val),
                      "train_family_lower": "-" if first is None else
                      f"{sum(a < b for a, b in zip(fam, first['train_family_values']))}/{len(fam)}"})
         print(f"  {ckpt}: validation {val['score']:+.3f}, train_family {rows[-1]['train_family']:+.3f}", file=sys.stderr)

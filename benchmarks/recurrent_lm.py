@@ -20,6 +20,7 @@ the plot next to ``out``.
 
 from __future__ import annotations
 
+import math
 import statistics
 import sys
 from collections.abc import Callable, Sequence
@@ -122,7 +123,7 @@ def train(make_opt: Callable[[nn.Module], torch.optim.Optimizer], vocab: int, st
 def loss_ratio(losses: Sequence[float]) -> float:
     """Mean of the last 3 losses over the first (non-finite: ``inf``)."""
     r = sum(losses[-3:]) / 3 / losses[0]
-    return r if r == r and r != float("inf") else float("inf")
+    return r if math.isfinite(r) else math.inf
 
 
 def _configs(cfg: RecurrentLMConfig) -> list[tuple[str, Callable[[nn.Module], torch.optim.Optimizer]]]:

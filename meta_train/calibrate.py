@@ -149,12 +149,17 @@ def _check_readout(learned: LearnedUpdate) -> None:
                          "update with use_graph=True and tensor_lr=True): there is nothing to calibrate")
 
 
+def log_loss(loss: float) -> float:
+    """``log(L + 0.01)``, the space targets are chosen in; a non-finite loss counts as ``1e9``."""
+    return math.log((loss if math.isfinite(loss) else 1e9) + LOSS_OFFSET)
+
+
 def best_log_multiplier(multipliers: Sequence[float], losses: Sequence[float]) -> float:
     """The log multiplier of the lowest ``log(L + 0.01)``, refined by the parabola through the best grid point
     and its neighbours (in log multiplier, on an evenly spaced log grid); a best point at a grid edge is returned
     as it is. A non-finite loss counts as ``1e9``."""
     lm = [math.log(m) for m in multipliers]
-    c = [math.log((x if math.isfinite(x) else 1e9) + LOSS_OFFSET) for x in losses]
+    c = [log_loss(x) for x in losses]
     k = min(range(len(c)), key=c.__getitem__)
     if k in (0, len(c) - 1):
         return lm[k]
@@ -201,10 +206,8 @@ def _resume_keys(c: CalibrateConfig) -> dict[str, Any]:
 
 
 def mean_over_seeds(losses: Sequence[float]) -> float:
-    """The loss whose ``log(L + 0.01)`` is the mean of the seeds' (a non-finite loss counts as ``1e9``, as in
-    :func:`best_log_multiplier`)."""
-    logs = [math.log((x if math.isfinite(x) else 1e9) + LOSS_OFFSET) for x in losses]
-    return math.exp(sum(logs) / len(logs)) - LOSS_OFFSET
+    """The loss whose :func:`log_loss` is the mean of the seeds'."""
+    return math.exp(sum(map(log_loss, losses)) / len(losses)) - LOSS_OFFSET
 
 
 def _resume_rows(progress: Path | None, keys: dict[str, Any]) -> list[dict[str, Any]]:
