@@ -30,6 +30,7 @@ import torch
 from lopt_graphs import config as _cfg
 from lopt_graphs.config import bad_value
 from lopt_graphs.io import write_json_and_markdown
+from lopt_graphs.optim import load_learned_update
 
 __all__ = ["HFBertConfig", "main", "run"]
 
@@ -94,6 +95,8 @@ def _configs(cfg: HFBertConfig) -> list[tuple[str, dict[str, Any]]]:
 
 def run(cfg: HFBertConfig, train: Callable[..., dict] | None = None) -> dict[str, Any]:
     """Every configuration on every seed; ``train`` defaults to the example's (tests pass a small stand-in)."""
+    for ck in cfg.ckpts:  # a missing or broken checkpoint fails here, before any run
+        load_learned_update(ck)
     train = train or _example().train
     rows = []
     for label, kw in _configs(cfg):

@@ -44,7 +44,7 @@ from lopt_graphs.io import write_json_and_markdown
 from lopt_graphs.optim import LearnedUpdate
 from lopt_graphs.optim.checkpoint import read_checkpoint
 from meta_train.config import LEARNED_ARCHS
-from meta_train.evaluate import load_any
+from meta_train.evaluate import check_checkpoints, load_any
 from meta_train.tasks import FAMILIES, Task, TaskConfig, sample_group
 from meta_train.unroll import LOSS_OFFSET
 from meta_train.validate import adam_references, validation_score
@@ -167,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """Command-line entry point: ``[--config FILE] [key=value ...]``; returns the result document."""
     cfg = _cfg.parse_command(MetaProgressConfig, argv, (__doc__ or "").split("\n")[0])
     _cfg.set_threads(cfg.threads)
+    check_checkpoints(cfg.ckpts, skip_prefix=FRESH)
     refs, tasks = references(cfg), family_tasks(cfg)
     rows: list[dict] = []
     first_val: list[float] = []  # the first checkpoint's validation log ratios, per run

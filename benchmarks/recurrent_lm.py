@@ -20,6 +20,7 @@ the plot next to ``out``.
 
 from __future__ import annotations
 
+import copy
 import math
 import statistics
 import sys
@@ -35,6 +36,7 @@ from lopt_graphs import NeuralGraphOptimizer
 from lopt_graphs import config as _cfg
 from lopt_graphs.config import bad_value
 from lopt_graphs.io import finite_or_none, write_json_and_markdown
+from lopt_graphs.optim import load_learned_update
 from lopt_graphs.plotting import new_figure, save_figure
 
 __all__ = ["RecurrentLMConfig", "RecurrentLM", "batch", "main", "run", "train_losses"]
@@ -129,9 +131,10 @@ def loss_ratio(losses: Sequence[float]) -> float:
 def _configs(cfg: RecurrentLMConfig) -> list[tuple[str, Callable[[nn.Module], torch.optim.Optimizer]]]:
     out: list[tuple[str, Callable[[nn.Module], torch.optim.Optimizer]]] = []
     total = cfg.steps if cfg.told else None
-    for ck in cfg.ckpts:
-        ckpt = None if ck == "default" else ck
-        out.append((ck, lambda m, ckpt=ckpt: NeuralGraphOptimizer.for_module(m, ckpt, total_steps=total)))
+    # every checkpoint loads here, before any run: a missing one fails at the start
+    learned = [load_learned_update(None if ck == "default" else ck) for ck in cfg.ckpts]
+    for ck, lu in zip(cfg.ckpts, learned):
+        out.append((ck, lambda m, lu=lu: NeuralGraphOptimizer.for_module(m, copy.deepcopy(lu), total_steps=total)))
     for lr in cfg.adam_lrs:
         out.append((f"Adam lr={lr:g}", lambda m, lr=lr: torch.optim.Adam(m.parameters(), lr=lr)))
     return out

@@ -35,7 +35,7 @@ from lopt_graphs import config as _cfg
 from lopt_graphs.config import bad_value
 from lopt_graphs.evaluation import train_run
 from lopt_graphs.io import write_json_and_markdown
-from meta_train.evaluate import load_any
+from meta_train.evaluate import check_checkpoints, load_any
 from meta_train.tasks import HELD_OUT, IN_DISTRIBUTION, Task
 
 #: a tensor's v2 log step counts as saturated at this fraction of ``lr_bound`` (tanh(x) = 0.95 at x = 1.83)
@@ -127,6 +127,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """Command-line entry point: ``[--config FILE] [key=value ...]``; returns the result document."""
     cfg = _cfg.parse_command(StepSaturationConfig, argv, (__doc__ or "").split("\n")[0])
     _cfg.set_threads(cfg.threads)
+    check_checkpoints(cfg.ckpts)
     rows = [r for c in cfg.ckpts for r in measure(c, cfg.steps)]
     print(markdown(rows))
     res = {"steps": cfg.steps, "seed": 0, "threads": torch.get_num_threads(), "sigma_saturated": SIGMA_SATURATED,

@@ -46,7 +46,7 @@ from lopt_graphs import config as _cfg
 from lopt_graphs.config import bad_value
 from lopt_graphs.io import write_json_and_markdown
 from lopt_graphs.optim import LearnedUpdate
-from meta_train.evaluate import load_any
+from meta_train.evaluate import check_checkpoints, load_any
 
 MODELS = ("resnet18", "mlp_wide", "mlp_mid")
 
@@ -250,6 +250,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """Command-line entry point: ``[--config FILE] [key=value ...]``; returns the result document."""
     cfg = _cfg.parse_command(StepScaleConfig, argv, (__doc__ or "").split("\n")[0])
     _cfg.set_threads(cfg.threads)
+    check_checkpoints(cfg.ckpts)
     rows = []
     for model in cfg.models:
         adam = adam_rows(model, cfg.steps, cfg.seeds, cfg.adam_lrs)

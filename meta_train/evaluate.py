@@ -119,6 +119,19 @@ def load_any(ckpt: str) -> LearnedUpdate:
     return learned
 
 
+def check_checkpoints(ckpts: Sequence[str], skip_prefix: str | None = None) -> None:
+    """Load every checkpoint of ``ckpts`` once (as :func:`load_any` does) before a command trains anything, so a
+    misspelt or missing one fails at the start, not after the runs of those before it. Names starting with
+    ``skip_prefix`` (``fresh:ARCH`` in ``lopt-meta-progress``) are not files and are skipped.
+
+    Raises:
+        CheckpointError, ValueError: as :func:`load_any`, for the first checkpoint that does not load.
+    """
+    for ckpt in ckpts:
+        if not (skip_prefix and ckpt.startswith(skip_prefix)):
+            load_any(ckpt)
+
+
 def _summary(rows: list[dict], steps: int) -> dict:
     import statistics
 

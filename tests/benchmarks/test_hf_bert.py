@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from benchmarks import hf_bert as mod
+from lopt_graphs.optim import CheckpointError
 
 
 def test_every_checkpoint_runs_with_and_without_the_horizon_and_adam_in_the_same_process(tmp_path: Path):
@@ -23,13 +24,15 @@ def test_every_checkpoint_runs_with_and_without_the_horizon_and_adam_in_the_same
             acc = 0.95 if total_steps is None else 0.5 + 0.2 * seed
         return {"test_accuracy": acc, "last_loss": 1.0 - acc, "first_loss": 0.69}
 
-    cfg = mod.HFBertConfig(ckpts=("a",), adam_lrs=(1e-2, 2e-2), steps=12, seeds=3, out=str(tmp_path / "h.json"))
+    cfg = mod.HFBertConfig(ckpts=("adam_init",), adam_lrs=(1e-2, 2e-2), steps=12, seeds=3, out=str(tmp_path / "h.json"))
     doc = mod.run(cfg, fake_train)
-    assert [r["optimizer"] for r in doc["rows"]] == ["a", "a, total_steps", "Adam lr=0.01", "Adam lr=0.02"]
+    assert [r["optimizer"] for r in doc["rows"]] == ["adam_init", "adam_init, total_steps", "Adam lr=0.01",
+                                                     "Adam lr=0.02"]
     assert [r["trained"] for r in doc["rows"]] == [3, 1, 3, 0]  # 0.5, 0.7, 0.9: only 0.9 reaches trained_acc
-    assert calls[:6] == [("a", None, 0), ("a", None, 1), ("a", None, 2), ("a", 12, 0), ("a", 12, 1), ("a", 12, 2)]
+    a = "adam_init"
+    assert calls[:6] == [(a, None, 0), (a, None, 1), (a, None, 2), (a, 12, 0), (a, 12, 1), (a, 12, 2)]
     md = mod.markdown(doc)
-    assert "| a, total_steps | 1/3 | 0.500, 0.700, 0.900 |" in md
+    assert "| adam_init, total_steps | 1/3 | 0.500, 0.700, 0.900 |" in md
     json.dumps(doc)  # the document is JSON as written
 
 
@@ -64,3 +67,13 @@ def test_example_train_takes_a_checkpoint_a_horizon_or_another_optimizer():
     assert adam["description"] is None and adam["first_loss"] > 0
     ngo = train(steps=10, seed=0, quiet=True, ckpt="adam_init", total_steps=10)
     assert ngo["description"].totals()["edge"][0] >= 8
+
+
+def test_a_missing_checkpoint_fails_before_any_run(tmp_path: Path):
+    def no_run(**kwargs):
+        raise AssertionError("trained before every checkpoint loaded")
+
+    cfg = mod.HFBertConfig(ckpts=("default", str(tmp_path / "nope.pt")), steps=12, seeds=1,
+                           out=str(tmp_path / "h.json"))
+    with pytest.raises(CheckpointError, match="nope.pt"):
+        mod.run(cfg, no_run)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from benchmarks import recurrent_lm as mod
+from lopt_graphs.optim import CheckpointError
 
 
 def test_every_optimizer_starts_from_the_same_loss_and_the_ratio_is_the_curves(tmp_path: Path):
@@ -44,3 +45,14 @@ def test_the_batches_use_the_first_16_tokens_and_continue_the_stride():
 def test_bad_keys_raise(bad: str, match: str, tmp_path: Path):
     with pytest.raises(ValueError, match=match):
         mod.main([bad, f"out={tmp_path / 'x.json'}"])
+
+
+def test_a_missing_checkpoint_fails_before_any_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    def no_run(*args, **kwargs):
+        raise AssertionError("trained before every checkpoint loaded")
+
+    monkeypatch.setattr(mod, "train", no_run)
+    out = tmp_path / "lm.json"
+    with pytest.raises(CheckpointError, match="nope.pt"):
+        mod.main(["ckpts=default," + str(tmp_path / "nope.pt"), "vocab=64", "steps=6", f"out={out}"])
+    assert not out.exists()

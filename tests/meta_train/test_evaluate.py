@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from lopt_graphs.evaluation import train_run
-from lopt_graphs.optim import load_learned_update
-from meta_train.evaluate import ADAM_LRS, TUNE_SEED, compare_with_adam, markdown, steps_to_reach, tune_seed_for
+from lopt_graphs.optim import CheckpointError, load_learned_update
+from meta_train.evaluate import (ADAM_LRS, TUNE_SEED, check_checkpoints, compare_with_adam, markdown, steps_to_reach,
+                                 tune_seed_for)
 from meta_train.tasks import IN_DISTRIBUTION, Task
 
 
@@ -39,3 +40,12 @@ def test_markdown_says_where_the_lr_was_tuned() -> None:
            "summary": {"median_fraction_of_steps_to_tuned_adam_final_in_dist": math.nan,
                        "held_out_beats_tuned_adam": 1, "held_out_tasks": 1}}
     assert "chosen per task on seed 1000, which is not scored" in markdown(res)
+
+
+def test_check_checkpoints_names_the_first_that_does_not_load_and_skips_the_prefix(tmp_path):
+    check_checkpoints(["default", "adam_init", "fresh:v2"], skip_prefix="fresh:")
+    missing = str(tmp_path / "missing.pt")
+    with pytest.raises(CheckpointError, match="missing.pt"):
+        check_checkpoints(["default", missing, "fresh:v2"], skip_prefix="fresh:")
+    with pytest.raises(CheckpointError, match="fresh:v2"):  # without the prefix it is a (missing) name
+        check_checkpoints(["fresh:v2"])
