@@ -147,6 +147,11 @@ def _check_readout(learned: LearnedUpdate) -> None:
     if not (learned.cfg.tensor_lr and learned.cfg.use_graph) or getattr(learned, "lr_readout", None) is None:
         raise ValueError("This learned update has no per-tensor step readout of the graph encoder (it needs a v2 "
                          "update with use_graph=True and tensor_lr=True): there is nothing to calibrate")
+    if learned.cfg.fan_in_power > 0:
+        raise ValueError(f"This learned update has a fan-in prior (fan_in_power={learned.cfg.fan_in_power:g}), which "
+                         "shifts each weight's log step by its own fan-in; a calibration models one readout context "
+                         "per task. Calibrate the update without it (lopt-derive fan_in_prior=0,"
+                         f"{learned.cfg.fan_in_ref:g}) and give the result the prior again")
 
 
 def log_loss(loss: float) -> float:

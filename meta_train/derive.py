@@ -12,9 +12,15 @@ the bound, where meta-training can move it.
 
 ``size_prior=REF,POWER`` gives the checkpoint a size prior (``LearnedUpdateConfig.size_ref``/``size_power``): on a
 model of ``N > REF`` parameters the optimizer multiplies its ``lr`` by ``(N / REF) ** -POWER``. ``mag_clip=0``
-keeps the source's bound (then a size prior is needed: something to derive). Example::
+keeps the source's bound (then a size prior or a fan-in prior is needed: something to derive). Example::
 
     lopt-derive src=v2_calibrated3 dst=runs/c3_size.pt size_prior=100000,0.25
+
+``fan_in_prior=POWER,REF`` gives it a fan-in prior (``LearnedUpdateConfig.fan_in_power``/``fan_in_ref``): a weight
+with ``fan_in`` inputs per neuron adds ``-POWER * log(fan_in / REF)`` to its per-tensor log step; ``POWER=0``
+removes the source's prior::
+
+    lopt-derive src=default dst=runs/fanin/p05.pt fan_in_prior=0.5,64
 """
 
 from __future__ import annotations
@@ -31,11 +37,18 @@ from .trainer import initial_learned_update
 
 
 def derive(src: str, dst: str | Path, mag_clip: float, mag_affine: tuple[float, float] | None = None,
-           size_prior: tuple[int, float] | None = None) -> None:
-    """Write ``dst``: ``src`` with ``mag_clip`` (``0`` keeps the source's when ``size_prior`` is given), its log
-    step mapped by ``mag_affine`` and a size prior ``(size_ref, size_power)``; ``meta`` records what changed."""
-    if not (mag_clip > 0 or (mag_clip == 0 and size_prior is not None)):
-        raise ValueError(f"Invalid mag_clip: {mag_clip} (expected > 0, or 0 to keep the source's with a size_prior)")
+           size_prior: tuple[int, float] | None = None, fan_in_prior: tuple[float, float] | None = None) -> None:
+    """Write ``dst``: ``src`` with ``mag_clip`` (``0`` keeps the source's when a prior is given), its log step
+    mapped by ``mag_affine``, a size prior ``(size_ref, size_power)`` and a fan-in prior ``(fan_in_power,
+    fan_in_ref)``; ``meta`` records what changed."""
+    if not (mag_clip > 0 or (mag_clip == 0 and (size_prior is not None or fan_in_prior is not None))):
+        raise ValueError(f"Invalid mag_clip: {mag_clip} (expected > 0, or 0 to keep the source's with a size_prior "
+                         "or a fan_in_prior)")
+    if fan_in_prior is not None:
+        power, fref = (float(v) for v in fan_in_prior)
+        if not (math.isfinite(power) and power >= 0 and math.isfinite(fref) and fref > 0):
+            raise ValueError(f"Invalid fan_in_prior: ({power}, {fref}) (expected POWER,REF: an exponent >= 0 and a "
+                             "fan-in > 0)")
     if size_prior is not None:
         ref, power = size_prior
         if not (float(ref).is_integer() and ref > 0 and math.isfinite(power) and power > 0):
@@ -57,6 +70,9 @@ def derive(src: str, dst: str | Path, mag_clip: float, mag_affine: tuple[float, 
     if size_prior is not None:
         learned = learned.with_config(size_ref=int(ref), size_power=float(power))
         meta["size_prior"] = [int(ref), float(power)]
+    if fan_in_prior is not None:
+        learned = learned.with_config(fan_in_power=power, fan_in_ref=fref)  # checks tensor_lr
+        meta["fan_in_prior"] = [power, fref]
     save_checkpoint(learned, dst, meta=meta)
 
 
@@ -71,6 +87,8 @@ class DeriveConfig:
         mag_affine: ``SCALE,SHIFT``: map the log step multiplier ``u`` to ``SCALE * u + SHIFT`` (empty: keep).
         size_prior: ``REF,POWER``: ``lr`` times ``(N / REF) ** -POWER`` on models of ``N > REF`` parameters
             (empty: keep the source's).
+        fan_in_prior: ``POWER,REF``: ``-POWER * log(fan_in / REF)`` on every weight's per-tensor log step (empty:
+            keep the source's; ``POWER=0`` removes it).
         threads: torch intra-op threads (1, as every command; ``0`` keeps torch's default).
     """
 
@@ -79,6 +97,7 @@ class DeriveConfig:
     mag_clip: float = 0.0
     mag_affine: tuple[float, ...] = ()
     size_prior: tuple[float, ...] = ()
+    fan_in_prior: tuple[float, ...] = ()
     threads: int = 1
 
     def __post_init__(self) -> None:
@@ -87,13 +106,15 @@ class DeriveConfig:
             _cfg.bad_value("mag_affine", self.mag_affine, "SCALE,SHIFT (two floats) or empty")
         if len(self.size_prior) not in (0, 2):
             _cfg.bad_value("size_prior", self.size_prior, "REF,POWER (two numbers) or empty")
+        if len(self.fan_in_prior) not in (0, 2):
+            _cfg.bad_value("fan_in_prior", self.fan_in_prior, "POWER,REF (two numbers) or empty")
         if self.threads < 0:
             _cfg.bad_value("threads", self.threads, "an integer >= 0 (0 keeps torch's default)")
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command-line entry point: ``[--config FILE] src=SRC dst=DST mag_clip=X [mag_affine=SCALE,SHIFT]
-    [threads=1]``."""
+    """Command-line entry point: ``[--config FILE] src=SRC dst=DST [mag_clip=X] [mag_affine=SCALE,SHIFT]
+    [size_prior=REF,POWER] [fan_in_prior=POWER,REF] [threads=1]``."""
     c = _cfg.parse_command(DeriveConfig, argv, "Copy a learned-update checkpoint with a new mag_clip (and "
                                                "optionally a re-centred log step multiplier).")
     if not (c.src and c.dst):
@@ -101,9 +122,11 @@ def main(argv: list[str] | None = None) -> None:
     _cfg.set_threads(c.threads)
     affine = (c.mag_affine[0], c.mag_affine[1]) if c.mag_affine else None
     size = (c.size_prior[0], c.size_prior[1]) if c.size_prior else None
-    derive(c.src, c.dst, c.mag_clip, affine, size)
+    fan = (c.fan_in_prior[0], c.fan_in_prior[1]) if c.fan_in_prior else None
+    derive(c.src, c.dst, c.mag_clip, affine, size, fan)
     extra = f", log step u -> {affine[0]:g} u + {affine[1]:g}" if affine else ""
     extra += f", lr x (N / {size[0]:g}) ** -{size[1]:g} above {size[0]:g} parameters" if size else ""
+    extra += f", log step - {fan[0]:g} log(fan_in / {fan[1]:g})" if fan else ""
     clip = f"mag_clip={c.mag_clip}" if c.mag_clip else "its mag_clip"
     print(f"wrote {c.dst} ({c.src} with {clip}{extra})")
 

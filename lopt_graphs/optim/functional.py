@@ -32,8 +32,9 @@ import torch
 from torch import Tensor
 
 from ..graph import GraphSpec
+from ..graph.spec import ParamSlot
 from ..graph.coarsen import encoder_graph
-from .learned import FEATURES, HeadWeights, LearnedUpdate, head, head_stacked
+from .learned import FEATURES, HeadWeights, LearnedUpdate, LearnedUpdateConfig, head, head_stacked
 
 FEATURE_CLIP = 10.0
 
@@ -160,9 +161,10 @@ def node_contexts(learned: LearnedUpdate, spec: GraphSpec, feats: Sequence[Tenso
             continue
         if cfg.tensor_lr:  # invariant: means over the tensor's neurons
             told, untold = learned.readout_contexts(torch.cat([rows.mean(0), cols.mean(0)]))
-            out[-1]["ctx_lr"] = told
+            shift = _fan_in_shift(cfg, p)
+            out[-1]["ctx_lr"] = told + shift
             if untold is not None:
-                out[-1]["ctx_lr_untold"] = untold
+                out[-1]["ctx_lr_untold"] = untold + shift
     return out
 
 
@@ -183,8 +185,16 @@ def _constant_contexts(learned: LearnedUpdate, spec: GraphSpec, feats: Sequence[
             out.append({})
             continue
         if learned.cfg.tensor_lr:
-            out[-1]["ctx_lr"] = zero
+            out[-1]["ctx_lr"] = zero + _fan_in_shift(learned.cfg, p)
     return out
+
+
+def _fan_in_shift(cfg: LearnedUpdateConfig, p: ParamSlot) -> float:
+    """The fan-in prior's share of parameter ``p``'s per-tensor log step (weights stored ``[out, in, ...]`` only:
+    see :attr:`LearnedUpdateConfig.fan_in_power`)."""
+    if p.kind != "edge" or p.transposed:
+        return 0.0
+    return cfg.fan_in_shift(p.cols * p.entries)
 
 
 def ngo_update(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[Tensor], grads: Sequence[Tensor | None],

@@ -70,6 +70,14 @@ class LearnedUpdateConfig:
             told their horizon (``total_steps=None``): the step level a tensor wants differs between a run with
             a learned decay and one without (``lopt-calibrate horizon=untold`` fits it). Needs ``tensor_lr``,
             ``use_graph`` and ``horizon_taus``.
+        fan_in_power: a fan-in prior on the per-tensor log step (``tensor_lr``): a weight whose neurons each
+            read ``fan_in`` inputs (input channels times kernel entries) adds ``-fan_in_power * log(fan_in /
+            fan_in_ref)`` to its log step inside the soft bound ``lr_bound``, so wide-input layers take smaller
+            steps and narrow ones (a first convolution) larger, as ``1 / sqrt(fan_in)`` at ``0.5``: the readout
+            of the encoder's mean node embeddings does not see a tensor's fan-in (``lopt-fan-in`` measures the
+            prior on the validation tasks). Biases, norm parameters, graph-free and transposed weights (an
+            ``Embedding``'s one-hot inputs have no fan-in in this sense) get none. ``0``: no prior.
+        fan_in_ref: the fan-in at which the prior is 0 (``> 0``).
     """
 
     encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(
@@ -92,6 +100,8 @@ class LearnedUpdateConfig:
     size_ref: int = 0
     size_power: float = 0.0
     untold_readout: bool = False
+    fan_in_power: float = 0.0
+    fan_in_ref: float = 64.0
 
     def __post_init__(self) -> None:
         if self.encoder.node_in != len(FEATURES) or self.encoder.edge_in != len(FEATURES):
@@ -126,6 +136,14 @@ class LearnedUpdateConfig:
                              "the graph encoder, and horizon features that tell told runs from untold ones)")
         if self.size_power > 0 and self.size_ref == 0:
             raise ValueError(f"size_power={self.size_power} needs a size_ref > 0 (the model size it applies above)")
+        if not (math.isfinite(self.fan_in_power) and self.fan_in_power >= 0):
+            raise ValueError(f"Invalid fan_in_power: {self.fan_in_power} (expected a finite float >= 0; 0: no fan-in "
+                             "prior)")
+        if not (math.isfinite(self.fan_in_ref) and self.fan_in_ref > 0):
+            raise ValueError(f"Invalid fan_in_ref: {self.fan_in_ref} (expected a finite float > 0, a fan-in)")
+        if self.fan_in_power > 0 and not self.tensor_lr:
+            raise ValueError(f"fan_in_power={self.fan_in_power} needs tensor_lr=True (it shifts the per-tensor log "
+                             "step)")
         if self.readout_bound_up > 0 and self.readout_bound == 0:
             raise ValueError(f"readout_bound_up={self.readout_bound_up} needs a readout_bound > 0 (the downward "
                              "bound); an unbounded readout has no upward bound either")
@@ -136,6 +154,13 @@ class LearnedUpdateConfig:
         if self.size_ref == 0 or num_params <= self.size_ref:
             return 1.0
         return (num_params / self.size_ref) ** -self.size_power
+
+    def fan_in_shift(self, fan_in: int) -> float:
+        """The fan-in prior's share of a weight's per-tensor log step: ``-fan_in_power * log(fan_in /
+        fan_in_ref)`` (0 without a prior)."""
+        if self.fan_in_power == 0:
+            return 0.0
+        return -self.fan_in_power * math.log(fan_in / self.fan_in_ref)
 
     @property
     def readout_bounds(self) -> tuple[float, float] | None:

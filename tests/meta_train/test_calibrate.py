@@ -315,3 +315,10 @@ def test_collect_resumes_from_its_progress_file(tmp_path, monkeypatch):
 def test_bad_keys(args, match):
     with pytest.raises(ValueError, match=match):
         main(["tasks=2", "steps=2", *args])
+
+
+def test_a_fan_in_prior_is_refused_with_the_way_around_it():
+    learned = fresh_learned_update("v2_cosine_bounded").with_config(fan_in_power=0.5)
+    with pytest.raises(ValueError, match="fan_in_prior=0,64"):
+        calibrate(learned, [{"feature": [0.0], "target_log_multiplier": 0.0, "log_step": 0.0, "steps": 5}] * 3,
+                  ridge=1.0)
