@@ -32,8 +32,8 @@ import torch
 from torch import Tensor
 
 from ..graph import GraphSpec
-from ..graph.spec import ParamSlot
 from ..graph.coarsen import encoder_graph
+from ..graph.spec import ParamSlot
 from .learned import FEATURES, HeadWeights, LearnedUpdate, LearnedUpdateConfig, head, head_stacked
 
 FEATURE_CLIP = 10.0

@@ -9,8 +9,15 @@ import torch
 
 from lopt_graphs.evaluation import train_run
 from lopt_graphs.optim import CheckpointError, load_learned_update
-from meta_train.evaluate import (ADAM_LRS, TUNE_SEED, check_checkpoints, compare_with_adam, markdown, steps_to_reach,
-                                 tune_seed_for)
+from meta_train.evaluate import (
+    ADAM_LRS,
+    TUNE_SEED,
+    check_checkpoints,
+    compare_with_adam,
+    markdown,
+    steps_to_reach,
+    tune_seed_for,
+)
 from meta_train.tasks import IN_DISTRIBUTION, Task
 
 

@@ -78,7 +78,7 @@ def test_ckpt_forms(tmp_path, form):
 
 
 #: The shipped checkpoint the default names (see lopt_graphs/checkpoints/README.md).
-DEFAULT_SOURCE = "v2_calibrated4_es60"
+DEFAULT_SOURCE = "v2_calibrated4_es60_fanin"
 
 
 @pytest.mark.parametrize("ckpt", [None, "default"])
@@ -91,6 +91,7 @@ def test_default_checkpoint(ckpt):
     _same_weights(opt.learned, load_learned_update(DEFAULT_SOURCE))
     cfg = opt.learned.cfg
     assert cfg.tensor_lr and cfg.horizon_taus and cfg.untold_readout and (cfg.size_ref, cfg.size_power) == (100000, 0.25)
+    assert (cfg.fan_in_power, cfg.fan_in_ref) == (0.5, 64.0)  # and a fan-in prior on each weight's step
     assert torch.count_nonzero(opt.learned.lr_readout.weight) > 0 and torch.count_nonzero(opt.learned.lr_readout_untold.weight) > 0
     assert not torch.equal(opt.learned.lr_readout.weight, opt.learned.lr_readout_untold.weight)
 
@@ -142,6 +143,19 @@ def test_the_es_default_records_its_recipe():
     assert meta["derived_from"] == "v2_calibrated4" and meta["meta_train"]["outer_step"] == 60
     assert meta["meta_train"]["config"]["meta_params"] == "no_encoder"
     assert meta["meta_train"]["config"]["estimator"] == "full_es"
+
+
+def test_the_fan_in_default_is_the_es_checkpoint_with_a_fan_in_prior():
+    """``v2_calibrated4_es60_fanin``: the weights of ``v2_calibrated4_es60``, its config plus the prior (0.5, 64)."""
+    import dataclasses
+
+    base, new = load_learned_update("v2_calibrated4_es60"), load_learned_update("v2_calibrated4_es60_fanin")
+    assert dataclasses.replace(new.cfg, fan_in_power=0.0) == base.cfg and new.cfg.fan_in_power == 0.5
+    sd = base.state_dict()
+    assert all(torch.equal(v, sd[k]) for k, v in new.state_dict().items()) and set(sd) == set(new.state_dict())
+    import lopt_graphs.optim.checkpoint as ck
+    meta = torch.load(ck.CHECKPOINT_DIR / "v2_calibrated4_es60_fanin.pt", weights_only=True)["meta"]
+    assert meta["derived_from"] == "v2_calibrated4_es60" and meta["fan_in_prior"] == [0.5, 64.0]
 
 
 def test_shipped_file_loads_with_weights_only():

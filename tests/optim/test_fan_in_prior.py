@@ -15,6 +15,9 @@ from torch import nn
 from lopt_graphs.optim import LearnedUpdate, NeuralGraphOptimizer, load_learned_update
 from lopt_graphs.optim.learned import LearnedUpdateConfig, v2_config
 
+#: A shipped recipe-v2 checkpoint without a fan-in prior (the default has one).
+NO_PRIOR = "v2_calibrated4_es60"
+
 
 class _Net(nn.Module):
     """A conv (3 input channels, 3x3: fan-in 27), a linear (fan-in 8 * 4 * 4 = 128) and an embedding."""
@@ -70,7 +73,7 @@ def test_fan_in_shift():
 
 def test_each_weight_shifts_by_its_own_fan_in_and_biases_not_at_all():
     torch.manual_seed(0)
-    learned = load_learned_update("default")
+    learned = load_learned_update(NO_PRIOR)
     model = _Net()
     plain = _log_steps(learned, model)
     prior = _with_prior(learned, 0.5)
@@ -87,7 +90,7 @@ def test_each_weight_shifts_by_its_own_fan_in_and_biases_not_at_all():
 
 def test_an_embedding_gets_no_prior():
     torch.manual_seed(0)
-    learned = load_learned_update("default")
+    learned = load_learned_update(NO_PRIOR)
     model = _Bag()
 
     def sigmas(lu: LearnedUpdate) -> list[float]:
@@ -110,7 +113,7 @@ def test_an_embedding_gets_no_prior():
 
 
 def test_the_fast_path_steps_as_the_reference_path_with_a_prior():
-    prior = _with_prior(load_learned_update("default"), 0.5, ref=16.0)
+    prior = _with_prior(load_learned_update(NO_PRIOR), 0.5, ref=16.0)
 
     def train(fast: bool) -> list[torch.Tensor]:
         torch.manual_seed(0)
@@ -145,8 +148,8 @@ def test_derive_writes_a_fan_in_prior_and_keeps_the_weights(tmp_path):
     from lopt_graphs.optim.checkpoint import read_checkpoint
     from meta_train.derive import derive, main
 
-    derive("default", tmp_path / "f.pt", 0.0, fan_in_prior=(0.5, 64))
-    a, b = load_learned_update("default"), load_learned_update(str(tmp_path / "f.pt"))
+    derive(NO_PRIOR, tmp_path / "f.pt", 0.0, fan_in_prior=(0.5, 64))
+    a, b = load_learned_update(NO_PRIOR), load_learned_update(str(tmp_path / "f.pt"))
     assert (b.cfg.fan_in_power, b.cfg.fan_in_ref) == (0.5, 64.0)
     assert dataclasses.replace(b.cfg, fan_in_power=0.0) == a.cfg
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
@@ -154,7 +157,7 @@ def test_derive_writes_a_fan_in_prior_and_keeps_the_weights(tmp_path):
     main(["src=" + str(tmp_path / "f.pt"), "dst=" + str(tmp_path / "g.pt"), "fan_in_prior=0,64"])  # removes it
     assert load_learned_update(str(tmp_path / "g.pt")).cfg == a.cfg
     with pytest.raises(ValueError, match="Invalid fan_in_prior"):
-        derive("default", tmp_path / "t.pt", 0.0, fan_in_prior=(0.5, 0.0))
+        derive(NO_PRIOR, tmp_path / "t.pt", 0.0, fan_in_prior=(0.5, 0.0))
     with pytest.raises(ValueError, match="needs tensor_lr=True"):
         derive("meta_tbptt_clip3_1875", tmp_path / "v1.pt", 0.0, fan_in_prior=(0.5, 64))
     with pytest.raises(ValueError, match="fan_in_prior"):
