@@ -15,6 +15,8 @@ from torch import nn
 from lopt_graphs.optim import LearnedUpdate, NeuralGraphOptimizer, load_learned_update
 from lopt_graphs.optim.learned import LearnedUpdateConfig, v2_config
 
+from .test_size_prior import _train
+
 #: A shipped recipe-v2 checkpoint without a fan-in prior (the default has one).
 NO_PRIOR = "v2_calibrated4_es60"
 
@@ -47,12 +49,11 @@ def _with_prior(learned: LearnedUpdate, power: float, ref: float = 64.0) -> Lear
     return learned.with_config(fan_in_power=power, fan_in_ref=ref)
 
 
-def _log_steps(learned: LearnedUpdate, model: nn.Module, total: int = 10) -> dict[str, float]:
-    """The per-tensor log step ``sigma`` of each parameter at the first step (the reference path's diagnostics)."""
-    opt = NeuralGraphOptimizer.for_module(model, copy.deepcopy(learned), total_steps=total)
+def _log_steps(learned: LearnedUpdate, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """The per-tensor log step ``sigma`` of each parameter at a first step on ``(x, y)`` (the reference path's
+    diagnostics); the model's weights are left as they were."""
+    opt = NeuralGraphOptimizer.for_module(model, copy.deepcopy(learned), total_steps=10)
     opt.record_diagnostics = True
-    g = torch.Generator().manual_seed(1)
-    x, y = torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 5, (4,), generator=g)
     nn.functional.cross_entropy(model(x), y).backward()
     with torch.no_grad():
         saved = [p.clone() for p in model.parameters()]
@@ -62,6 +63,12 @@ def _log_steps(learned: LearnedUpdate, model: nn.Module, total: int = 10) -> dic
     model.zero_grad()
     names = [n for n, _ in model.named_parameters()]
     return {n: float(d["sigma"]) for n, d in zip(names, opt.last_diagnostics)}
+
+
+def _logit_shift(learned: LearnedUpdate, shifted: float, plain: float) -> float:
+    """How far the prior moved a log step inside the soft bound ``lr_bound``."""
+    bound = learned.cfg.lr_bound
+    return bound * (math.atanh(shifted / bound) - math.atanh(plain / bound))
 
 
 def test_fan_in_shift():
@@ -75,14 +82,12 @@ def test_each_weight_shifts_by_its_own_fan_in_and_biases_not_at_all():
     torch.manual_seed(0)
     learned = load_learned_update(NO_PRIOR)
     model = _Net()
-    plain = _log_steps(learned, model)
-    prior = _with_prior(learned, 0.5)
-    shifted = _log_steps(prior, model)
-    bound = learned.cfg.lr_bound
-    unbound = lambda s: bound * math.atanh(s / bound)  # noqa: E731  the logit inside the soft bound
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 5, (4,), generator=g)
+    plain, shifted = _log_steps(learned, model, x, y), _log_steps(_with_prior(learned, 0.5), model, x, y)
     for name, fan_in in (("conv.weight", 27), ("fc.weight", 128)):
         want = -0.5 * math.log(fan_in / 64)
-        assert unbound(shifted[name]) - unbound(plain[name]) == pytest.approx(want, abs=1e-4), name
+        assert _logit_shift(learned, shifted[name], plain[name]) == pytest.approx(want, abs=1e-4), name
     assert shifted["conv.weight"] > plain["conv.weight"] and shifted["fc.weight"] < plain["fc.weight"]
     for name in ("conv.bias", "fc.bias"):
         assert shifted[name] == pytest.approx(plain[name], abs=1e-6), name
@@ -92,45 +97,21 @@ def test_an_embedding_gets_no_prior():
     torch.manual_seed(0)
     learned = load_learned_update(NO_PRIOR)
     model = _Bag()
-
-    def sigmas(lu: LearnedUpdate) -> list[float]:
-        opt = NeuralGraphOptimizer.for_module(model, copy.deepcopy(lu), total_steps=10)
-        opt.record_diagnostics = True
-        nn.functional.cross_entropy(model(torch.tensor([[1, 2, 3], [4, 5, 6]])), torch.tensor([0, 1])).backward()
-        with torch.no_grad():
-            saved = [p.clone() for p in model.parameters()]
-            opt.step()
-            for p, s in zip(model.parameters(), saved):
-                p.copy_(s)
-        model.zero_grad()
-        return [float(d["sigma"]) for d in opt.last_diagnostics]
-
-    plain, shifted = sigmas(learned), sigmas(_with_prior(learned, 0.5, ref=8.0))
-    assert shifted[0] == pytest.approx(plain[0], abs=1e-6)  # the embedding: transposed, no fan-in
-    bound = learned.cfg.lr_bound
-    logit_shift = bound * (math.atanh(shifted[1] / bound) - math.atanh(plain[1] / bound))
-    assert logit_shift == pytest.approx(-0.5 * math.log(2.0), abs=1e-4)  # the linear: fan-in 16 against 8
+    x, y = torch.tensor([[1, 2, 3], [4, 5, 6]]), torch.tensor([0, 1])
+    plain, shifted = _log_steps(learned, model, x, y), _log_steps(_with_prior(learned, 0.5, ref=8.0), model, x, y)
+    assert shifted["emb.weight"] == pytest.approx(plain["emb.weight"], abs=1e-6)  # transposed: no fan-in
+    # the linear: fan-in 16 against 8
+    assert _logit_shift(learned, shifted["fc.weight"], plain["fc.weight"]) == pytest.approx(-0.5 * math.log(2.0), abs=1e-4)
 
 
 def test_the_fast_path_steps_as_the_reference_path_with_a_prior():
-    prior = _with_prior(load_learned_update(NO_PRIOR), 0.5, ref=16.0)
-
-    def train(fast: bool) -> list[torch.Tensor]:
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(200, 64), nn.Tanh(), nn.Linear(64, 4))  # large enough for the fast path
-        opt = NeuralGraphOptimizer(model.parameters(), copy.deepcopy(prior), total_steps=10)
-        if not fast:
-            opt._fast_ok = False
-        g = torch.Generator().manual_seed(1)
-        for _ in range(4):
-            x, y = torch.randn(16, 200, generator=g), torch.randint(0, 4, (16,), generator=g)
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
-        return [p.detach().clone() for p in model.parameters()]
-
-    for a, b in zip(train(True), train(False)):
+    prior = _with_prior(load_learned_update(NO_PRIOR), 0.5, ref=16.0)  # fan-ins 20 and 32: both shifted
+    fast, _ = _train(prior, lr=1.0, fast=True)
+    reference, _ = _train(prior, lr=1.0, fast=False)
+    for a, b in zip(fast, reference):
         torch.testing.assert_close(a, b)
+    plain, _ = _train(load_learned_update(NO_PRIOR), lr=1.0)
+    assert any(not torch.allclose(a, c) for a, c in zip(fast, plain))
 
 
 @pytest.mark.parametrize("kw, match", [({"fan_in_power": -0.5}, "Invalid fan_in_power"),
