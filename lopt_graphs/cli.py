@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "lopt-headroom": "benchmarks.headroom:main",
     "lopt-lr-sweep": "benchmarks.lr_sweep:main",
     "lopt-recurrent-lm": "benchmarks.recurrent_lm:main",
+    "lopt-es-snr": "benchmarks.es_snr:main",
 }
 
 
