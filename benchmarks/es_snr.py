@@ -18,9 +18,14 @@ From the per-task means ``G_t`` of the ``g_i`` it estimates, without bias, the s
 meta-gradient ``|g|^2 = (|sum_t G_t|^2 - sum_t |G_t|^2) / (T (T - 1))`` and the noise of one pair ``tr(C) =
 mean_i |g_i|^2 - |g|^2``; their ratio ``N* = tr(C) / |g|^2`` is the number of pairs (over random tasks) at which an
 averaged estimate's signal equals its noise, and ``cos`` the cosine between the means of two halves of the tasks.
+Within a task, the same U-statistic over its pairs estimates ``|grad f_t|^2``, that task's own meta-gradient; the
+mean over tasks against ``|g|^2`` says how much of the noise is tasks disagreeing (which exact per-task gradients
+would keep) rather than the random directions of ES (which grow with the dimension).
 A meta-training step averages ``population / 2 * tasks_per_group`` pairs over the groups whose runs end; with far
 fewer than ``N*`` it moves mostly along noise. ``|g|^2`` can come out negative when the signal is below what
-the sample resolves (then ``N*`` is reported as ``inf``).
+the sample resolves (then ``N*`` is reported as ``inf``): its jackknife standard error over tasks says how well
+it is resolved, and ``noise / (|g|^2 + 2 SE)`` is a lower bound on ``N*`` that holds even where the signal is not
+resolved.
 
 Prints a markdown table and writes JSON (every pair's two values) + markdown.
 """
@@ -95,14 +100,30 @@ def snr_stats(grads: Sequence[Sequence[torch.Tensor]]) -> dict[str, float]:
         raise ValueError(f"snr_stats needs >= 2 tasks with >= 1 pair each, got {[len(g) for g in grads]}")
     per_task = torch.stack([torch.stack(list(g)).double().mean(0) for g in grads])
     t = per_task.shape[0]
-    signal = float((per_task.sum(0).square().sum() - per_task.square().sum()) / (t * (t - 1)))
+
+    def u_stat(rows: torch.Tensor) -> float:  # unbiased |E G|^2 from independent rows
+        n = rows.shape[0]
+        return float((rows.sum(0).square().sum() - rows.square().sum()) / (n * (n - 1)))
+
+    signal = u_stat(per_task)
+    se = math.nan
+    if t >= 3:  # jackknife over tasks
+        loo = [u_stat(torch.cat([per_task[:k], per_task[k + 1:]])) for k in range(t)]
+        mean_loo = sum(loo) / t
+        se = math.sqrt((t - 1) / t * sum((v - mean_loo) ** 2 for v in loo))
     every = torch.cat([torch.stack(list(g)).double() for g in grads])
     noise = float(every.square().sum(1).mean()) - signal
+    within = [u_stat(s) for s in (torch.stack(list(g)).double() for g in grads) if len(s) >= 2]
+    task_sq = float(sum(within) / len(within)) if within else math.nan
     half = t // 2
     a, b = per_task[:half].mean(0), per_task[half:].mean(0)
     cos = float(a @ b / (a.norm() * b.norm())) if a.norm() > 0 and b.norm() > 0 else 0.0
-    return {"signal_sq": signal, "noise_per_pair": noise, "pairs_for_snr_1": noise / signal if signal > 0 else math.inf,
-            "cosine_halves": cos, "pairs": int(every.shape[0]), "tasks": t, "dim": int(every.shape[1])}
+    bound = signal + 2 * se if math.isfinite(se) else math.nan
+    return {"signal_sq": signal, "signal_sq_se": se, "noise_per_pair": noise,
+            "pairs_for_snr_1": noise / signal if signal > 0 else math.inf,
+            "pairs_for_snr_1_at_least": noise / bound if bound > 0 else math.inf,
+            "cosine_halves": cos, "task_signal_sq": task_sq, "pairs": int(every.shape[0]), "tasks": t,
+            "dim": int(every.shape[1])}
 
 
 def run(cfg: ESSNRConfig) -> dict[str, Any]:
@@ -142,11 +163,15 @@ def markdown(doc: dict[str, Any]) -> str:
         f"sigma {doc['sigma']:g}, {s['tasks']} tasks of `{doc['family']}` (input scale x{doc['input_scale']:g}) x "
         f"{s['pairs'] // s['tasks']} antithetic pairs, {doc['steps']} steps told, objective log((L + 0.01) / L_0) "
         "of the final loss.", "",
-        "| signal \\|g\\|^2 | noise per pair tr(C) | pairs for signal = noise (N*) | cosine of two halves' means | "
-        "mean \\|f+ - f-\\| |",
-        "|---:|---:|---:|---:|---:|",
-        f"| {s['signal_sq']:.4g} | {s['noise_per_pair']:.4g} | {'inf' if math.isinf(n) else f'{n:,.0f}'} | "
-        f"{s['cosine_halves']:.3f} | {mean_diff:.4f} |"]) + "\n"
+        "| signal \\|g\\|^2 (SE) | a task's own \\|grad f_t\\|^2 (mean) | noise per pair tr(C) | pairs for signal = "
+        "noise (N*) | N*, at least | cosine of two halves' means | mean \\|f+ - f-\\| |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {s['signal_sq']:.4g} ({s['signal_sq_se']:.2g}) | {s['task_signal_sq']:.4g} | {s['noise_per_pair']:.4g} | "
+        f"{_count(n)} | {_count(s['pairs_for_snr_1_at_least'])} | {s['cosine_halves']:.3f} | {mean_diff:.4f} |"]) + "\n"
+
+
+def _count(n: float) -> str:
+    return "inf" if math.isinf(n) else "n/a" if math.isnan(n) else f"{n:,.0f}"
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

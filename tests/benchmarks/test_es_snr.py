@@ -21,11 +21,14 @@ def test_the_statistics_recover_a_known_signal_and_noise():
     assert s["signal_sq"] == pytest.approx(2.0, rel=0.2)
     assert s["noise_per_pair"] == pytest.approx(50.0, rel=0.1)
     assert s["pairs_for_snr_1"] == pytest.approx(25.0, rel=0.25)
+    assert s["task_signal_sq"] == pytest.approx(2.0, abs=1.0)  # every task shares g here
+    assert 0 < s["signal_sq_se"] < 1.0 and s["pairs_for_snr_1_at_least"] < s["pairs_for_snr_1"]
     assert s["cosine_halves"] > 0.8  # 400 pairs a half against N* = 25
     pure_noise = [[torch.randn(50, generator=gen) for _ in range(2)] for _ in range(10)]
     s = mod.snr_stats(pure_noise)
     assert abs(s["signal_sq"]) < 0.05 * s["noise_per_pair"]  # no signal: what is left is sampling error
     assert s["pairs_for_snr_1"] > 20 and abs(s["cosine_halves"]) < 0.6
+    assert abs(s["signal_sq"]) < 3 * s["signal_sq_se"]  # unresolved, and the error says so
     with pytest.raises(ValueError, match="2 tasks"):
         mod.snr_stats([[g]])
 
