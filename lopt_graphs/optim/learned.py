@@ -74,9 +74,10 @@ class LearnedUpdateConfig:
             read ``fan_in`` inputs (input channels times kernel entries) adds ``-fan_in_power * log(fan_in /
             fan_in_ref)`` to its log step inside the soft bound ``lr_bound``, so wide-input layers take smaller
             steps and narrow ones (a first convolution) larger, as ``1 / sqrt(fan_in)`` at ``0.5``: the readout
-            of the encoder's mean node embeddings does not see a tensor's fan-in (``lopt-fan-in`` measures the
-            prior on the validation tasks). Biases, norm parameters, graph-free and transposed weights (an
-            ``Embedding``'s one-hot inputs have no fan-in in this sense) get none. ``0``: no prior.
+            of the encoder's mean node embeddings does not see a tensor's fan-in (``lopt-derive fan_in_prior=``
+            writes one; ``benchmarks/results/fan_in_prior/`` measures it). Biases, norm parameters, graph-free
+            and transposed weights (an ``Embedding``'s one-hot inputs have no fan-in in this sense) get none.
+            ``0``: no prior.
         fan_in_ref: the fan-in at which the prior is 0 (``> 0``).
     """
 
@@ -160,7 +161,7 @@ class LearnedUpdateConfig:
         fan_in_ref)`` (0 without a prior)."""
         if self.fan_in_power == 0:
             return 0.0
-        return -self.fan_in_power * math.log(fan_in / self.fan_in_ref)
+        return -self.fan_in_power * math.log(max(fan_in, 1) / self.fan_in_ref)
 
     @property
     def readout_bounds(self) -> tuple[float, float] | None:
