@@ -43,13 +43,12 @@ import torch
 
 from lopt_graphs import config as _cfg
 from lopt_graphs.config import bad_value
-from lopt_graphs.io import write_json_and_markdown
 from meta_train.config import META_PARAMS
 from meta_train.evaluate import load_any
-from meta_train.tasks import FAMILIES, sample_group
+from meta_train.tasks import FAMILIES
 from meta_train.unroll import ThetaSpace
 
-from .meta_progress import family_values
+from .meta_progress import draw_tasks, family_values
 
 
 @dataclass(frozen=True)
@@ -132,7 +131,7 @@ def run(cfg: ESSNRConfig) -> dict[str, Any]:
     space = ThetaSpace(learned, META_PARAMS[cfg.meta_params])
     theta = space.flatten(learned)
     gen = torch.Generator().manual_seed(cfg.sample_seed)
-    tasks = [sample_group(cfg.family, gen, 1, input_scale=cfg.input_scale)[0] for _ in range(cfg.tasks)]
+    tasks = draw_tasks(cfg.family, cfg.tasks, cfg.input_scale, gen)  # the perturbations come from gen after them
     plus, minus = copy.deepcopy(learned), copy.deepcopy(learned)
     grads: list[list[torch.Tensor]] = []
     rows = []
@@ -176,14 +175,7 @@ def _count(n: float) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """``[--config FILE] [key=value ...]`` (keys of :class:`ESSNRConfig`); returns the result document."""
-    cfg = _cfg.parse_command(ESSNRConfig, argv, (__doc__ or "").split("\n")[0])
-    _cfg.set_threads(cfg.threads)
-    doc = run(cfg)
-    md = markdown(doc)
-    print(md)
-    out = write_json_and_markdown(cfg.out, doc, md)
-    print(f"wrote {out}, {out.with_suffix('.md')}")
-    return doc
+    return _cfg.document_command(ESSNRConfig, argv, (__doc__ or "").split("\n")[0], run, markdown)
 
 
 if __name__ == "__main__":

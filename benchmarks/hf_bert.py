@@ -29,7 +29,6 @@ import torch
 
 from lopt_graphs import config as _cfg
 from lopt_graphs.config import bad_value
-from lopt_graphs.io import write_json_and_markdown
 from lopt_graphs.optim import load_learned_update
 
 __all__ = ["HFBertConfig", "main", "run"]
@@ -126,14 +125,7 @@ def markdown(doc: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """``[--config FILE] [key=value ...]`` (keys of :class:`HFBertConfig`); returns the result document."""
-    cfg = _cfg.parse_command(HFBertConfig, argv, (__doc__ or "").split("\n")[0])
-    _cfg.set_threads(cfg.threads)
-    doc = run(cfg)
-    md = markdown(doc)
-    print(md)
-    out = write_json_and_markdown(cfg.out, doc, md)
-    print(f"wrote {out}, {out.with_suffix('.md')}")
-    return doc
+    return _cfg.document_command(HFBertConfig, argv, (__doc__ or "").split("\n")[0], run, markdown)
 
 
 if __name__ == "__main__":

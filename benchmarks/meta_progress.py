@@ -110,8 +110,12 @@ def load(ckpt: str) -> LearnedUpdate:
 
 def family_tasks(cfg: MetaProgressConfig) -> list[TaskConfig]:
     """``cfg.tasks`` draws of the training family (one task per draw), as a run samples them."""
-    gen = torch.Generator().manual_seed(cfg.sample_seed)
-    return [sample_group(cfg.family, gen, 1, input_scale=cfg.input_scale)[0] for _ in range(cfg.tasks)]
+    return draw_tasks(cfg.family, cfg.tasks, cfg.input_scale, torch.Generator().manual_seed(cfg.sample_seed))
+
+
+def draw_tasks(family: str, n: int, input_scale: float, gen: torch.Generator) -> list[TaskConfig]:
+    """``n`` draws of ``family`` from ``gen`` (one task per draw, with the input-scale augmentation)."""
+    return [sample_group(family, gen, 1, input_scale=input_scale)[0] for _ in range(n)]
 
 
 def family_values(learned: LearnedUpdate, tasks: Sequence[TaskConfig], steps: int, seed: int,

@@ -22,13 +22,13 @@ import dataclasses
 import difflib
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
-from .io import atomic_write_text
+from .io import atomic_write_text, write_json_and_markdown
 
 __all__ = ["CheckedConfig", "TrainKeys", "bad_value", "check_finite", "check_minimums", "check_types", "command_parser", "config_from_dict",
            "config_to_dict", "field_names", "keys_help", "load_config", "parse_command", "parse_override",
@@ -288,6 +288,21 @@ def set_threads(threads: int) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def document_command(cls: type[C], argv: Sequence[str] | None, description: str,
+                     run: Callable[[C], dict[str, Any]], markdown: Callable[[dict[str, Any]], str]) -> dict[str, Any]:
+    """A result-document command's ``main``: parse ``argv`` into a ``cls`` config (which has ``threads`` and
+    ``out``), apply its threads, ``doc = run(cfg)``, print ``markdown(doc)``, write both (``cfg.out`` and its
+    ``.md``, :func:`~lopt_graphs.io.write_json_and_markdown`), say where; returns ``doc``."""
+    cfg = parse_command(cls, argv, description)
+    set_threads(cfg.threads)
+    doc = run(cfg)
+    md = markdown(doc)
+    print(md)
+    out = write_json_and_markdown(cfg.out, doc, md)
+    print(f"wrote {out}, {out.with_suffix('.md')}")
+    return doc
 
 
 class CheckedConfig:
