@@ -120,7 +120,7 @@ def snr_stats(grads: Sequence[Sequence[torch.Tensor]]) -> dict[str, float]:
     bound = signal + 2 * se if math.isfinite(se) else math.nan
     return {"signal_sq": signal, "signal_sq_se": se, "noise_per_pair": noise,
             "pairs_for_snr_1": noise / signal if signal > 0 else math.inf,
-            "pairs_for_snr_1_at_least": noise / bound if bound > 0 else math.inf,
+            "pairs_for_snr_1_at_least": bound if math.isnan(bound) else noise / bound if bound > 0 else math.inf,
             "cosine_halves": cos, "task_signal_sq": task_sq, "pairs": int(every.shape[0]), "tasks": t,
             "dim": int(every.shape[1])}
 

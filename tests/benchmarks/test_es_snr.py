@@ -4,6 +4,7 @@ antithetic around the checkpoint, and bad keys raise."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,8 @@ def test_the_statistics_recover_a_known_signal_and_noise():
     assert abs(s["signal_sq"]) < 0.05 * s["noise_per_pair"]  # no signal: what is left is sampling error
     assert s["pairs_for_snr_1"] > 20 and abs(s["cosine_halves"]) < 0.6
     assert abs(s["signal_sq"]) < 3 * s["signal_sq_se"]  # unresolved, and the error says so
+    two = mod.snr_stats(grads[:2])  # no jackknife over 2 tasks: no bound either, rather than an infinite one
+    assert math.isnan(two["signal_sq_se"]) and math.isnan(two["pairs_for_snr_1_at_least"])
     with pytest.raises(ValueError, match="2 tasks"):
         mod.snr_stats([[g]])
 
