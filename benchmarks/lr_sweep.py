@@ -48,6 +48,10 @@ class LrSweepConfig(ScoredRunKeys):
         ckpt: learned-update checkpoint (shipped name, path, or a meta-training run's ``ckpt.pt``).
         multipliers: NGO ``lr`` values to run (each > 0).
         total_steps: tell NGO the run length (``total_steps=steps``), as ``lopt-evaluate`` does.
+        horizons: told horizons as fractions of ``steps`` (NGO gets ``total_steps=round(h * steps)`` and still runs
+            ``steps``; needs ``total_steps=True``): ``h < 1`` makes its learned schedule decay early, an oracle for
+            how much of the gap is the schedule's shape rather than its level. Every multiplier runs at every
+            horizon, and the per-task choice is over all pairs.
         only: run only the tasks whose name contains this string (``""``: all eight).
         out: output directory; ``""``: print only.
     """
@@ -56,6 +60,7 @@ class LrSweepConfig(ScoredRunKeys):
     ckpt: str = "default"
     multipliers: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
     total_steps: bool = True
+    horizons: tuple[float, ...] = (1.0,)
     only: str = ""
     out: str = ""
 
@@ -63,6 +68,16 @@ class LrSweepConfig(ScoredRunKeys):
         super().validate()
         if not self.multipliers or any(not m > 0 for m in self.multipliers):
             _cfg.bad_value("multipliers", self.multipliers, "one or more values > 0")
+        if not self.horizons or any(not (h > 0 and round(h * self.steps) >= 1) for h in self.horizons):
+            _cfg.bad_value("horizons", self.horizons, f"one or more fractions h > 0 with round(h * steps) >= 1 "
+                                                      f"(steps={self.steps})")
+        if self.horizons != (1.0,) and not self.total_steps:
+            _cfg.bad_value("horizons", self.horizons, "the default (1.0) with total_steps=false: an untold run has "
+                                                      "no horizon to scale")
+
+    def settings(self) -> list[tuple[str, float, float]]:
+        """``(key, multiplier, horizon)`` for every run setting; the key is the multiplier alone at horizon 1."""
+        return [(str(m) if h == 1.0 else f"{m}@T{h:g}", m, h) for h in self.horizons for m in self.multipliers]
 
 
 def _fraction(curve: list[float], target: float, steps: int, window: int) -> float:
@@ -81,27 +96,34 @@ def sweep_task(learned: Any, cfg: Any, group: str, c: LrSweepConfig) -> dict[str
     adam = tuned_baseline(lambda lr, s: train_run(task, lambda m: torch.optim.Adam(m.parameters(), lr=lr),
                                                   c.steps, s), ADAM_LRS, tune_seed, seeds)
     targets = [smooth(r.curve, SMOOTH)[-1] for r in adam.runs]
-    horizon = c.steps if c.total_steps else None
+    adam_tune = train_run(task, lambda m: torch.optim.Adam(m.parameters(), lr=adam.lr), c.steps, tune_seed)
+    tune_target = smooth(adam_tune.curve, SMOOTH)[-1]
 
-    def ngo(m: float, seed: int):
+    def ngo(m: float, h: float, seed: int):
+        horizon = round(h * c.steps) if c.total_steps else None
         return train_run(task, lambda mod: NeuralGraphOptimizer.for_module(mod, copy.deepcopy(learned), lr=m,
                                                                            total_steps=horizon), c.steps, seed)
 
     per_m = {}
-    for m in c.multipliers:
-        tune = ngo(m, tune_seed)
-        runs = [ngo(m, s) for s in seeds]
-        per_m[str(m)] = {
-            "multiplier": m, "tune_seed_final_loss": tune.final_loss,
+    for key, m, h in c.settings():
+        tune = ngo(m, h, tune_seed)
+        runs = [ngo(m, h, s) for s in seeds]
+        per_m[key] = {
+            "multiplier": m, "horizon": h, "tune_seed_final_loss": tune.final_loss,
+            "tune_seed_fraction": _fraction(tune.curve, tune_target, c.steps, SMOOTH),
             "final_loss_per_seed": [r.final_loss for r in runs],
             "fraction_per_seed": [_fraction(r.curve, t, c.steps, SMOOTH) for r, t in zip(runs, targets)],
         }
     crit = {k: (v["tune_seed_final_loss"] if math.isfinite(v["tune_seed_final_loss"]) else math.inf)
             for k, v in per_m.items()}
-    best = min(per_m, key=lambda k: crit[k])  # first of equal values, in the order of multipliers
+    best = min(per_m, key=lambda k: crit[k])  # first of equal values, in the order of settings
+    fastest = min(per_m, key=lambda k: (per_m[k]["tune_seed_fraction"], crit[k]))
+    at_one = [k for k, v in per_m.items() if v["horizon"] == 1.0]
+    best_at_one = min(at_one, key=lambda k: crit[k]) if at_one else None
     return {"task": cfg.name, "group": group, "adam_lr": adam.lr, "adam_tune_seed": tune_seed,
             "adam_final_loss_per_seed": [r.final_loss for r in adam.runs], "multipliers": per_m,
-            "tuned_multiplier": per_m[best]["multiplier"]}
+            "tuned_multiplier": per_m[best]["multiplier"], "tuned_horizon": per_m[best]["horizon"],
+            "tuned_key": best, "tuned_key_at_horizon_1": best_at_one, "fastest_key": fastest}
 
 
 def summarize(rows: list[dict[str, Any]], pick: Any) -> dict[str, Any]:
@@ -124,22 +146,29 @@ def _f(x: float) -> str:
     return f"{x:.2f}" if math.isfinite(x) else "not reached"
 
 
+def _label(key: str) -> str:
+    m, _, h = key.partition("@T")
+    return f"x{m}" + (f", told {h} x steps" if h else "")
+
+
 def render(doc: dict[str, Any]) -> str:
     lines = [f"NGO `{doc['ckpt']}` against tuned constant-lr Adam, {doc['steps']} steps, seeds {doc['seeds']}"
-             f"{', told total_steps' if doc['total_steps'] else ', not told total_steps'}.", "",
+             f"{', told total_steps' if doc['total_steps'] else ', not told total_steps'}"
+             + (f", told horizons {doc['horizons']} x steps" if doc["horizons"] != [1.0] else "") + ".", "",
              "| NGO lr multiplier | median fraction of steps to tuned Adam's final loss (in-dist, target <= 0.5) | "
              "in-dist runs that reach it | held-out runs at or below tuned Adam |", "|---|---:|---:|---:|"]
     for label, s in doc["summary"].items():
         lines.append(f"| {label} | {_f(s['median_fraction_in_dist'])} | {s['in_dist_runs_reached']}/"
                      f"{s['in_dist_runs']} | {s['held_out_runs_at_or_below_tuned_adam']}/{s['held_out_runs']} |")
-    ms = [str(m) for m in doc["multipliers"]]
-    lines += ["", "Final training loss, mean over scored seeds (tuned multiplier in bold):", "",
-              "| task | tuned Adam (lr) | " + " | ".join(f"x{m}" for m in ms) + " |", "|---|---:|" + "---:|" * len(ms)]
+    keys = list(doc["rows"][0]["multipliers"])
+    lines += ["", "Final training loss, mean over scored seeds (the setting tuned per task on final loss in bold):", "",
+              "| task | tuned Adam (lr) | " + " | ".join(_label(k) for k in keys) + " |",
+              "|---|---:|" + "---:|" * len(keys)]
     for r in doc["rows"]:
         cells = []
-        for m in ms:
-            v = f"{statistics.fmean(r['multipliers'][m]['final_loss_per_seed']):.3g}"
-            cells.append(f"**{v}**" if float(m) == r["tuned_multiplier"] else v)
+        for k in keys:
+            v = f"{statistics.fmean(r['multipliers'][k]['final_loss_per_seed']):.3g}"
+            cells.append(f"**{v}**" if k == r["tuned_key"] else v)
         lines.append(f"| {r['task']} | {statistics.fmean(r['adam_final_loss_per_seed']):.3g} ({r['adam_lr']:g}) | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -155,8 +184,11 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
     fig, axes = new_figure(nrows, cols, figsize=(3.2 * cols, 2.6 * nrows), squeeze=False)
     ms = doc["multipliers"]
     for ax, r in zip(axes.flat, rows):
-        ys = [statistics.fmean(r["multipliers"][str(m)]["final_loss_per_seed"]) for m in ms]
-        ax.plot(ms, [y if math.isfinite(y) else float("nan") for y in ys], "o-", color="C3", label="NGO")
+        for i, h in enumerate(doc["horizons"]):
+            ys = [statistics.fmean(r["multipliers"][str(m) if h == 1.0 else f"{m}@T{h:g}"]["final_loss_per_seed"])
+                  for m in ms]
+            ax.plot(ms, [y if math.isfinite(y) else float("nan") for y in ys], "o-", color=f"C{3 + i}",
+                    label="NGO" if h == 1.0 else f"NGO, told {h:g} x steps")
         ax.axhline(statistics.fmean(r["adam_final_loss_per_seed"]), color="C0", ls="--", label="tuned Adam")
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -186,10 +218,15 @@ def run(c: LrSweepConfig) -> dict[str, Any]:
     for i, (g, t) in enumerate(tasks):
         print(f"[{i + 1}/{len(tasks)}] {t.name}", flush=True)
         rows.append(sweep_task(learned, t, g, c))
-    summary = {f"x{m}": summarize(rows, lambda r, m=m: str(m)) for m in c.multipliers}
-    summary["tuned per task (on the tuning seed)"] = summarize(rows, lambda r: str(r["tuned_multiplier"]))
+    summary = {_label(k): summarize(rows, lambda r, k=k: k) for k, _, _ in c.settings()}
+    if len(c.horizons) > 1 and 1.0 in c.horizons:
+        summary["multiplier tuned per task, told steps (on the tuning seed)"] = summarize(
+            rows, lambda r: r["tuned_key_at_horizon_1"])
+    summary["tuned per task (on the tuning seed)"] = summarize(rows, lambda r: r["tuned_key"])
+    summary["tuned per task for speed (fewest steps on the tuning seed)"] = summarize(rows, lambda r: r["fastest_key"])
     return {"ckpt": c.ckpt, "steps": c.steps, "seeds": list(c.seeds), "total_steps": c.total_steps,
-            "multipliers": list(c.multipliers), "threads": torch.get_num_threads(), "rows": rows,
+            "multipliers": list(c.multipliers), "horizons": list(c.horizons),
+            "threads": torch.get_num_threads(), "rows": rows,
             "summary": summary}
 
 

@@ -37,13 +37,33 @@ def test_small_sweep_end_to_end(tmp_path):
     assert row["tuned_multiplier"] == min(tune, key=tune.get)  # chosen on the tuning seed, never a scored one
     for v in row["multipliers"].values():
         assert all(f == math.inf or 0 < f <= 1 for f in v["fraction_per_seed"])
-    assert set(doc["summary"]) == {"x0.5", "x1.0", "tuned per task (on the tuning seed)"}
+    fastest = min(row["multipliers"], key=lambda k: (row["multipliers"][k]["tune_seed_fraction"], tune[float(k)]))
+    assert row["fastest_key"] == fastest  # also chosen on the tuning seed: fewest steps to its tuned Adam's loss
+    assert set(doc["summary"]) == {"x0.5", "x1.0", "tuned per task (on the tuning seed)",
+                                   "tuned per task for speed (fewest steps on the tuning seed)"}
     saved = json.loads((tmp_path / "lr_sweep.json").read_text())  # strict JSON (not reached -> null)
     assert saved["rows"][0]["task"] == row["task"] and (tmp_path / "lr_sweep.md").read_text().count("|") > 10
 
 
+def test_a_shorter_told_horizon_is_its_own_setting_and_changes_the_run(tmp_path):
+    doc = main(["ckpt=default", "multipliers=1", "horizons=0.5,1", "steps=20", "seeds=0",
+                "only=digits_mlp_32_relu", f"out={tmp_path}"])
+    (row,) = doc["rows"]
+    assert list(row["multipliers"]) == ["1.0@T0.5", "1.0"]
+    short, full = row["multipliers"]["1.0@T0.5"], row["multipliers"]["1.0"]
+    assert (short["horizon"], full["horizon"]) == (0.5, 1.0)
+    # told half the run, the learned schedule has decayed by step 10: a different run from the same seed
+    assert short["final_loss_per_seed"] != full["final_loss_per_seed"]
+    assert row["tuned_key_at_horizon_1"] == "1.0" and row["fastest_key"] in row["multipliers"]
+    assert {"x1.0, told 0.5 x steps", "x1.0", "multiplier tuned per task, told steps (on the tuning seed)",
+            "tuned per task for speed (fewest steps on the tuning seed)"} <= set(doc["summary"])
+    assert "told 0.5 x steps" in (tmp_path / "lr_sweep.md").read_text()
+
+
 @pytest.mark.parametrize("args, match", [(["multipliers=0,1"], "multipliers"), (["only=no_such_task"], "only"),
-                                         (["seeds="], "seeds")])
+                                         (["seeds="], "seeds"), (["horizons=0,1"], "horizons"),
+                                         (["horizons=0.01"], "horizons"),
+                                         (["horizons=0.5", "total_steps=false"], "horizons")])
 def test_bad_keys(args, match):
     with pytest.raises(ValueError, match=match):
         main(["steps=2", *args])
