@@ -16,8 +16,8 @@ Commands::
     lopt-headroom results=benchmarks/results/vs_adam/results.json,benchmarks/results/vs_adam_X/a/results.json
     python benchmarks/headroom.py --help      # the keys and their defaults
 
-Peers are scored from the first results file whose ``curves.json.gz`` is present (the suite's peers do not
-depend on the checkpoint); each file adds its own NGO column, from its curves when present, otherwise from its
+Each peer is scored from the first results file whose ``curves.json.gz`` is present and which ran it (the
+suite's peers do not depend on the checkpoint); each file adds its own NGO column, from its curves when present, otherwise from its
 ``ngo_speedup_vs_tuned_adam`` record (the same definition: the steps at which NGO's smoothed loss reaches tuned
 Adam's final smoothed loss). Writes ``headroom.md``, ``headroom.json`` and ``headroom.png`` (per-run fractions
 per optimizer, the target line at 0.5).
@@ -45,9 +45,9 @@ WINDOW = 10
 #: The issue's targets: median fraction at most this; held-out runs at or below tuned Adam, at least this share.
 TARGET_FRACTION, TARGET_HELD_OUT = 0.5, 0.75
 #: Suite optimizers scored from curves, in table order (those a run lacks are left out).
-PEERS: tuple[str, ...] = ("adam", "adam_tuned", "adam_cosine_tuned", "sf_adamw_tuned", "sf_adamw", "prodigy",
-                          "dadapt_adam")
-_TUNED = {"adam_tuned", "adam_cosine_tuned", "sf_adamw_tuned", "adamw_tuned", "sgd_tuned"}
+PEERS: tuple[str, ...] = ("adam", "adam_tuned", "adam_cosine_tuned", "sf_adamw_tuned", "adamw_tuned", "sgd_tuned",
+                          "muon_tuned", "sf_adamw", "prodigy", "dadapt_adam")
+_TUNED = {"adam_tuned", "adam_cosine_tuned", "sf_adamw_tuned", "adamw_tuned", "sgd_tuned", "muon_tuned"}
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,8 @@ def headroom(paths: Sequence[str | Path]) -> dict[str, Any]:
 
     Returns:
         ``{"columns": {label: {"kind", "summary", "in_dist": {task: [runs]}, "held_out": {task: [runs]}}},
-        "peers_from": path}``; a label is an optimizer name for peers, ``ngo: <checkpoint>`` for NGO.
+        "peers_from": path, "peer_sources": {peer: path}}``; each peer is scored from the first file with curves
+        that ran it; a label is an optimizer name for peers, ``ngo: <checkpoint>`` for NGO.
 
     Raises:
         ValueError: no file has ``curves.json.gz`` next to it, or a file lacks an in-distribution or held-out
@@ -131,15 +132,15 @@ def headroom(paths: Sequence[str | Path]) -> dict[str, Any]:
     ind_keys, held_keys = task_sets()
     runs = load_runs(paths)  # {label: {task: record}}, checks the files
     curves_by_label: dict[str, dict[str, Any]] = {}
-    peers_from = None
+    with_curves: list[tuple[str, str]] = []
     for path in map(Path, paths):
         side = path.parent / "curves.json.gz"
         if not side.is_file():
             continue
         label = run_label(json.loads(path.read_text()))
         curves_by_label.setdefault(label, {}).update(read_curves(side))
-        peers_from = peers_from or (label, str(path))
-    if peers_from is None:
+        with_curves.append((label, str(path)))
+    if not with_curves:
         raise ValueError("None of the results files has a curves.json.gz beside it: the peers' steps to tuned "
                          "Adam's final loss need the curves (run benchmarks/vs_adam.py, which writes them)")
 
@@ -162,14 +163,16 @@ def headroom(paths: Sequence[str | Path]) -> dict[str, Any]:
                 "summary": _summary([r for rs in ind.values() for r in rs], held)}
 
     cols: dict[str, Any] = {}
-    plabel = peers_from[0]
-    for opt in PEERS:
-        if any(opt in t["optimizers"] for t in runs[plabel].values()):
-            cols[opt] = column(runs[plabel], curves_by_label[plabel], opt)
+    sources: dict[str, str] = {}
+    for opt in PEERS:  # each peer from the first file with curves that ran it
+        for plabel, ppath in with_curves:
+            if any(opt in t["optimizers"] for t in runs[plabel].values()):
+                cols[opt], sources[opt] = column(runs[plabel], curves_by_label[plabel], opt), ppath
+                break
     for label, tasks in runs.items():
         cols[f"ngo: {label}"] = column(tasks, curves_by_label.get(label), "ngo")
-    return {"peers_from": peers_from[1], "window": WINDOW, "target_fraction": TARGET_FRACTION,
-            "target_held_out_share": TARGET_HELD_OUT, "columns": cols}
+    return {"peers_from": with_curves[0][1], "peer_sources": sources, "window": WINDOW,
+            "target_fraction": TARGET_FRACTION, "target_held_out_share": TARGET_HELD_OUT, "columns": cols}
 
 
 def _f(x: float) -> str:
@@ -193,7 +196,9 @@ def render(doc: dict[str, Any]) -> str:
     for label, c in cols.items():
         lines.append(f"| {label} | " + " | ".join(
             " / ".join(_f(r["fraction"]).replace("not reached", "-") for r in c["in_dist"][t]) for t in tasks) + " |")
-    lines += ["", f"Peers from `{doc['peers_from']}`; each run is scored against tuned constant-lr Adam of the same "
+    others = {o: p for o, p in doc.get("peer_sources", {}).items() if p != doc["peers_from"]}
+    also = "".join(f" ({o} from `{p}`)" for o, p in others.items())
+    lines += ["", f"Peers from `{doc['peers_from']}`{also}; each run is scored against tuned constant-lr Adam of the same "
               "suite run and seed (lr chosen on the suite's tuning seed), an NGO column against its own run's; "
               "`-`: not reached in the run."]
     return "\n".join(lines) + "\n"

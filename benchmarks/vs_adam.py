@@ -23,7 +23,8 @@ same initial weights and sees the same minibatches, in the same process (``lopt_
 * ``sf_adamw`` / ``sf_adamw_tuned``: ``schedulefree.AdamWScheduleFree`` at its default lr 2.5e-3 / tuned;
   trained in ``opt.train()`` mode, final loss and accuracy measured in ``opt.eval()`` mode.
 * ``prodigy``: ``prodigyopt.Prodigy(lr=1.0)``. ``dadapt_adam``: ``dadaptation.DAdaptAdam(lr=1.0)``.
-* optional: ``adamw_tuned``, ``sgd_tuned`` (``optimizers=...``).
+* optional: ``adamw_tuned``, ``sgd_tuned``, ``muon_tuned`` (``torch.optim.Muon`` on 2-D weights, Adam on the
+  rest, one tuned lr: :class:`benchmarks.suite.peers.MuonAdam`) (``optimizers=...``).
 
 Fair tuning: a tuned optimizer runs its lr grid (``adam_lrs``, 1e-4 to 1e-1) on ``tune_seed`` (1000) only and
 takes the lr of the lowest final full-training loss; that lr is then scored on the scored seeds.

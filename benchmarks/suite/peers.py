@@ -20,7 +20,7 @@ from torch import nn
 
 from lopt_graphs import NeuralGraphOptimizer
 
-__all__ = ["PEERS", "Peer", "build", "hyper", "missing", "ngo_kwargs", "peer_versions", "warmup_cosine"]
+__all__ = ["MuonAdam", "PEERS", "Peer", "build", "hyper", "missing", "ngo_kwargs", "peer_versions", "warmup_cosine"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ PEERS: dict[str, Peer] = {
     "dadapt_adam": Peer("D-Adaptation Adam lr=1", "dadapt_adam", lr=1.0, package="dadaptation"),
     "adamw_tuned": Peer("AdamW (tuned lr)", "adamw", tuned=True),
     "sgd_tuned": Peer("SGD+momentum (tuned lr)", "sgd", tuned=True, lr_grid="sgd_lrs"),
+    "muon_tuned": Peer("Muon on 2-D weights + Adam (tuned lr)", "muon", tuned=True),
 }
 
 
@@ -79,6 +80,46 @@ def peer_versions(names: list[str]) -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             out[pkg] = None
     return out
+
+
+class MuonAdam(torch.optim.Optimizer):
+    """``torch.optim.Muon`` on a model's 2-D weights (``Linear`` matrices) and Adam on every other parameter
+    (biases, norm parameters, convolution kernels, which ``torch.optim.Muon`` does not take), at one lr: Muon
+    with ``adjust_lr_fn="match_rms_adamw"`` scales its orthogonalized update to Adam's RMS, so the Adam lr grid
+    serves both. No weight decay (the suite's Adam has none). ``param_groups`` are the two inner optimizers'
+    own groups, so LR schedulers act on both; ``state_dict`` holds both.
+    """
+
+    def __init__(self, params: Any, lr: float) -> None:
+        params = list(params)
+        mats = [p for p in params if p.ndim == 2]
+        rest = [p for p in params if p.ndim != 2]
+        super().__init__(params, {"lr": lr})
+        self.optimizers = ([torch.optim.Muon(mats, lr=lr, weight_decay=0.0, adjust_lr_fn="match_rms_adamw")]
+                           if mats else []) + ([torch.optim.Adam(rest, lr=lr)] if rest else [])
+        self.param_groups = [g for o in self.optimizers for g in o.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for o in self.optimizers:
+            o.step()
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for o, sd in zip(self.optimizers, state_dict["optimizers"], strict=True):
+            o.load_state_dict(sd)
+        self.param_groups = [g for o in self.optimizers for g in o.param_groups]
 
 
 def warmup_cosine(steps: int, warmup_fraction: float) -> Callable[[int], float]:
@@ -127,6 +168,8 @@ def build(kind: str, lr: float, steps: int, cfg: Any, learned: Any = None
         return make
     if kind == "adamw":
         return lambda m: torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=cfg.adamw_weight_decay)
+    if kind == "muon":
+        return lambda m: MuonAdam(m.parameters(), lr=lr)
     if kind == "sgd":
         return lambda m: torch.optim.SGD(m.parameters(), lr=lr, momentum=cfg.sgd_momentum)
     if kind == "sf_adamw":  # train_run calls its train() before training and eval() for the final evaluation
@@ -149,6 +192,9 @@ def hyper(kind: str, cfg: Any) -> dict[str, Any]:
         return {"momentum": cfg.sgd_momentum}
     if kind == "adam_cosine":
         return {"warmup_fraction": cfg.warmup_fraction, "schedule": "linear warmup, then cosine to 0"}
+    if kind == "muon":
+        return {"muon": "torch.optim.Muon on 2-D weights, momentum 0.95 (Nesterov), 5 Newton-Schulz steps, "
+                        "adjust_lr_fn='match_rms_adamw', no weight decay", "other parameters": "Adam"}
     if kind == "ngo":
         return {"compile": cfg.ngo_compile, "total_steps": bool(ngo_kwargs(1, cfg))}
     if kind in ("sf_adamw", "prodigy", "dadapt_adam"):

@@ -22,7 +22,8 @@ def _curve(reach_at: int | None) -> list[float]:
     return [1.0] * (reach_at - 5) + [0.0] * (STEPS - reach_at + 5)
 
 
-def _suite(tmp_path, name: str, with_curves: bool, ngo_final: float, ngo_reach: int | None) -> str:
+def _suite(tmp_path, name: str, with_curves: bool, ngo_final: float, ngo_reach: int | None,
+           muon_reach: int | None = None) -> str:
     """A suite run over IN_DISTRIBUTION + HELD_OUT: tuned Adam's smoothed loss ends at 0.5;
     ``adam_cosine_tuned`` reaches that at step 150 on seeds 0-1 and never on seed 2; NGO at ``ngo_reach``."""
     tasks, curves = [], {}
@@ -38,6 +39,9 @@ def _suite(tmp_path, name: str, with_curves: bool, ngo_final: float, ngo_reach: 
                       "ngo_speedup_vs_tuned_adam": {"reached": [ngo_reach is not None] * 3,
                                                     "ngo_steps": [ngo_reach] * 3}})
         curves[tname] = {"steps": STEPS, "optimizers": {"adam_tuned": adam, "adam_cosine_tuned": cos, "ngo": ngo}}
+        if muon_reach is not None:  # a peer only this run has
+            tasks[-1]["optimizers"]["muon_tuned"] = fl(0.4)
+            curves[tname]["optimizers"]["muon_tuned"] = [_curve(muon_reach)] * 3
     d = tmp_path / name
     d.mkdir()
     (d / "results.json").write_text(json.dumps({"ckpt": {"arg": name, "sha256": name}, "tasks": tasks}))
@@ -62,6 +66,17 @@ def test_fractions_and_counts(tmp_path):
     assert math.isinf(sa["median_fraction_in_dist"]) and sa["held_out_runs_at_or_below_tuned_adam"] == 0
     assert sb["median_fraction_in_dist"] == pytest.approx(60 / STEPS) and sb["held_out_tasks"] == 4
     assert sb["held_out_runs_at_or_below_tuned_adam"] == 12
+
+
+def test_each_peer_comes_from_the_first_run_that_has_it(tmp_path):
+    a = _suite(tmp_path, "a", True, ngo_final=2.0, ngo_reach=None)
+    c = _suite(tmp_path, "c", True, ngo_final=0.9, ngo_reach=60, muon_reach=90)
+    main([f"results={a},{c}", f"out={tmp_path / 'out'}"])
+    doc = json.loads((tmp_path / "out" / "headroom.json").read_text())
+    assert list(doc["columns"]) == ["adam_tuned", "adam_cosine_tuned", "muon_tuned", "ngo: a", "ngo: c"]
+    assert doc["peer_sources"] == {"adam_tuned": a, "adam_cosine_tuned": a, "muon_tuned": c}
+    assert doc["columns"]["muon_tuned"]["summary"]["median_fraction_in_dist"] == pytest.approx(90 / STEPS)
+    assert f"(muon_tuned from `{c}`)" in (tmp_path / "out" / "headroom.md").read_text()
 
 
 def test_writes_strict_json_and_table(tmp_path):

@@ -163,6 +163,34 @@ def test_schedule_free_is_scored_in_eval_mode() -> None:
     assert r.final_loss == at_x and at_x != at_y
 
 
+def test_muon_peer_orthogonalizes_matrices_and_runs_adam_on_the_rest() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(8, 6))
+    opt = peers.build("muon", 1e-2, 10, None)(model)
+    assert [type(o).__name__ for o in opt.optimizers] == ["Muon", "Adam"]
+    conv_w, conv_b, lin_w, lin_b = model.parameters()
+    assert [p for g in opt.param_groups for p in g["params"]] == [lin_w, conv_w, conv_b, lin_b]
+    before = [p.detach().clone() for p in model.parameters()]
+    model(torch.randn(32, 1, 4, 4)).square().sum().backward()  # a full-rank 6 x 8 gradient
+    grads = [p.grad.clone() for p in model.parameters()]
+    opt.step()
+    delta = [p.detach() - b for p, b in zip(model.parameters(), before)]
+    # Adam's first step moves every entry by lr against its gradient's sign
+    for d, g in ((delta[0], grads[0]), (delta[1], grads[1]), (delta[3], grads[3])):
+        torch.testing.assert_close(d, -1e-2 * torch.sign(g), atol=1e-5, rtol=1e-3)
+    # Muon's: an (approximately) orthogonalized gradient, its singular values close together, at Adam's RMS (0.2)
+    sv = torch.linalg.svdvals(delta[2])
+    assert sv.max() / sv.min() < 2 and torch.sum(delta[2] * grads[2]) < 0
+    assert delta[2].square().mean().sqrt().item() == pytest.approx(0.2 * 1e-2, rel=0.35)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5)  # schedulers act on the inner groups
+    assert {g["lr"] for o in opt.optimizers for g in o.param_groups} == {5e-3} and sched.last_epoch == 0
+    opt.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+    again = peers.build("muon", 1e-2, 10, None)(model)
+    again.load_state_dict(opt.state_dict())  # both inner states and the scheduled lr travel
+    assert {g["lr"] for g in again.param_groups} == {5e-3} and len(again.optimizers[0].state) == 1
+
+
 def test_warmup_cosine_and_ngo_total_steps(monkeypatch: pytest.MonkeyPatch) -> None:
     f = peers.warmup_cosine(100, 0.05)  # 5 warmup steps, then cosine over 95
     assert [f(k) for k in range(5)] == [0.2, 0.4, 0.6, 0.8, 1.0]
