@@ -46,8 +46,9 @@ WINDOW = 10
 TARGET_FRACTION, TARGET_HELD_OUT = 0.5, 0.75
 #: Suite optimizers scored from curves, in table order (those a run lacks are left out).
 PEERS: tuple[str, ...] = ("adam", "adam_tuned", "adam_cosine_tuned", "sf_adamw_tuned", "adamw_tuned", "sgd_tuned",
-                          "muon_tuned", "sf_adamw", "prodigy", "dadapt_adam")
-_TUNED = {"adam_tuned", "adam_cosine_tuned", "sf_adamw_tuned", "adamw_tuned", "sgd_tuned", "muon_tuned"}
+                          "muon_tuned", "muon_cosine_tuned", "sf_adamw", "prodigy", "dadapt_adam")
+_TUNED = {"adam_tuned", "adam_cosine_tuned", "sf_adamw_tuned", "adamw_tuned", "sgd_tuned", "muon_tuned",
+          "muon_cosine_tuned"}
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ same initial weights and sees the same minibatches, in the same process (``lopt_
   trained in ``opt.train()`` mode, final loss and accuracy measured in ``opt.eval()`` mode.
 * ``prodigy``: ``prodigyopt.Prodigy(lr=1.0)``. ``dadapt_adam``: ``dadaptation.DAdaptAdam(lr=1.0)``.
 * optional: ``adamw_tuned``, ``sgd_tuned``, ``muon_tuned`` (``torch.optim.Muon`` on 2-D weights, Adam on the
-  rest, one tuned lr: :class:`benchmarks.suite.peers.MuonAdam`) (``optimizers=...``).
+  rest, one tuned lr: :class:`benchmarks.suite.peers.MuonAdam`), ``muon_cosine_tuned`` (the same with Adam
+  warmup+cosine's schedule) (``optimizers=...``).
 
 Fair tuning: a tuned optimizer runs its lr grid (``adam_lrs``, 1e-4 to 1e-1) on ``tune_seed`` (1000) only and
 takes the lr of the lowest final full-training loss; that lr is then scored on the scored seeds.

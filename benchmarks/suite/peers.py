@@ -56,6 +56,7 @@ PEERS: dict[str, Peer] = {
     "adamw_tuned": Peer("AdamW (tuned lr)", "adamw", tuned=True),
     "sgd_tuned": Peer("SGD+momentum (tuned lr)", "sgd", tuned=True, lr_grid="sgd_lrs"),
     "muon_tuned": Peer("Muon on 2-D weights + Adam (tuned lr)", "muon", tuned=True),
+    "muon_cosine_tuned": Peer("Muon + Adam warmup+cosine (tuned lr)", "muon_cosine", tuned=True),
 }
 
 
@@ -170,6 +171,11 @@ def build(kind: str, lr: float, steps: int, cfg: Any, learned: Any = None
         return lambda m: torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=cfg.adamw_weight_decay)
     if kind == "muon":
         return lambda m: MuonAdam(m.parameters(), lr=lr)
+    if kind == "muon_cosine":
+        def make_muon(m: nn.Module) -> tuple:
+            opt = MuonAdam(m.parameters(), lr=lr)
+            return opt, torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, cfg.warmup_fraction))
+        return make_muon
     if kind == "sgd":
         return lambda m: torch.optim.SGD(m.parameters(), lr=lr, momentum=cfg.sgd_momentum)
     if kind == "sf_adamw":  # train_run calls its train() before training and eval() for the final evaluation
@@ -192,8 +198,10 @@ def hyper(kind: str, cfg: Any) -> dict[str, Any]:
         return {"momentum": cfg.sgd_momentum}
     if kind == "adam_cosine":
         return {"warmup_fraction": cfg.warmup_fraction, "schedule": "linear warmup, then cosine to 0"}
-    if kind == "muon":
-        return {"muon": "torch.optim.Muon on 2-D weights, momentum 0.95 (Nesterov), 5 Newton-Schulz steps, "
+    if kind in ("muon", "muon_cosine"):
+        extra = ({"warmup_fraction": cfg.warmup_fraction, "schedule": "linear warmup, then cosine to 0"}
+                 if kind == "muon_cosine" else {})
+        return {**extra, "muon": "torch.optim.Muon on 2-D weights, momentum 0.95 (Nesterov), 5 Newton-Schulz steps, "
                         "adjust_lr_fn='match_rms_adamw', no weight decay", "other parameters": "Adam"}
     if kind == "ngo":
         return {"compile": cfg.ngo_compile, "total_steps": bool(ngo_kwargs(1, cfg))}

@@ -173,7 +173,7 @@ def write_curves(path: Path, curves: dict[str, Any]) -> None:
 _POINTS = 400  # points per plotted curve at most
 _COLORS = {"ngo": "C3", "adam": "C7", "adam_tuned": "C0", "adam_cosine_tuned": "C9", "sf_adamw": "C4",
            "sf_adamw_tuned": "C6", "prodigy": "C2", "dadapt_adam": "C1", "adamw_tuned": "C5", "sgd_tuned": "C8",
-           "muon_tuned": "k"}
+           "muon_tuned": "k", "muon_cosine_tuned": "0.45"}
 
 
 def plot(doc: dict[str, Any], curves: dict[str, Any], path: Path) -> Path | None:

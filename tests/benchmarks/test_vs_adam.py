@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from benchmarks import vs_adam
-from benchmarks.suite import peers, runner
+from benchmarks.suite import VsAdamConfig, peers, runner
 from lopt_graphs.evaluation import train_run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -186,6 +186,15 @@ def test_muon_peer_orthogonalizes_matrices_and_runs_adam_on_the_rest() -> None:
     assert {g["lr"] for o in opt.optimizers for g in o.param_groups} == {5e-3} and sched.last_epoch == 0
     opt.zero_grad()
     assert all(p.grad is None for p in model.parameters())
+    cfg = VsAdamConfig(warmup_fraction=0.1)
+    opt2, sched2 = peers.build("muon_cosine", 1e-2, 10, cfg)(model)  # one warmup step, then a cosine to 0
+    lrs = []
+    for _ in range(10):
+        lrs.append([g["lr"] for g in opt2.param_groups])
+        opt2.step()
+        sched2.step()
+    assert all(len(set(x)) == 1 for x in lrs)  # Muon's and Adam's groups follow the same schedule
+    assert [x[0] for x in lrs] == pytest.approx([1e-2 * peers.warmup_cosine(10, 0.1)(k) for k in range(10)])
     again = peers.build("muon", 1e-2, 10, None)(model)
     again.load_state_dict(opt.state_dict())  # both inner states and the scheduled lr travel
     assert {g["lr"] for g in again.param_groups} == {5e-3} and len(again.optimizers[0].state) == 1
