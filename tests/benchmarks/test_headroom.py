@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from benchmarks.headroom import headroom, main
+from benchmarks.headroom import BEST_TUNED, best_per_task, headroom, main
 from benchmarks.suite.report import write_curves
 from meta_train.tasks import HELD_OUT, IN_DISTRIBUTION
 
@@ -55,7 +55,10 @@ def test_fractions_and_counts(tmp_path):
     b = _suite(tmp_path, "b", False, ngo_final=0.9, ngo_reach=60)  # no curves: NGO from its speed-up record
     doc = headroom([a, b])
     cols = doc["columns"]
-    assert list(cols) == ["adam_tuned", "adam_cosine_tuned", "ngo: a", "ngo: b"]
+    assert list(cols) == ["adam_tuned", "adam_cosine_tuned", BEST_TUNED, "ngo: a", "ngo: b"]
+    best = cols[BEST_TUNED]  # warmup+cosine is faster on every in-dist task and lower on every held-out one
+    assert set(best["chosen"].values()) == {"adam_cosine_tuned"} and len(best["chosen"]) == 8
+    assert best["summary"] == cols["adam_cosine_tuned"]["summary"]
     cos = cols["adam_cosine_tuned"]
     assert [r["fraction"] for r in cos["in_dist"]["t0"]] == [150 / STEPS, 150 / STEPS, math.inf]
     s = cos["summary"]
@@ -73,7 +76,9 @@ def test_each_peer_comes_from_the_first_run_that_has_it(tmp_path):
     c = _suite(tmp_path, "c", True, ngo_final=0.9, ngo_reach=60, muon_reach=90)
     main([f"results={a},{c}", f"out={tmp_path / 'out'}"])
     doc = json.loads((tmp_path / "out" / "headroom.json").read_text())
-    assert list(doc["columns"]) == ["adam_tuned", "adam_cosine_tuned", "muon_tuned", "ngo: a", "ngo: c"]
+    assert list(doc["columns"]) == ["adam_tuned", "adam_cosine_tuned", "muon_tuned", BEST_TUNED, "ngo: a", "ngo: c"]
+    # per task the fastest: Muon (90 steps) in-distribution; on held-out tasks the lowest mean final loss (Muon 0.4)
+    assert set(doc["columns"][BEST_TUNED]["chosen"].values()) == {"muon_tuned"}
     assert doc["peer_sources"] == {"adam_tuned": a, "adam_cosine_tuned": a, "muon_tuned": c}
     assert doc["columns"]["muon_tuned"]["summary"]["median_fraction_in_dist"] == pytest.approx(90 / STEPS)
     assert f"(muon_tuned from `{c}`)" in (tmp_path / "out" / "headroom.md").read_text()
@@ -98,3 +103,18 @@ def test_errors(tmp_path):
         headroom([a])
     with pytest.raises(ValueError, match="results"):
         main([])
+
+
+def test_best_per_task_picks_per_task_and_never_a_diverged_run():
+    def run(f, final):
+        return {"fraction": f, "final_loss": final, "adam_tuned_final_loss": 1.0,
+                "at_or_below_tuned_adam": math.isfinite(final) and final <= 1.0}
+
+    x = {"kind": "tuned", "in_dist": {"A": [run(0.3, 1), run(0.4, 1)], "B": [run(0.9, 1), run(math.inf, 1)]},
+         "held_out": {"H": [run(1, 0.1), run(1, math.inf)]}}
+    y = {"kind": "tuned", "in_dist": {"A": [run(0.6, 1), run(0.6, 1)], "B": [run(0.5, 1), run(0.7, 1)]},
+         "held_out": {"H": [run(1, 0.9), run(1, 0.9)]}}
+    best = best_per_task({"x": x, "y": y})
+    assert best["chosen"] == {"A": "x", "B": "y", "H": "y"}  # x diverged on one held-out seed
+    assert best["summary"]["median_fraction_in_dist"] == pytest.approx(0.45)  # of 0.3, 0.4, 0.5, 0.7
+    assert best["summary"]["held_out_runs_at_or_below_tuned_adam"] == 2
