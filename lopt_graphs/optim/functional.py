@@ -69,9 +69,36 @@ def _rms(x: Tensor) -> Tensor:
     return x.square().mean().add(1e-12).sqrt()
 
 
+#: Newton-Schulz coefficients of the quintic iteration that pushes every singular value towards 1 (Muon's).
+NS_COEFFS = (3.4445, -4.7750, 2.0315)
+
+
+def orthogonalize(m: Tensor, steps: int = 5) -> Tensor:
+    """An approximately orthogonal matrix with ``m``'s singular vectors (``U V^T`` of its SVD): ``steps``
+    quintic Newton-Schulz iterations on ``m / ||m||_F``, in ``m``'s dtype; a zero matrix stays zero."""
+    a, b, c = NS_COEFFS
+    x = m / (m.norm() + 1e-7)
+    wide = x.shape[0] <= x.shape[1]
+    if not wide:
+        x = x.t()
+    for _ in range(steps):
+        s = x @ x.t()
+        x = a * x + (b * s + c * (s @ s)) @ x
+    return x if wide else x.t()
+
+
+def orthogonal_direction(m_hat: Tensor, adam_dir: Tensor) -> Tensor:
+    """The orthogonalized momentum ``m_hat`` (a 2-D weight's) at the RMS of ``adam_dir``, the direction it replaces
+    (:attr:`~lopt_graphs.optim.learned.LearnedUpdateConfig.orthogonal`)."""
+    o = orthogonalize(m_hat)
+    return o * (_rms(adam_dir) / (_rms(o) + 1e-12))
+
+
 def entry_features(p: Tensor, g: Tensor, st: dict[str, Tensor], betas: tuple[float, float], eps: float,
-                   momenta: tuple[float, float]) -> tuple[list[Tensor], Tensor, dict[str, Tensor]]:
-    """Advance one parameter's moments and compute its entry features.
+                   momenta: tuple[float, float], orthogonal: bool = False
+                   ) -> tuple[list[Tensor], Tensor, dict[str, Tensor]]:
+    """Advance one parameter's moments and compute its entry features (``orthogonal``: the returned direction
+    is :func:`orthogonal_direction`'s, for a 2-D weight).
 
     Returns:
         ``(xs, adam_dir, new_state)``: ``len(FEATURES)`` tensors shaped like ``p``, the Adam-like direction,
@@ -92,7 +119,8 @@ def entry_features(p: Tensor, g: Tensor, st: dict[str, Tensor], betas: tuple[flo
     for k, v in st.items():  # carry cached node terms along
         if k.startswith("ctx"):
             new[k] = v
-    return xs, hats[1], new
+    direction = orthogonal_direction(new["m_adam"] / (1 - b1 ** t), hats[1]) if orthogonal else hats[1]
+    return xs, direction, new
 
 
 def encoder_due(t: int, every: int) -> bool:
@@ -254,18 +282,25 @@ def ngo_update(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[Tensor]
     def view(i: int) -> tuple[int, ...]:
         return head_view(spec, i, params[i].shape)
 
+    def ortho(i: int) -> dict[str, bool]:  # passed only when the update asks for it (other steps keep their signature)
+        if not cfg.orthogonal:
+            return {}
+        slot = spec.params[i]
+        return {"orthogonal": slot.kind == "edge" and not slot.transposed and params[i].ndim == 2}
+
     if not runs_encoder(spec, states, active, t, every):
         # Usual step: features and update fused per parameter, cached node terms reused.
         for i in active:
             out[i], new_states[i] = fns["step"](hws[spec.params[i].kind == "free"], params[i], grads[i], states[i],
                                                 spec.params[i].kind, view(i), betas, eps, cfg.momenta, eta,
-                                                weight_decay, stacked_head, total_steps, *diag)
+                                                weight_decay, stacked_head, total_steps, *diag, **ortho(i))
         return out, new_states
 
     feats: list[list[Tensor] | None] = [None] * len(params)
     dirs: list[Tensor | None] = [None] * len(params)
     for i in active:
-        feats[i], dirs[i], new_states[i] = fns["features"](params[i], grads[i], states[i], betas, eps, cfg.momenta)
+        feats[i], dirs[i], new_states[i] = fns["features"](params[i], grads[i], states[i], betas, eps, cfg.momenta,
+                                                           **ortho(i))
     nf = len(FEATURES)
     full = [torch.stack(f, dim=-1) if f is not None else p.new_zeros(*p.shape, nf, dtype=compute_dtype(p))
             for f, p in zip(feats, params)]
@@ -282,9 +317,10 @@ def ngo_update(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[Tensor]
 def param_step(hw: HeadWeights, p: Tensor, g: Tensor, st: dict[str, Tensor], kind: str,
                view: tuple[int, ...], betas: tuple[float, float], eps: float, momenta: tuple[float, float],
                eta: float | Tensor, weight_decay: float, stacked: bool = False,
-               total: float | None = None, diagnostics: list | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+               total: float | None = None, diagnostics: list | None = None, orthogonal: bool = False
+               ) -> tuple[Tensor, dict[str, Tensor]]:
     """:func:`entry_features` then :func:`apply_update` for one parameter (one fused kernel when compiled)."""
-    xs, adam_dir, new = entry_features(p, g, st, betas, eps, momenta)
+    xs, adam_dir, new = entry_features(p, g, st, betas, eps, momenta, orthogonal)
     return apply_update(hw, p, xs, adam_dir, new, kind, view, eta, weight_decay, stacked, total, diagnostics), new
 
 

@@ -79,6 +79,11 @@ class LearnedUpdateConfig:
             and transposed weights (an ``Embedding``'s one-hot inputs have no fan-in in this sense) get none.
             ``0``: no prior.
         fan_in_ref: the fan-in at which the prior is 0 (``> 0``).
+        orthogonal: the direction of each 2-D weight matrix (a ``Linear``'s, stored ``[out, in]``) is its
+            bias-corrected Adam momentum orthogonalized by 5 Newton-Schulz iterations (as Muon does), rescaled
+            to the RMS of the Adam direction it replaces, so the learned per-tensor step keeps its meaning;
+            convolutions, biases, norm parameters, embeddings and graph-free parameters keep Adam's direction.
+            An experiment (``lopt-derive orthogonal=true``); the optimizer then runs the reference step.
     """
 
     encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(
@@ -103,6 +108,7 @@ class LearnedUpdateConfig:
     untold_readout: bool = False
     fan_in_power: float = 0.0
     fan_in_ref: float = 64.0
+    orthogonal: bool = False
 
     def __post_init__(self) -> None:
         if self.encoder.node_in != len(FEATURES) or self.encoder.edge_in != len(FEATURES):

@@ -229,11 +229,13 @@ class NeuralGraphOptimizer(Optimizer):
     def _fast(self, gi: int, params: list[Tensor], grads: list[Tensor | None], spec: GraphSpec) -> Callable | None:
         """The eager fast path (:mod:`lopt_graphs.optim.fast_step`) group ``gi``'s step takes, if any: its usual
         step or its encoder step. Taken when eager, with a parameter of at least ``FAST_MIN_NUMEL`` entries (set
-        it to inf to disable), without diagnostics, the reference head not wrapped, and the maths checked once
-        per optimizer."""
+        it to inf to disable), without diagnostics, the reference head not wrapped, Adam's direction (not
+        ``orthogonal``), and the maths checked once per optimizer."""
         if self.compile or self.record_diagnostics or not any(p.numel() >= fast_step.FAST_MIN_NUMEL for p in params):
             return None
         if _functional.head is not _learned.head:  # the reference head is wrapped (instrumentation): keep it
+            return None
+        if self.learned.cfg.orthogonal:  # the fast step has Adam's direction only
             return None
         if self._fast_ok is None:  # once: the fast path must reproduce the reference maths
             self._fast_ok = fast_step_agrees(self.learned)

@@ -1,0 +1,97 @@
+"""``LearnedUpdateConfig.orthogonal``: each 2-D weight matrix steps along its orthogonalized Adam momentum (5
+Newton-Schulz iterations) at the RMS of the Adam direction it replaces; every other parameter keeps Adam's
+direction; the optimizer takes the reference step (the fast paths have Adam's direction only)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from lopt_graphs.optim import NeuralGraphOptimizer, load_learned_update
+from lopt_graphs.optim.functional import _rms, entry_features, init_state, orthogonal_direction, orthogonalize
+
+from .test_fan_in_prior import _Bag, _Net
+
+
+@pytest.mark.parametrize("shape", [(8, 24), (24, 8), (16, 16)])
+def test_orthogonalize_pushes_every_singular_value_near_one(shape):
+    m = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    u, _, vh = torch.linalg.svd(m, full_matrices=False)
+    o = orthogonalize(m)
+    sv = torch.linalg.svdvals(o)
+    assert o.shape == m.shape and sv.min() > 0.6 and sv.max() < 1.25  # the quintic iteration's band, not exactly 1
+    cos = torch.sum(o * (u @ vh)) / (o.norm() * (u @ vh).norm())  # and it points along U V^T
+    assert cos > 0.98
+    assert torch.equal(orthogonalize(torch.zeros(*shape)), torch.zeros(*shape))
+
+
+def test_the_direction_keeps_the_adam_rms_and_only_2d_weights_ask_for_it():
+    g = torch.Generator().manual_seed(1)
+    p, grad = torch.randn(6, 10, generator=g), torch.randn(6, 10, generator=g)
+    xs, adam, st = entry_features(p, grad, init_state(p), (0.9, 0.999), 1e-8, (0.5, 0.99))
+    xs_o, ortho, st_o = entry_features(p, grad, init_state(p), (0.9, 0.999), 1e-8, (0.5, 0.99), orthogonal=True)
+    assert all(torch.equal(a, b) for a, b in zip(xs, xs_o)) and all(torch.equal(st[k], st_o[k]) for k in st)
+    torch.testing.assert_close(_rms(ortho), _rms(adam))
+    torch.testing.assert_close(ortho, orthogonal_direction(st["m_adam"] / (1 - 0.9), adam))
+    sv = torch.linalg.svdvals(ortho)
+    assert sv.max() / sv.min() < 2.0 and not torch.allclose(ortho, adam)
+
+
+def _one_step(learned, model, x, y):
+    opt = NeuralGraphOptimizer.for_module(model, copy.deepcopy(learned), total_steps=10)
+    nn.functional.cross_entropy(model(x), y).backward()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt.step()
+    delta = {n: p.detach() - before[n] for n, p in model.named_parameters()}
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(before[n])
+    model.zero_grad()
+    return delta, opt
+
+
+@pytest.mark.parametrize("net, inputs", [
+    (_Net, lambda g: (torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 5, (4,), generator=g))),
+    (_Bag, lambda g: (torch.randint(0, 1000, (4, 3), generator=g), torch.randint(0, 4, (4,), generator=g)))])
+def test_only_linear_weights_change_direction(net, inputs):
+    torch.manual_seed(0)
+    model = net()
+    x, y = inputs(torch.Generator().manual_seed(2))
+    learned = load_learned_update("default")
+    plain, _ = _one_step(learned, model, x, y)
+    ortho, opt = _one_step(learned.with_config(orthogonal=True), model, x, y)
+    assert opt._fast_ok is None  # never checked: the fast path is not taken
+    for name in plain:
+        if name == "fc.weight":
+            assert not torch.allclose(plain[name], ortho[name]), name
+        else:  # convolutions, biases, an embedding (stored [in, out]): Adam's direction, the same step
+            torch.testing.assert_close(plain[name], ortho[name], msg=name)
+
+
+def test_the_flag_travels_in_checkpoints_and_old_ones_load_without_it(tmp_path):
+    from lopt_graphs.optim import save_checkpoint
+    from lopt_graphs.optim.learned import LearnedUpdateConfig
+
+    learned = load_learned_update("default")
+    assert learned.cfg.orthogonal is False  # a checkpoint written before the flag
+    save_checkpoint(learned.with_config(orthogonal=True), tmp_path / "o.pt")
+    assert load_learned_update(str(tmp_path / "o.pt")).cfg.orthogonal is True
+    assert LearnedUpdateConfig.from_dict({**learned.cfg.to_dict(), "orthogonal": True}).orthogonal is True
+
+
+def test_derive_turns_it_on_and_off_and_keeps_the_weights(tmp_path):
+    from lopt_graphs.optim.checkpoint import read_checkpoint
+    from meta_train.derive import main
+
+    main(["src=default", f"dst={tmp_path / 'o.pt'}", "orthogonal=true"])
+    a, b = load_learned_update("default"), load_learned_update(str(tmp_path / "o.pt"))
+    assert b.cfg.orthogonal and b.cfg.fan_in_power == a.cfg.fan_in_power  # the rest of the config kept
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+    assert read_checkpoint(str(tmp_path / "o.pt"))["meta"]["orthogonal"] is True
+    main([f"src={tmp_path / 'o.pt'}", f"dst={tmp_path / 'p.pt'}", "orthogonal=false"])
+    assert load_learned_update(str(tmp_path / "p.pt")).cfg == a.cfg
+    with pytest.raises(ValueError, match="orthogonal"):
+        main(["src=default", f"dst={tmp_path / 'q.pt'}", "orthogonal=yes"])
