@@ -65,6 +65,10 @@ class NeuralGraphOptimizer(Optimizer):
             :meth:`for_module`'s trace) take the base Adam-like step instead of the learned one, which keeps
             the BatchNorm running statistics valid (see :mod:`lopt_graphs.optim.bn_scale`); ``"learned"``
             applies the learned step to them too.
+        orthogonal: whether 2-D weight matrices step along their orthogonalized momentum
+            (:attr:`~lopt_graphs.optim.learned.LearnedUpdateConfig.orthogonal`: 5 Newton-Schulz iterations per
+            matrix per step, the reference step); ``None`` (default) keeps the checkpoint's setting. ``False``
+            trades the quality it buys for the fast step's cost on large matrices (``lopt-step-cost``).
 
     Example::
 
@@ -85,7 +89,8 @@ class NeuralGraphOptimizer(Optimizer):
                  lr: float | Tensor = 1.0, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, encoder_every: int | None = None, total_steps: int | None = None,
                  on_unsupported: Literal["free", "error"] = "free", compile: bool = False,
-                 bn_weights: Literal["base", "learned"] = "base", _specs: list[GraphSpec] | None = None,
+                 bn_weights: Literal["base", "learned"] = "base", orthogonal: bool | None = None,
+                 _specs: list[GraphSpec] | None = None,
                  _names: list[list[str]] | None = None):
         if isinstance(lr, Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
@@ -110,8 +115,13 @@ class NeuralGraphOptimizer(Optimizer):
             raise ValueError(f"Invalid on_unsupported: {on_unsupported!r} (expected 'free' or 'error')")
         if bn_weights not in ("base", "learned"):
             raise ValueError(f"Invalid bn_weights: {bn_weights!r} (expected 'base' or 'learned')")
+        if orthogonal is not None and not isinstance(orthogonal, bool):
+            raise TypeError(f"Invalid orthogonal: {orthogonal!r} (expected True, False, or None for the checkpoint's "
+                            "setting)")
         self.bn_weights = bn_weights
         self.learned = ckpt if isinstance(ckpt, LearnedUpdate) else load_learned_update(ckpt)
+        if orthogonal is not None and orthogonal != self.learned.cfg.orthogonal:
+            self.learned = self.learned.with_config(orthogonal=orthogonal)
         self.learned.requires_grad_(False)
         self.on_unsupported = on_unsupported
         self.nonfinite_steps = 0

@@ -95,3 +95,16 @@ def test_derive_turns_it_on_and_off_and_keeps_the_weights(tmp_path):
     assert load_learned_update(str(tmp_path / "p.pt")).cfg == a.cfg
     with pytest.raises(ValueError, match="orthogonal"):
         main(["src=default", f"dst={tmp_path / 'q.pt'}", "orthogonal=yes"])
+
+
+def test_the_constructor_overrides_the_checkpoint_setting():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
+    base = load_learned_update("default")
+    ortho = base.with_config(orthogonal=True)
+    assert NeuralGraphOptimizer(model.parameters(), ortho).learned.cfg.orthogonal is True
+    off = NeuralGraphOptimizer(model.parameters(), ortho, orthogonal=False)
+    assert off.learned.cfg.orthogonal is False and ortho.cfg.orthogonal is True  # the given update is unchanged
+    assert NeuralGraphOptimizer(model.parameters(), base, orthogonal=True).learned.cfg.orthogonal is True
+    with pytest.raises(TypeError, match="orthogonal"):
+        NeuralGraphOptimizer(model.parameters(), base, orthogonal=1)
