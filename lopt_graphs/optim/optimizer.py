@@ -239,13 +239,12 @@ class NeuralGraphOptimizer(Optimizer):
     def _fast(self, gi: int, params: list[Tensor], grads: list[Tensor | None], spec: GraphSpec) -> Callable | None:
         """The eager fast path (:mod:`lopt_graphs.optim.fast_step`) group ``gi``'s step takes, if any: its usual
         step or its encoder step. Taken when eager, with a parameter of at least ``FAST_MIN_NUMEL`` entries (set
-        it to inf to disable), without diagnostics, the reference head not wrapped, Adam's direction (not
-        ``orthogonal``), and the maths checked once per optimizer."""
+        it to inf to disable), without diagnostics, the reference head not wrapped, and the maths checked once
+        per optimizer. With an ``orthogonal`` update only the usual step is taken, and :meth:`step` gives the
+        orthogonalized matrices the reference step (:meth:`_orthogonal_params`)."""
         if self.compile or self.record_diagnostics or not any(p.numel() >= fast_step.FAST_MIN_NUMEL for p in params):
             return None
         if _functional.head is not _learned.head:  # the reference head is wrapped (instrumentation): keep it
-            return None
-        if self.learned.cfg.orthogonal:  # the fast step has Adam's direction only
             return None
         if self._fast_ok is None:  # once: the fast path must reproduce the reference maths
             self._fast_ok = fast_step_agrees(self.learned)
@@ -260,7 +259,20 @@ class NeuralGraphOptimizer(Optimizer):
         first = states[active[0]]
         t = int(first["step"]) + 1 if first else 1
         every = self.param_groups[gi]["encoder_every"] or self.learned.cfg.encoder_every
-        return fast_encoder_step_ if _functional.runs_encoder(spec, states, active, t, every) else fast_group_step_
+        if _functional.runs_encoder(spec, states, active, t, every):
+            # the fast encoder step has Adam's direction only; encoder steps are rare (1, 2, 4, ..., then every
+            # encoder_every): an orthogonal update takes the reference one
+            return None if self.learned.cfg.orthogonal else fast_encoder_step_
+        return fast_group_step_
+
+    def _orthogonal_params(self, spec: GraphSpec, params: list[Tensor]) -> set[int]:
+        """The parameters of a group whose direction an ``orthogonal`` update orthogonalizes (2-D weights on the
+        graph, stored ``[out, in]``); empty for Adam's direction. The fast step (Adam's direction only) leaves
+        them to the reference step."""
+        if not self.learned.cfg.orthogonal:
+            return set()
+        return {i for i, (slot, p) in enumerate(zip(spec.params, params))
+                if slot.kind == "edge" and not slot.transposed and p.ndim == 2}
 
     def _compiled(self) -> dict[str, Callable]:
         if not self.compile:
@@ -331,15 +343,21 @@ class NeuralGraphOptimizer(Optimizer):
             base = set(spec.scale_invariant) if self.bn_weights == "base" else set()
             lr = group["lr"] * scale if scale != 1.0 else group["lr"]
             fast = self._fast(gi, params, grads, spec)
+            ortho = self._orthogonal_params(spec, params) if fast is not None else set()
             if fast is not None:  # in place, the base step included
                 states = [self.state[p] if g is not None or p in self.state else {} for p, g in zip(params, grads)]
-                with flush_subnormals():
-                    fast(self.learned, spec, [p.detach() for p in params], grads, states, lr=lr,
-                         betas=group["betas"], eps=group["eps"], weight_decay=group["weight_decay"],
-                         total_steps=group.get("total_steps"), base=base, cache=self._fast_cache.setdefault(gi, {}),
-                         gnorms=norms[offsets[gi]: offsets[gi + 1]])
-                continue
-            self._fast_cache.pop(gi, None)
+                fast_grads = [None if j in ortho else g for j, g in enumerate(grads)]
+                if any(g is not None for g in fast_grads):
+                    with flush_subnormals():
+                        fast(self.learned, spec, [p.detach() for p in params], fast_grads, states, lr=lr,
+                             betas=group["betas"], eps=group["eps"], weight_decay=group["weight_decay"],
+                             total_steps=group.get("total_steps"), base=base,
+                             cache=self._fast_cache.setdefault(gi, {}), gnorms=norms[offsets[gi]: offsets[gi + 1]])
+                if not any(grads[j] is not None for j in ortho):
+                    continue
+                grads = [g if j in ortho else None for j, g in enumerate(grads)]  # the rest: the reference step
+            else:
+                self._fast_cache.pop(gi, None)
             states = [dict(self.state[p]) if p in self.state else {} for p in params]
             new_params, new_states = ngo_update(
                 self.learned, spec, [p.detach() for p in params], grads, states,

@@ -15,6 +15,9 @@ from lopt_graphs.optim.functional import _rms, entry_features, init_state, ortho
 
 from .test_fan_in_prior import _Bag, _Net
 
+#: The shipped checkpoint the orthogonal default was derived from (Adam's direction).
+FANIN = "v2_calibrated4_es60_fanin"
+
 
 @pytest.mark.parametrize("shape", [(8, 24), (24, 8), (16, 16)])
 def test_orthogonalize_pushes_every_singular_value_near_one(shape):
@@ -60,10 +63,9 @@ def test_only_linear_weights_change_direction(net, inputs):
     torch.manual_seed(0)
     model = net()
     x, y = inputs(torch.Generator().manual_seed(2))
-    learned = load_learned_update("default")
+    learned = load_learned_update(FANIN)
     plain, _ = _one_step(learned, model, x, y)
     ortho, opt = _one_step(learned.with_config(orthogonal=True), model, x, y)
-    assert opt._fast_ok is None  # never checked: the fast path is not taken
     for name in plain:
         if name == "fc.weight":
             assert not torch.allclose(plain[name], ortho[name]), name
@@ -71,11 +73,43 @@ def test_only_linear_weights_change_direction(net, inputs):
             torch.testing.assert_close(plain[name], ortho[name], msg=name)
 
 
+@pytest.mark.parametrize("encoder_every", [3, 100])
+def test_the_fast_step_leaves_the_orthogonal_matrices_to_the_reference_step(monkeypatch, encoder_every):
+    """With the fast step (convolutions, biases: Adam's direction, in place) and without it (every parameter on
+    the reference path), an orthogonal update trains the same, encoder steps included."""
+    from lopt_graphs.optim import fast_step
+
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 32, 3), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(32 * 4 * 4, 10))  # a 4,608-entry conv and a 5,120-entry matrix: fast-path sizes
+    learned = load_learned_update("default")
+    assert learned.cfg.orthogonal
+    g = torch.Generator().manual_seed(3)
+    batches = [(torch.randn(8, 3, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(8)]
+    runs = {}
+    for fast in (True, False):
+        with monkeypatch.context() as m:
+            if not fast:
+                m.setattr(fast_step, "FAST_MIN_NUMEL", float("inf"))
+            torch.manual_seed(0)
+            net = copy.deepcopy(model)
+            opt = NeuralGraphOptimizer.for_module(net, copy.deepcopy(learned), total_steps=8,
+                                                  encoder_every=encoder_every)
+            for x, y in batches:
+                opt.zero_grad()
+                nn.functional.cross_entropy(net(x), y).backward()
+                opt.step()
+            runs[fast] = ([p.detach().clone() for p in net.parameters()], opt._fast_ok)
+    assert runs[True][1] is True and runs[False][1] is None  # the fast step was taken, and not
+    for a, b in zip(runs[True][0], runs[False][0]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert not torch.equal(runs[True][0][-2], model[-1].weight)
+
+
 def test_the_flag_travels_in_checkpoints_and_old_ones_load_without_it(tmp_path):
     from lopt_graphs.optim import save_checkpoint
     from lopt_graphs.optim.learned import LearnedUpdateConfig
 
-    learned = load_learned_update("default")
+    learned = load_learned_update(FANIN)
     assert learned.cfg.orthogonal is False  # a checkpoint written before the flag
     save_checkpoint(learned.with_config(orthogonal=True), tmp_path / "o.pt")
     assert load_learned_update(str(tmp_path / "o.pt")).cfg.orthogonal is True
@@ -86,21 +120,21 @@ def test_derive_turns_it_on_and_off_and_keeps_the_weights(tmp_path):
     from lopt_graphs.optim.checkpoint import read_checkpoint
     from meta_train.derive import main
 
-    main(["src=default", f"dst={tmp_path / 'o.pt'}", "orthogonal=true"])
-    a, b = load_learned_update("default"), load_learned_update(str(tmp_path / "o.pt"))
+    main([f"src={FANIN}", f"dst={tmp_path / 'o.pt'}", "orthogonal=true"])
+    a, b = load_learned_update(FANIN), load_learned_update(str(tmp_path / "o.pt"))
     assert b.cfg.orthogonal and b.cfg.fan_in_power == a.cfg.fan_in_power  # the rest of the config kept
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
     assert read_checkpoint(str(tmp_path / "o.pt"))["meta"]["orthogonal"] is True
     main([f"src={tmp_path / 'o.pt'}", f"dst={tmp_path / 'p.pt'}", "orthogonal=false"])
     assert load_learned_update(str(tmp_path / "p.pt")).cfg == a.cfg
     with pytest.raises(ValueError, match="orthogonal"):
-        main(["src=default", f"dst={tmp_path / 'q.pt'}", "orthogonal=yes"])
+        main([f"src={FANIN}", f"dst={tmp_path / 'q.pt'}", "orthogonal=yes"])
 
 
 def test_the_constructor_overrides_the_checkpoint_setting():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
-    base = load_learned_update("default")
+    base = load_learned_update(FANIN)
     ortho = base.with_config(orthogonal=True)
     assert NeuralGraphOptimizer(model.parameters(), ortho).learned.cfg.orthogonal is True
     off = NeuralGraphOptimizer(model.parameters(), ortho, orthogonal=False)
