@@ -76,8 +76,14 @@ class LrSweepConfig(ScoredRunKeys):
                                                       "no horizon to scale")
 
     def settings(self) -> list[tuple[str, float, float]]:
-        """``(key, multiplier, horizon)`` for every run setting; the key is the multiplier alone at horizon 1."""
-        return [(str(m) if h == 1.0 else f"{m}@T{h:g}", m, h) for h in self.horizons for m in self.multipliers]
+        """``(key, multiplier, horizon)`` for every run setting (:func:`setting_key`)."""
+        return [(setting_key(m, h), m, h) for h in self.horizons for m in self.multipliers]
+
+
+def setting_key(m: float, h: float) -> str:
+    """The key of multiplier ``m`` at told horizon ``h`` in a row's ``multipliers``: the multiplier alone at
+    horizon 1."""
+    return str(m) if h == 1.0 else f"{m}@T{h:g}"
 
 
 def _fraction(curve: list[float], target: float, steps: int, window: int) -> float:
@@ -96,8 +102,7 @@ def sweep_task(learned: Any, cfg: Any, group: str, c: LrSweepConfig) -> dict[str
     adam = tuned_baseline(lambda lr, s: train_run(task, lambda m: torch.optim.Adam(m.parameters(), lr=lr),
                                                   c.steps, s), ADAM_LRS, tune_seed, seeds)
     targets = [smooth(r.curve, SMOOTH)[-1] for r in adam.runs]
-    adam_tune = train_run(task, lambda m: torch.optim.Adam(m.parameters(), lr=adam.lr), c.steps, tune_seed)
-    tune_target = smooth(adam_tune.curve, SMOOTH)[-1]
+    tune_target = smooth(adam.tune_run.curve, SMOOTH)[-1]
 
     def ngo(m: float, h: float, seed: int):
         horizon = round(h * c.steps) if c.total_steps else None
@@ -203,8 +208,7 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
     ms = doc["multipliers"]
     for ax, r in zip(axes.flat, rows):
         for i, h in enumerate(doc["horizons"]):
-            ys = [statistics.fmean(r["multipliers"][str(m) if h == 1.0 else f"{m}@T{h:g}"]["final_loss_per_seed"])
-                  for m in ms]
+            ys = [statistics.fmean(r["multipliers"][setting_key(m, h)]["final_loss_per_seed"]) for m in ms]
             ax.plot(ms, [y if math.isfinite(y) else float("nan") for y in ys], "o-", color=f"C{3 + i}",
                     label="NGO" if h == 1.0 else f"NGO, told {h:g} x steps")
         ax.axhline(statistics.fmean(r["adam_final_loss_per_seed"]), color="C0", ls="--", label="tuned Adam")

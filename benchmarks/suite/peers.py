@@ -163,19 +163,13 @@ def build(kind: str, lr: float, steps: int, cfg: Any, learned: Any = None
     if kind == "adam":
         return lambda m: torch.optim.Adam(m.parameters(), lr=lr)
     if kind == "adam_cosine":
-        def make(m: nn.Module) -> tuple:
-            opt = torch.optim.Adam(m.parameters(), lr=lr)
-            return opt, torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, cfg.warmup_fraction))
-        return make
+        return _scheduled(lambda m: torch.optim.Adam(m.parameters(), lr=lr), steps, cfg)
     if kind == "adamw":
         return lambda m: torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=cfg.adamw_weight_decay)
     if kind == "muon":
         return lambda m: MuonAdam(m.parameters(), lr=lr)
     if kind == "muon_cosine":
-        def make_muon(m: nn.Module) -> tuple:
-            opt = MuonAdam(m.parameters(), lr=lr)
-            return opt, torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, cfg.warmup_fraction))
-        return make_muon
+        return _scheduled(lambda m: MuonAdam(m.parameters(), lr=lr), steps, cfg)
     if kind == "sgd":
         return lambda m: torch.optim.SGD(m.parameters(), lr=lr, momentum=cfg.sgd_momentum)
     if kind == "sf_adamw":  # train_run calls its train() before training and eval() for the final evaluation
@@ -190,18 +184,27 @@ def build(kind: str, lr: float, steps: int, cfg: Any, learned: Any = None
     raise ValueError(f"unknown optimizer kind {kind!r}; expected one of {sorted({p.kind for p in PEERS.values()})}")
 
 
+def _scheduled(make_opt: Callable[[nn.Module], torch.optim.Optimizer], steps: int, cfg: Any
+               ) -> Callable[[nn.Module], tuple]:
+    """``make_opt`` under the suite's linear warmup + cosine schedule (:func:`warmup_cosine`)."""
+    def make(m: nn.Module) -> tuple:
+        opt = make_opt(m)
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, cfg.warmup_fraction))
+    return make
+
+
 def hyper(kind: str, cfg: Any) -> dict[str, Any]:
     """The non-lr hyperparameters of a kind, as recorded in the JSON."""
     if kind == "adamw":
         return {"weight_decay": cfg.adamw_weight_decay}
     if kind == "sgd":
         return {"momentum": cfg.sgd_momentum}
+    schedule = ({"warmup_fraction": cfg.warmup_fraction, "schedule": "linear warmup, then cosine to 0"}
+                if kind in ("adam_cosine", "muon_cosine") else {})
     if kind == "adam_cosine":
-        return {"warmup_fraction": cfg.warmup_fraction, "schedule": "linear warmup, then cosine to 0"}
+        return schedule
     if kind in ("muon", "muon_cosine"):
-        extra = ({"warmup_fraction": cfg.warmup_fraction, "schedule": "linear warmup, then cosine to 0"}
-                 if kind == "muon_cosine" else {})
-        return {**extra, "muon": "torch.optim.Muon on 2-D weights, momentum 0.95 (Nesterov), 5 Newton-Schulz steps, "
+        return {**schedule, "muon": "torch.optim.Muon on 2-D weights, momentum 0.95 (Nesterov), 5 Newton-Schulz steps, "
                         "adjust_lr_fn='match_rms_adamw', no weight decay", "other parameters": "Adam"}
     if kind == "ngo":
         return {"compile": cfg.ngo_compile, "total_steps": bool(ngo_kwargs(1, cfg))}

@@ -53,6 +53,7 @@ class TunedBaseline:
         scored_seeds: the seeds of ``runs``.
         runs: the chosen lr's runs, one per scored seed.
         at_grid_edge: the chosen lr is the smallest or largest of a grid of several (widen the grid).
+        tune_run: the chosen lr's run on ``tune_seed`` (from the grid: not scored, not re-run).
     """
 
     lr: float
@@ -61,6 +62,7 @@ class TunedBaseline:
     scored_seeds: list[int]
     runs: list[RunResult]
     at_grid_edge: bool
+    tune_run: RunResult | None = None
 
 
 def tuned_baseline(train: Callable[[float, int], RunResult], lrs: Sequence[float], tune_seed: int,
@@ -75,6 +77,7 @@ def tuned_baseline(train: Callable[[float, int], RunResult], lrs: Sequence[float
     if tune_seed in scored_seeds:
         raise ValueError(f"Invalid tuning seed {tune_seed}: it is also a scored seed ({list(scored_seeds)}); "
                          "choose a tuning seed outside the scored seeds")
-    lr, grid, _ = tune_lr(train, lrs, [tune_seed])
+    lr, grid, grid_runs = tune_lr(train, lrs, [tune_seed])
     edge = len(lrs) > 1 and lr in (min(lrs), max(lrs))
-    return TunedBaseline(lr, grid, tune_seed, list(scored_seeds), [train(lr, s) for s in scored_seeds], edge)
+    return TunedBaseline(lr, grid, tune_seed, list(scored_seeds), [train(lr, s) for s in scored_seeds], edge,
+                         grid_runs[(lr, tune_seed)])

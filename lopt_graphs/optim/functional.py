@@ -217,6 +217,15 @@ def _constant_contexts(learned: LearnedUpdate, spec: GraphSpec, feats: Sequence[
     return out
 
 
+def orthogonal_params(cfg: LearnedUpdateConfig, spec: GraphSpec, params: Sequence[Tensor]) -> set[int]:
+    """Indices of the parameters whose direction an ``orthogonal`` update orthogonalizes: 2-D weights on the
+    graph stored ``[out, in]`` (a ``Linear``'s; not an ``Embedding``'s); empty for Adam's direction."""
+    if not cfg.orthogonal:
+        return set()
+    return {i for i, (slot, p) in enumerate(zip(spec.params, params))
+            if slot.kind == "edge" and not slot.transposed and p.ndim == 2}
+
+
 def _fan_in_shift(cfg: LearnedUpdateConfig, p: ParamSlot) -> float:
     """The fan-in prior's share of parameter ``p``'s per-tensor log step (weights stored ``[out, in, ...]`` only:
     see :attr:`LearnedUpdateConfig.fan_in_power`)."""
@@ -282,11 +291,10 @@ def ngo_update(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[Tensor]
     def view(i: int) -> tuple[int, ...]:
         return head_view(spec, i, params[i].shape)
 
+    orthogonalized = orthogonal_params(cfg, spec, params)
+
     def ortho(i: int) -> dict[str, bool]:  # passed only when the update asks for it (other steps keep their signature)
-        if not cfg.orthogonal:
-            return {}
-        slot = spec.params[i]
-        return {"orthogonal": slot.kind == "edge" and not slot.transposed and params[i].ndim == 2}
+        return {"orthogonal": i in orthogonalized} if cfg.orthogonal else {}
 
     if not runs_encoder(spec, states, active, t, every):
         # Usual step: features and update fused per parameter, cached node terms reused.

@@ -82,8 +82,9 @@ class LearnedUpdateConfig:
         orthogonal: the direction of each 2-D weight matrix (a ``Linear``'s, stored ``[out, in]``) is its
             bias-corrected Adam momentum orthogonalized by 5 Newton-Schulz iterations (as Muon does), rescaled
             to the RMS of the Adam direction it replaces, so the learned per-tensor step keeps its meaning;
-            convolutions, biases, norm parameters, embeddings and graph-free parameters keep Adam's direction.
-            An experiment (``lopt-derive orthogonal=true``); the optimizer then runs the reference step.
+            convolutions, biases, norm parameters, embeddings and graph-free parameters keep Adam's direction
+            (``lopt-derive orthogonal=true`` writes it; the default checkpoint has it). The orthogonalized matrices
+            take the reference step; everything else keeps the fast step.
     """
 
     encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(

@@ -241,7 +241,7 @@ class NeuralGraphOptimizer(Optimizer):
         step or its encoder step. Taken when eager, with a parameter of at least ``FAST_MIN_NUMEL`` entries (set
         it to inf to disable), without diagnostics, the reference head not wrapped, and the maths checked once
         per optimizer. With an ``orthogonal`` update only the usual step is taken, and :meth:`step` gives the
-        orthogonalized matrices the reference step (:meth:`_orthogonal_params`)."""
+        orthogonalized matrices (:func:`~lopt_graphs.optim.functional.orthogonal_params`) the reference step."""
         if self.compile or self.record_diagnostics or not any(p.numel() >= fast_step.FAST_MIN_NUMEL for p in params):
             return None
         if _functional.head is not _learned.head:  # the reference head is wrapped (instrumentation): keep it
@@ -265,14 +265,6 @@ class NeuralGraphOptimizer(Optimizer):
             return None if self.learned.cfg.orthogonal else fast_encoder_step_
         return fast_group_step_
 
-    def _orthogonal_params(self, spec: GraphSpec, params: list[Tensor]) -> set[int]:
-        """The parameters of a group whose direction an ``orthogonal`` update orthogonalizes (2-D weights on the
-        graph, stored ``[out, in]``); empty for Adam's direction. The fast step (Adam's direction only) leaves
-        them to the reference step."""
-        if not self.learned.cfg.orthogonal:
-            return set()
-        return {i for i, (slot, p) in enumerate(zip(spec.params, params))
-                if slot.kind == "edge" and not slot.transposed and p.ndim == 2}
 
     def _compiled(self) -> dict[str, Callable]:
         if not self.compile:
@@ -343,7 +335,7 @@ class NeuralGraphOptimizer(Optimizer):
             base = set(spec.scale_invariant) if self.bn_weights == "base" else set()
             lr = group["lr"] * scale if scale != 1.0 else group["lr"]
             fast = self._fast(gi, params, grads, spec)
-            ortho = self._orthogonal_params(spec, params) if fast is not None else set()
+            ortho = _functional.orthogonal_params(self.learned.cfg, spec, params) if fast is not None else set()
             if fast is not None:  # in place, the base step included
                 states = [self.state[p] if g is not None or p in self.state else {} for p, g in zip(params, grads)]
                 fast_grads = [None if j in ortho else g for j, g in enumerate(grads)]

@@ -142,6 +142,7 @@ def test_tuned_lr_is_chosen_on_the_tuning_seed_and_never_on_a_scored_one() -> No
     assert [g["lr"] for g in tuned.grid] == [1e-3, 1e-2, 1e-1] and tuned.grid[2]["criterion"] == math.inf
     assert calls == [(1e-3, 1000), (1e-2, 1000), (1e-1, 1000), (1e-2, 0), (1e-2, 1)]  # grid on 1000 only
     assert not tuned.at_grid_edge
+    assert tuned.tune_run.final_loss == 0.2  # the grid's own run of the chosen lr on the tuning seed, not re-run
     with pytest.raises(ValueError, match="tuning seed 0: it is also a scored seed"):
         tuned_baseline(train, (1e-3,), 0, [0, 1])
 
