@@ -6,6 +6,7 @@ Commands::
     lopt-step-cost quick=true compile=false           # smoke test: the digits MLP, 10 steps
     lopt-step-cost loops=true                         # issue 15's loop targets, the default checkpoint
     lopt-step-cost loops=true ckpts=default,v2_pes_80 models=mlp_784-256-256-10 merge=true
+    lopt-step-cost loops=true peers=muon              # and Muon's loop beside them, for scale
     python benchmarks/step_cost.py --help             # the keys and their defaults
 
 Per-step table (``loops=false``): for each model (an MLP on 8x8 digits, a 784-256-256-10 MLP and a small CNN on
@@ -24,6 +25,9 @@ for each checkpoint of ``ckpts``, against ``torch.optim.Adam`` on an identical c
 model's optimizers interleaved in chunks of ``chunk`` steps (so drifts of a shared machine hit them alike). Each
 row records its date and the 1-minute load average before and after it. ``merge=true`` keeps the rows of an
 existing ``out`` that this run does not measure (to measure models or checkpoints in separate runs).
+``peers=muon`` adds a hand-made optimizer's loop to the same interleaving, reported as a row against the same
+Adam loop: ``muon`` is the suite's ``MuonAdam`` (``torch.optim.Muon``'s 5 Newton-Schulz iterations on each 2-D
+weight, Adam on the rest), the cost that an orthogonalized direction (``LearnedUpdateConfig.orthogonal``) shares.
 
 Both print a markdown table and write a summary JSON (``out``; default
 ``benchmarks/results/step_cost.json`` or ``benchmarks/results/step_cost_loops.json``).
@@ -54,6 +58,8 @@ from lopt_graphs.io import atomic_write_text
 LOOP_MODELS = ("resnet18_32x32_b32", "mlp_784-256-256-10")
 #: issue 15's targets: a whole loop at most this many times Adam's
 TARGETS = {"resnet18_32x32_b32": 3.0, "mlp_784-256-256-10": 2.0}
+#: hand-made optimizers ``peers=`` can time beside the checkpoints (row label: ``peer:<name>``)
+LOOP_PEERS = ("muon",)
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,7 @@ class StepCostConfig:
         chunk: steps per interleaved chunk (loops).
         models: the loop models to run (loops; empty: all of ``LOOP_MODELS``).
         ckpts: the checkpoints to run (loops; shipped names or paths), each against the same Adam loop.
+        peers: hand-made optimizers timed in the same loops (loops; among ``LOOP_PEERS``; rows ``peer:<name>``).
         merge: keep the rows of an existing ``out`` that this run does not measure (loops).
         out: the JSON output (empty: ``benchmarks/results/step_cost.json`` or ``step_cost_loops.json``).
         threads: torch intra-op threads (``0`` leaves torch's default).
@@ -84,6 +91,7 @@ class StepCostConfig:
     chunk: int = 25
     models: tuple[str, ...] = ()
     ckpts: tuple[str, ...] = ("default",)
+    peers: tuple[str, ...] = ()
     merge: bool = False
     out: str = ""
     threads: int = 1
@@ -100,6 +108,8 @@ class StepCostConfig:
             _cfg.bad_value("models", self.models, f"names among {', '.join(LOOP_MODELS)}")
         if not self.ckpts:
             _cfg.bad_value("ckpts", self.ckpts, "at least one checkpoint")
+        if sorted(set(self.peers) - set(LOOP_PEERS)):
+            _cfg.bad_value("peers", self.peers, f"names among {', '.join(LOOP_PEERS)}")
         if self.threads < 0:
             _cfg.bad_value("threads", self.threads, "an integer >= 0 (0: torch's default)")
 
@@ -240,16 +250,21 @@ def _loop_model(name: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor, str]:
 
 
 def _loop_row(name: str, cfg: StepCostConfig) -> list[dict]:
-    """One model's loops: Adam and NGO with every checkpoint of ``cfg.ckpts``, interleaved; a row per checkpoint."""
+    """One model's loops: Adam, NGO with every checkpoint of ``cfg.ckpts`` and every peer of ``cfg.peers``,
+    interleaved; a row per checkpoint and peer."""
     model, x, y, how = _loop_model(name)
     loss_fn = nn.CrossEntropyLoss()
     load_before, date = os.getloadavg()[0], _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="minutes")
     runs = {}
-    for label in ("adam", *cfg.ckpts):
+    for label in ("adam", *cfg.ckpts, *(f"peer:{p}" for p in cfg.peers)):
         m = copy.deepcopy(model)
         t0 = time.perf_counter()
         if label == "adam":
             opt = torch.optim.Adam(m.parameters(), lr=1e-3, foreach=True)
+        elif label == "peer:muon":
+            from benchmarks.suite.peers import MuonAdam
+
+            opt = MuonAdam(m.parameters(), lr=1e-3)
         elif how == "for_module":
             opt = NeuralGraphOptimizer.for_module(m, label)
         else:
@@ -270,10 +285,11 @@ def _loop_row(name: str, cfg: StepCostConfig) -> list[dict]:
     adam = runs.pop("adam")
     rows = []
     for ckpt, r in runs.items():
-        spec = r["opt"].graph_spec(0)
         row = {"model": name, "ckpt": ckpt, "params": sum(p.numel() for p in model.parameters()), "front_end": how,
-               "graph": {"nodes": spec.num_nodes, "edges": spec.num_edges, "free_params": len(spec.free_params)},
                "steps": cfg.loop_steps, "date": date, "load_average_1min": [load_before, load_after]}
+        if not ckpt.startswith("peer:"):  # the timed optimizer sits under "ngo" (a peer's too: the row says which)
+            spec = r["opt"].graph_spec(0)
+            row["graph"] = {"nodes": spec.num_nodes, "edges": spec.num_edges, "free_params": len(spec.free_params)}
         for label, rr in (("adam", adam), ("ngo", r)):
             row[label] = {"loop_s": rr["loop_s"], "build_s": rr["build_s"], "ms_per_step": rr["loop_s"] / cfg.loop_steps * 1e3,
                           "final_loss": statistics.fmean(rr["losses"][-10:])}
@@ -302,14 +318,15 @@ def loops_table(result: dict) -> str:
     """Markdown table of a :func:`run_loops` result."""
     rows = []
     for r in result["rows"]:
-        g, t = r["graph"], TARGETS.get(r["model"])
+        g, peer = r.get("graph"), r["ckpt"].startswith("peer:")
+        t = None if peer else TARGETS.get(r["model"])
         rows.append([r["model"], r["ckpt"], f"{r['params']:,}",
-                     f"{g['nodes']:,} / {g['edges']:,} / {g['free_params']}", str(r["steps"]), r["date"],
+                     "-" if g is None else f"{g['nodes']:,} / {g['edges']:,} / {g['free_params']}", str(r["steps"]), r["date"],
                      "-".join(f"{v:.1f}" for v in r["load_average_1min"]), f"{r['adam']['loop_s']:.1f}",
                      f"{r['ngo']['loop_s']:.1f} (+{r['ngo']['build_s']:.2f})", f"{r['ratio']:.2f}x",
                      "" if t is None else f"<= {t:.0f}x: {'met' if r['ratio'] <= t else 'NOT met'}"])
-    return _markdown("model | checkpoint | params: | graph (nodes / edges / free params) | steps: | date (UTC) | "
-                     "load avg | Adam loop s: | NGO loop s (+ build): | NGO / Adam: | target", rows)
+    return _markdown("model | checkpoint (or peer) | params: | graph (nodes / edges / free params) | steps: | "
+                     "date (UTC) | load avg | Adam loop s: | its loop s (+ build): | its loop / Adam: | target", rows)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

@@ -26,6 +26,11 @@ removes the source's prior::
 (``LearnedUpdateConfig.orthogonal``; ``false`` turns it off)::
 
     lopt-derive src=default dst=runs/ortho/ortho.pt orthogonal=true
+
+``orthogonal_conv=true`` orthogonalizes convolution kernels too (``LearnedUpdateConfig.orthogonal_conv``; it turns
+``orthogonal`` on; ``orthogonal=false`` turns both off)::
+
+    lopt-derive src=default dst=runs/ortho/conv.pt orthogonal_conv=true
 """
 
 from __future__ import annotations
@@ -43,14 +48,22 @@ from .trainer import initial_learned_update
 
 def derive(src: str, dst: str | Path, mag_clip: float, mag_affine: tuple[float, float] | None = None,
            size_prior: tuple[int, float] | None = None, fan_in_prior: tuple[float, float] | None = None,
-           orthogonal: bool | None = None) -> None:
+           orthogonal: bool | None = None, orthogonal_conv: bool | None = None) -> None:
     """Write ``dst``: ``src`` with ``mag_clip`` (``0`` keeps the source's when something else changes), its log
     step mapped by ``mag_affine``, a size prior ``(size_ref, size_power)``, a fan-in prior ``(fan_in_power,
-    fan_in_ref)`` and the ``orthogonal`` direction on or off (``None``: keep); ``meta`` records what changed."""
-    changes = size_prior is not None or fan_in_prior is not None or orthogonal is not None
+    fan_in_ref)``, the ``orthogonal`` direction and its ``orthogonal_conv`` extension on or off (``None``: keep;
+    ``orthogonal_conv=True`` implies ``orthogonal``, ``orthogonal=False`` turns both off); ``meta`` records what
+    changed."""
+    if orthogonal is False and orthogonal_conv:
+        raise ValueError("orthogonal=false with orthogonal_conv=true: convolutions are orthogonalized only on top of "
+                         "the linear layers (drop one of them)")
+    if orthogonal_conv and orthogonal is None:
+        orthogonal = True
+    changes = (size_prior is not None or fan_in_prior is not None or orthogonal is not None
+               or orthogonal_conv is not None)
     if not (mag_clip > 0 or (mag_clip == 0 and changes)):
         raise ValueError(f"Invalid mag_clip: {mag_clip} (expected > 0, or 0 to keep the source's with a size_prior, "
-                         "a fan_in_prior or orthogonal)")
+                         "a fan_in_prior, orthogonal or orthogonal_conv)")
     if fan_in_prior is not None:
         power, fref = (float(v) for v in fan_in_prior)
         if not (math.isfinite(power) and power >= 0 and math.isfinite(fref) and fref > 0):
@@ -80,9 +93,11 @@ def derive(src: str, dst: str | Path, mag_clip: float, mag_affine: tuple[float, 
     if fan_in_prior is not None:
         learned = learned.with_config(fan_in_power=power, fan_in_ref=fref)  # checks tensor_lr
         meta["fan_in_prior"] = [power, fref]
-    if orthogonal is not None:
-        learned = learned.with_config(orthogonal=bool(orthogonal))
-        meta["orthogonal"] = bool(orthogonal)
+    if orthogonal is not None or orthogonal_conv is not None:
+        on = learned.cfg.orthogonal if orthogonal is None else bool(orthogonal)
+        conv = on and (learned.cfg.orthogonal_conv if orthogonal_conv is None else bool(orthogonal_conv))
+        learned = learned.with_config(orthogonal=on, orthogonal_conv=conv)  # checks conv needs orthogonal
+        meta["orthogonal"], meta["orthogonal_conv"] = on, conv
     save_checkpoint(learned, dst, meta=meta)
 
 
@@ -99,7 +114,10 @@ class DeriveConfig:
             (empty: keep the source's).
         fan_in_prior: ``POWER,REF``: ``-POWER * log(fan_in / REF)`` on every weight's per-tensor log step (empty:
             keep the source's; ``POWER=0`` removes it).
-        orthogonal: ``true``/``false``: the orthogonalized direction on 2-D weights on or off (empty: keep).
+        orthogonal: ``true``/``false``: the orthogonalized direction on 2-D weights on or off (empty: keep;
+            ``false`` turns ``orthogonal_conv`` off too).
+        orthogonal_conv: ``true``/``false``: convolution kernels orthogonalized too, or not (empty: keep;
+            ``true`` turns ``orthogonal`` on).
         threads: torch intra-op threads (1, as every command; ``0`` keeps torch's default).
     """
 
@@ -110,6 +128,7 @@ class DeriveConfig:
     size_prior: tuple[float, ...] = ()
     fan_in_prior: tuple[float, ...] = ()
     orthogonal: str = ""
+    orthogonal_conv: str = ""
     threads: int = 1
 
     def __post_init__(self) -> None:
@@ -122,13 +141,15 @@ class DeriveConfig:
             _cfg.bad_value("fan_in_prior", self.fan_in_prior, "POWER,REF (two numbers) or empty")
         if self.orthogonal not in ("", "true", "false"):
             _cfg.bad_value("orthogonal", self.orthogonal, "true, false or empty (keep the source's)")
+        if self.orthogonal_conv not in ("", "true", "false"):
+            _cfg.bad_value("orthogonal_conv", self.orthogonal_conv, "true, false or empty (keep the source's)")
         if self.threads < 0:
             _cfg.bad_value("threads", self.threads, "an integer >= 0 (0 keeps torch's default)")
 
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point: ``[--config FILE] src=SRC dst=DST [mag_clip=X] [mag_affine=SCALE,SHIFT]
-    [size_prior=REF,POWER] [fan_in_prior=POWER,REF] [orthogonal=true|false] [threads=1]``."""
+    [size_prior=REF,POWER] [fan_in_prior=POWER,REF] [orthogonal=true|false] [orthogonal_conv=true|false] [threads=1]``."""
     c = _cfg.parse_command(DeriveConfig, argv, "Copy a learned-update checkpoint with a new mag_clip (and "
                                                "optionally a re-centred log step multiplier).")
     if not (c.src and c.dst):
@@ -137,12 +158,17 @@ def main(argv: list[str] | None = None) -> None:
     affine = (c.mag_affine[0], c.mag_affine[1]) if c.mag_affine else None
     size = (c.size_prior[0], c.size_prior[1]) if c.size_prior else None
     fan = (c.fan_in_prior[0], c.fan_in_prior[1]) if c.fan_in_prior else None
-    ortho = {"": None, "true": True, "false": False}[c.orthogonal]
-    derive(c.src, c.dst, c.mag_clip, affine, size, fan, ortho)
+    flag = {"": None, "true": True, "false": False}
+    ortho, conv = flag[c.orthogonal], flag[c.orthogonal_conv]
+    derive(c.src, c.dst, c.mag_clip, affine, size, fan, ortho, conv)
     extra = f", log step u -> {affine[0]:g} u + {affine[1]:g}" if affine else ""
     extra += f", lr x (N / {size[0]:g}) ** -{size[1]:g} above {size[0]:g} parameters" if size else ""
     extra += f", log step - {fan[0]:g} log(fan_in / {fan[1]:g})" if fan else ""
-    extra += {None: "", True: ", orthogonalized direction on 2-D weights", False: ", Adam's direction"}[ortho]
+    if conv:
+        extra += ", orthogonalized direction on 2-D weights and convolutions"
+    else:
+        extra += {None: "", True: ", orthogonalized direction on 2-D weights", False: ", Adam's direction"}[ortho]
+        extra += ", convolutions in Adam's direction" if conv is False and ortho is not False else ""
     clip = f"mag_clip={c.mag_clip}" if c.mag_clip else "its mag_clip"
     print(f"wrote {c.dst} ({c.src} with {clip}{extra})")
 

@@ -26,7 +26,7 @@ units: no ``[entries, H]`` temporary is formed, which is faster on CPU than a th
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Collection, Sequence
 
 import torch
 from torch import Tensor
@@ -88,9 +88,10 @@ def orthogonalize(m: Tensor, steps: int = 5) -> Tensor:
 
 
 def orthogonal_direction(m_hat: Tensor, adam_dir: Tensor) -> Tensor:
-    """The orthogonalized momentum ``m_hat`` (a 2-D weight's) at the RMS of ``adam_dir``, the direction it replaces
-    (:attr:`~lopt_graphs.optim.learned.LearnedUpdateConfig.orthogonal`)."""
-    o = orthogonalize(m_hat)
+    """The orthogonalized momentum ``m_hat`` at the RMS of ``adam_dir``, the direction it replaces
+    (:attr:`~lopt_graphs.optim.learned.LearnedUpdateConfig.orthogonal`): a 2-D weight's as it is, a convolution
+    kernel's ``[out, in, k...]`` as the ``[out, in * k...]`` matrix it flattens to."""
+    o = orthogonalize(m_hat.reshape(m_hat.shape[0], -1)).reshape(m_hat.shape)
     return o * (_rms(adam_dir) / (_rms(o) + 1e-12))
 
 
@@ -219,11 +220,12 @@ def _constant_contexts(learned: LearnedUpdate, spec: GraphSpec, feats: Sequence[
 
 def orthogonal_params(cfg: LearnedUpdateConfig, spec: GraphSpec, params: Sequence[Tensor]) -> set[int]:
     """Indices of the parameters whose direction an ``orthogonal`` update orthogonalizes: 2-D weights on the
-    graph stored ``[out, in]`` (a ``Linear``'s; not an ``Embedding``'s); empty for Adam's direction."""
+    graph stored ``[out, in]`` (a ``Linear``'s; not an ``Embedding``'s), and with ``orthogonal_conv`` convolution
+    kernels stored ``[out, in, k...]``; empty for Adam's direction."""
     if not cfg.orthogonal:
         return set()
     return {i for i, (slot, p) in enumerate(zip(spec.params, params))
-            if slot.kind == "edge" and not slot.transposed and p.ndim == 2}
+            if slot.kind == "edge" and not slot.transposed and (p.ndim == 2 or (cfg.orthogonal_conv and p.ndim > 2))}
 
 
 def _fan_in_shift(cfg: LearnedUpdateConfig, p: ParamSlot) -> float:
@@ -239,6 +241,7 @@ def ngo_update(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[Tensor]
                betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
                encoder_every: int | None = None, step: int | None = None, total_steps: int | None = None,
                stacked_head: bool = False, diagnostics: list | None = None, _fns: dict | None = None,
+               skip_orthogonal: Collection[int] = (),
                ) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
     """One step of the learned optimizer on one parameter group, without side effects.
 
@@ -266,6 +269,9 @@ def ngo_update(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[Tensor]
         _fns: internal: drop-in (for example ``torch.compile``d) versions of ``"features"``
             (:func:`entry_features`), ``"apply"`` (:func:`apply_update`), ``"step"`` (:func:`param_step`)
             and ``"contexts"`` (:func:`node_contexts`), used by the optimizer's ``compile=True``.
+        skip_orthogonal: indices of parameters whose learned step the caller discards (the optimizer's
+            base-step weights, which feed a BatchNorm): they keep Adam's direction, so an ``orthogonal`` update
+            spends no Newton-Schulz iterations on them.
 
     Returns:
         ``(new_params, new_states)``, lists aligned with ``params``.
@@ -291,7 +297,7 @@ def ngo_update(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[Tensor]
     def view(i: int) -> tuple[int, ...]:
         return head_view(spec, i, params[i].shape)
 
-    orthogonalized = orthogonal_params(cfg, spec, params)
+    orthogonalized = orthogonal_params(cfg, spec, params) - set(skip_orthogonal)
 
     def ortho(i: int) -> dict[str, bool]:  # passed only when the update asks for it (other steps keep their signature)
         return {"orthogonal": i in orthogonalized} if cfg.orthogonal else {}

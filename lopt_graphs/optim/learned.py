@@ -82,9 +82,15 @@ class LearnedUpdateConfig:
         orthogonal: the direction of each 2-D weight matrix (a ``Linear``'s, stored ``[out, in]``) is its
             bias-corrected Adam momentum orthogonalized by 5 Newton-Schulz iterations (as Muon does), rescaled
             to the RMS of the Adam direction it replaces, so the learned per-tensor step keeps its meaning;
-            convolutions, biases, norm parameters, embeddings and graph-free parameters keep Adam's direction
-            (``lopt-derive orthogonal=true`` writes it; the default checkpoint has it). The orthogonalized matrices
+            biases, norm parameters, embeddings, graph-free parameters and (unless ``orthogonal_conv``)
+            convolutions keep Adam's direction (``lopt-derive orthogonal=true`` writes it; the default checkpoint
+            has it). The orthogonalized matrices
             take the reference step; everything else keeps the fast step.
+        orthogonal_conv: with ``orthogonal``, convolution kernels (stored ``[out, in, k...]``) are orthogonalized
+            too, as the ``[out, in * k...]`` matrix each flattens to (Muon's usual treatment of convolutions).
+            Needs ``orthogonal``. Its Newton-Schulz iterations cost ``~out^2 * in * k`` per kernel per step,
+            which would dominate a large CNN's step on CPU; kernels that feed a BatchNorm (as in a ResNet) take
+            the optimizer's base step and spend none.
     """
 
     encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(
@@ -110,6 +116,7 @@ class LearnedUpdateConfig:
     fan_in_power: float = 0.0
     fan_in_ref: float = 64.0
     orthogonal: bool = False
+    orthogonal_conv: bool = False
 
     def __post_init__(self) -> None:
         if self.encoder.node_in != len(FEATURES) or self.encoder.edge_in != len(FEATURES):
@@ -149,6 +156,9 @@ class LearnedUpdateConfig:
                              "prior)")
         if not (math.isfinite(self.fan_in_ref) and self.fan_in_ref > 0):
             raise ValueError(f"Invalid fan_in_ref: {self.fan_in_ref} (expected a finite float > 0, a fan-in)")
+        if self.orthogonal_conv and not self.orthogonal:
+            raise ValueError("orthogonal_conv=True needs orthogonal=True (convolutions are orthogonalized on top of "
+                             "the linear layers' orthogonalized direction)")
         if self.fan_in_power > 0 and not self.tensor_lr:
             raise ValueError(f"fan_in_power={self.fan_in_power} needs tensor_lr=True (it shifts the per-tensor log "
                              "step)")

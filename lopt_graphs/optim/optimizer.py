@@ -65,10 +65,13 @@ class NeuralGraphOptimizer(Optimizer):
             :meth:`for_module`'s trace) take the base Adam-like step instead of the learned one, which keeps
             the BatchNorm running statistics valid (see :mod:`lopt_graphs.optim.bn_scale`); ``"learned"``
             applies the learned step to them too.
-        orthogonal: whether 2-D weight matrices step along their orthogonalized momentum
+        orthogonal: whether 2-D weight matrices (and, with the checkpoint's
+            :attr:`~lopt_graphs.optim.learned.LearnedUpdateConfig.orthogonal_conv`, convolution kernels) step
+            along their orthogonalized momentum
             (:attr:`~lopt_graphs.optim.learned.LearnedUpdateConfig.orthogonal`: 5 Newton-Schulz iterations per
-            matrix per step, the reference step); ``None`` (default) keeps the checkpoint's setting. ``False``
-            trades the quality it buys for the fast step's cost on large matrices (``lopt-step-cost``).
+            matrix per step, the reference step; weights that feed a BatchNorm keep the base step and spend
+            none); ``None`` (default) keeps the checkpoint's setting. ``False`` turns both off, trading the
+            quality it buys for the fast step's cost on large matrices (``lopt-step-cost``).
 
     Example::
 
@@ -121,7 +124,8 @@ class NeuralGraphOptimizer(Optimizer):
         self.bn_weights = bn_weights
         self.learned = ckpt if isinstance(ckpt, LearnedUpdate) else load_learned_update(ckpt)
         if orthogonal is not None and orthogonal != self.learned.cfg.orthogonal:
-            self.learned = self.learned.with_config(orthogonal=orthogonal)
+            self.learned = self.learned.with_config(
+                orthogonal=orthogonal, orthogonal_conv=orthogonal and self.learned.cfg.orthogonal_conv)
         self.learned.requires_grad_(False)
         self.on_unsupported = on_unsupported
         self.nonfinite_steps = 0
@@ -335,7 +339,8 @@ class NeuralGraphOptimizer(Optimizer):
             base = set(spec.scale_invariant) if self.bn_weights == "base" else set()
             lr = group["lr"] * scale if scale != 1.0 else group["lr"]
             fast = self._fast(gi, params, grads, spec)
-            ortho = _functional.orthogonal_params(self.learned.cfg, spec, params) if fast is not None else set()
+            # base-step weights (they feed a BatchNorm) keep Adam's direction: their learned step is discarded
+            ortho = (_functional.orthogonal_params(self.learned.cfg, spec, params) - base) if fast is not None else set()
             if fast is not None:  # in place, the base step included
                 states = [self.state[p] if g is not None or p in self.state else {} for p, g in zip(params, grads)]
                 fast_grads = [None if j in ortho else g for j, g in enumerate(grads)]
@@ -355,7 +360,7 @@ class NeuralGraphOptimizer(Optimizer):
                 self.learned, spec, [p.detach() for p in params], grads, states,
                 lr=lr, betas=group["betas"], eps=group["eps"], weight_decay=group["weight_decay"],
                 encoder_every=group["encoder_every"], total_steps=group.get("total_steps"),
-                diagnostics=diag, _fns=self._compiled())
+                diagnostics=diag, _fns=self._compiled(), skip_orthogonal=base)
             if diag is not None:
                 self.last_diagnostics.extend(diag)
             eta = lr * self.learned.cfg.base_lr

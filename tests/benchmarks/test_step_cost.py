@@ -29,6 +29,7 @@ def test_help_lists_every_key_with_its_default(capsys: pytest.CaptureFixture[str
     (["models=resnet50"], ValueError, "models="),
     (["chunk=0"], ValueError, "chunk=0"),
     (["ckpts="], ValueError, "ckpts="),
+    (["peers=sgd"], ValueError, "peers="),
 ])
 def test_bad_command_lines_raise(argv, error, match, capsys) -> None:
     with pytest.raises(error, match=match):
@@ -64,3 +65,17 @@ def test_loops_rows_per_checkpoint_and_merge(tmp_path: Path, capsys: pytest.Capt
                                                         ("mlp_784-256-256-10", "default")]
     assert again[1] == first[0]  # the default row kept from the file (merged rows sorted by model, checkpoint)
     assert json.loads(out.read_text())["rows"] == again
+
+
+def test_a_peer_loop_is_a_row_against_the_same_adam_loop(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "loops.json"
+    res = step_cost.main(["loops=true", "loop_steps=3", "chunk=2", "models=mlp_784-256-256-10", "peers=muon",
+                          f"out={out}"])
+    ngo, muon = res["rows"]
+    assert (ngo["ckpt"], muon["ckpt"]) == ("default", "peer:muon") and "graph" not in muon
+    assert muon["adam"] == ngo["adam"] and muon["ratio"] == pytest.approx(
+        (muon["ngo"]["loop_s"] + muon["ngo"]["build_s"]) / muon["adam"]["loop_s"])
+    assert muon["ngo"]["final_loss"] < 2.5  # it trained (3 steps from ~2.3)
+    table = capsys.readouterr().out
+    assert "| mlp_784-256-256-10 | peer:muon | 269,322 | - | 3 |" in table
+    assert table.count("<= 2x") == 1  # issue 15's target is the learned optimizer's, not a peer's

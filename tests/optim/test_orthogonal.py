@@ -73,8 +73,8 @@ def test_only_linear_weights_change_direction(net, inputs):
             torch.testing.assert_close(plain[name], ortho[name], msg=name)
 
 
-@pytest.mark.parametrize("encoder_every", [3, 100])
-def test_the_fast_step_leaves_the_orthogonal_matrices_to_the_reference_step(monkeypatch, encoder_every):
+@pytest.mark.parametrize("encoder_every, conv", [(3, False), (100, False), (3, True)])
+def test_the_fast_step_leaves_the_orthogonal_matrices_to_the_reference_step(monkeypatch, encoder_every, conv):
     """With the fast step (convolutions, biases: Adam's direction, in place) and without it (every parameter on
     the reference path), an orthogonal update trains the same, encoder steps included."""
     from lopt_graphs.optim import fast_step
@@ -83,6 +83,7 @@ def test_the_fast_step_leaves_the_orthogonal_matrices_to_the_reference_step(monk
                           nn.Linear(32 * 4 * 4, 10))  # a 4,608-entry conv and a 5,120-entry matrix: fast-path sizes
     learned = load_learned_update("default")
     assert learned.cfg.orthogonal
+    learned = learned.with_config(orthogonal_conv=conv)
     g = torch.Generator().manual_seed(3)
     batches = [(torch.randn(8, 3, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(8)]
     runs = {}
@@ -142,3 +143,95 @@ def test_the_constructor_overrides_the_checkpoint_setting():
     assert NeuralGraphOptimizer(model.parameters(), base, orthogonal=True).learned.cfg.orthogonal is True
     with pytest.raises(TypeError, match="orthogonal"):
         NeuralGraphOptimizer(model.parameters(), base, orthogonal=1)
+
+
+def test_a_convolution_is_orthogonalized_as_its_flattened_matrix():
+    g = torch.Generator().manual_seed(4)
+    m, adam = torch.randn(8, 3, 3, 3, generator=g), torch.randn(8, 3, 3, 3, generator=g)
+    o = orthogonal_direction(m, adam)
+    assert o.shape == m.shape
+    torch.testing.assert_close(o.reshape(8, 27), orthogonal_direction(m.reshape(8, 27), adam.reshape(8, 27)))
+    torch.testing.assert_close(_rms(o), _rms(adam))
+    sv = torch.linalg.svdvals(o.reshape(8, 27))
+    assert sv.max() / sv.min() < 2.0  # the flattened matrix's singular values pushed together, not each kernel's
+
+
+@pytest.mark.parametrize("net, inputs", [
+    (_Net, lambda g: (torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 5, (4,), generator=g))),
+    (_Bag, lambda g: (torch.randint(0, 1000, (4, 3), generator=g), torch.randint(0, 4, (4,), generator=g)))])
+def test_orthogonal_conv_changes_convolutions_and_nothing_else(net, inputs):
+    torch.manual_seed(0)
+    model = net()
+    x, y = inputs(torch.Generator().manual_seed(2))
+    linear = load_learned_update(FANIN).with_config(orthogonal=True)
+    plain, _ = _one_step(linear, model, x, y)
+    conv, _ = _one_step(linear.with_config(orthogonal_conv=True), model, x, y)
+    for name in plain:
+        if name == "conv.weight":
+            assert not torch.allclose(plain[name], conv[name]), name
+            sv = torch.linalg.svdvals(conv[name].reshape(conv[name].shape[0], -1))
+            assert sv.max() / sv.min() < 2.0, name  # the step itself is (nearly) orthogonal: one step from Adam's 0
+        else:  # the linear layer as with orthogonal alone; biases and an embedding: Adam's direction
+            torch.testing.assert_close(plain[name], conv[name], msg=name)
+
+
+def test_orthogonal_conv_needs_orthogonal_and_the_constructor_turns_both_off():
+    from lopt_graphs.optim.learned import LearnedUpdateConfig
+
+    base = load_learned_update(FANIN)
+    with pytest.raises(ValueError, match="orthogonal_conv=True needs orthogonal=True"):
+        base.with_config(orthogonal_conv=True)
+    assert LearnedUpdateConfig.from_dict(base.cfg.to_dict()).orthogonal_conv is False  # old checkpoints load
+    both = base.with_config(orthogonal=True, orthogonal_conv=True)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    off = NeuralGraphOptimizer(model.parameters(), both, orthogonal=False).learned.cfg
+    assert off.orthogonal is False and off.orthogonal_conv is False
+
+
+def test_derive_orthogonal_conv(tmp_path):
+    from lopt_graphs.optim.checkpoint import read_checkpoint
+    from meta_train.derive import main
+
+    main([f"src={FANIN}", f"dst={tmp_path / 'c.pt'}", "orthogonal_conv=true"])  # turns orthogonal on too
+    cfg = load_learned_update(str(tmp_path / "c.pt")).cfg
+    assert cfg.orthogonal and cfg.orthogonal_conv
+    assert read_checkpoint(str(tmp_path / "c.pt"))["meta"]["orthogonal_conv"] is True
+    main([f"src={tmp_path / 'c.pt'}", f"dst={tmp_path / 'l.pt'}", "orthogonal_conv=false"])
+    cfg = load_learned_update(str(tmp_path / "l.pt")).cfg
+    assert cfg.orthogonal and not cfg.orthogonal_conv
+    main([f"src={tmp_path / 'c.pt'}", f"dst={tmp_path / 'a.pt'}", "orthogonal=false"])
+    assert load_learned_update(str(tmp_path / "a.pt")).cfg == load_learned_update(FANIN).cfg
+    with pytest.raises(ValueError, match="orthogonal=false with orthogonal_conv=true"):
+        main([f"src={FANIN}", f"dst={tmp_path / 'q.pt'}", "orthogonal=false", "orthogonal_conv=true"])
+    with pytest.raises(ValueError, match="orthogonal_conv"):
+        main([f"src={FANIN}", f"dst={tmp_path / 'q.pt'}", "orthogonal_conv=1"])
+
+
+@pytest.mark.parametrize("big", [False, True])  # the reference step alone, and the fast step with it
+def test_weights_that_feed_a_batchnorm_spend_no_newton_schulz(monkeypatch, big):
+    """Their learned step is replaced by the base step (``bn_weights="base"``), so their direction is Adam's and
+    only the linear layer is orthogonalized."""
+    from lopt_graphs.optim import functional
+
+    width = 64 if big else 4  # 64 x 3 x 3 x 3... and a 64 * 6 * 6 * 10 = 23,040-entry linear: fast-path sizes
+    model = nn.Sequential(nn.Conv2d(3, width, 3), nn.BatchNorm2d(width), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(width * 6 * 6, 10))
+    calls = []
+    real = functional.orthogonalize
+    monkeypatch.setattr(functional, "orthogonalize", lambda m, steps=5: calls.append(tuple(m.shape)) or real(m, steps))
+    learned = load_learned_update(FANIN).with_config(orthogonal=True, orthogonal_conv=True)
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 10, (4,), generator=g)
+    deltas = {}
+    for cfg in (learned, learned.with_config(orthogonal_conv=False)):
+        torch.manual_seed(0)
+        net = copy.deepcopy(model)
+        before = [p.detach().clone() for p in net.parameters()]
+        opt = NeuralGraphOptimizer.for_module(net, copy.deepcopy(cfg), total_steps=10)
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+        deltas[cfg.cfg.orthogonal_conv] = [p.detach() - b for p, b in zip(net.parameters(), before)]
+    assert calls == [(10, width * 36)] * 2  # the linear layer's matrix only, once per optimizer
+    for a, b in zip(deltas[True], deltas[False]):
+        torch.testing.assert_close(a, b)
+    assert deltas[True][0].abs().sum() > 0
