@@ -78,7 +78,7 @@ def test_ckpt_forms(tmp_path, form):
 
 
 #: The shipped checkpoint the default names (see lopt_graphs/checkpoints/README.md).
-DEFAULT_SOURCE = "v2_calibrated4_es60_fanin_ortho"
+DEFAULT_SOURCE = "v2_calibrated4_es60_fanin_ortho_conv"
 
 
 @pytest.mark.parametrize("ckpt", [None, "default"])
@@ -92,7 +92,7 @@ def test_default_checkpoint(ckpt):
     cfg = opt.learned.cfg
     assert cfg.tensor_lr and cfg.horizon_taus and cfg.untold_readout and (cfg.size_ref, cfg.size_power) == (100000, 0.25)
     assert (cfg.fan_in_power, cfg.fan_in_ref) == (0.5, 64.0)  # and a fan-in prior on each weight's step
-    assert cfg.orthogonal  # and weight matrices step along their orthogonalized momentum
+    assert cfg.orthogonal and cfg.orthogonal_conv  # weight matrices and kernels step along their orthogonalized momentum
     assert torch.count_nonzero(opt.learned.lr_readout.weight) > 0 and torch.count_nonzero(opt.learned.lr_readout_untold.weight) > 0
     assert not torch.equal(opt.learned.lr_readout.weight, opt.learned.lr_readout_untold.weight)
 
@@ -171,6 +171,21 @@ def test_the_orthogonal_default_is_the_fan_in_checkpoint_with_the_orthogonal_dir
     import lopt_graphs.optim.checkpoint as ck
     meta = torch.load(ck.CHECKPOINT_DIR / "v2_calibrated4_es60_fanin_ortho.pt", weights_only=True)["meta"]
     assert meta["derived_from"] == "v2_calibrated4_es60_fanin" and meta["orthogonal"] is True
+
+
+def test_the_conv_default_is_the_orthogonal_checkpoint_with_orthogonalized_convolutions():
+    """``v2_calibrated4_es60_fanin_ortho_conv``: the weights and config of ``v2_calibrated4_es60_fanin_ortho``,
+    plus ``orthogonal_conv``."""
+    import dataclasses
+
+    base = load_learned_update("v2_calibrated4_es60_fanin_ortho")
+    new = load_learned_update("v2_calibrated4_es60_fanin_ortho_conv")
+    assert dataclasses.replace(new.cfg, orthogonal_conv=False) == base.cfg and new.cfg.orthogonal_conv
+    sd = base.state_dict()
+    assert all(torch.equal(v, sd[k]) for k, v in new.state_dict().items()) and set(sd) == set(new.state_dict())
+    import lopt_graphs.optim.checkpoint as ck
+    meta = torch.load(ck.CHECKPOINT_DIR / "v2_calibrated4_es60_fanin_ortho_conv.pt", weights_only=True)["meta"]
+    assert meta["derived_from"] == "v2_calibrated4_es60_fanin_ortho" and meta["orthogonal_conv"] is True
 
 
 def test_shipped_file_loads_with_weights_only():

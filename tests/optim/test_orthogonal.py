@@ -43,6 +43,12 @@ def test_the_direction_keeps_the_adam_rms_and_only_2d_weights_ask_for_it():
     assert sv.max() / sv.min() < 2.0 and not torch.allclose(ortho, adam)
 
 
+#: a conv + linear net and an embedding bag, each with a batch maker
+_NETS = pytest.mark.parametrize("net, inputs", [
+    (_Net, lambda g: (torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 5, (4,), generator=g))),
+    (_Bag, lambda g: (torch.randint(0, 1000, (4, 3), generator=g), torch.randint(0, 4, (4,), generator=g)))])
+
+
 def _one_step(learned, model, x, y):
     opt = NeuralGraphOptimizer.for_module(model, copy.deepcopy(learned), total_steps=10)
     nn.functional.cross_entropy(model(x), y).backward()
@@ -56,9 +62,7 @@ def _one_step(learned, model, x, y):
     return delta, opt
 
 
-@pytest.mark.parametrize("net, inputs", [
-    (_Net, lambda g: (torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 5, (4,), generator=g))),
-    (_Bag, lambda g: (torch.randint(0, 1000, (4, 3), generator=g), torch.randint(0, 4, (4,), generator=g)))])
+@_NETS
 def test_only_linear_weights_change_direction(net, inputs):
     torch.manual_seed(0)
     model = net()
@@ -156,9 +160,7 @@ def test_a_convolution_is_orthogonalized_as_its_flattened_matrix():
     assert sv.max() / sv.min() < 2.0  # the flattened matrix's singular values pushed together, not each kernel's
 
 
-@pytest.mark.parametrize("net, inputs", [
-    (_Net, lambda g: (torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 5, (4,), generator=g))),
-    (_Bag, lambda g: (torch.randint(0, 1000, (4, 3), generator=g), torch.randint(0, 4, (4,), generator=g)))])
+@_NETS
 def test_orthogonal_conv_changes_convolutions_and_nothing_else(net, inputs):
     torch.manual_seed(0)
     model = net()
