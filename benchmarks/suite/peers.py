@@ -20,7 +20,7 @@ from torch import nn
 
 from lopt_graphs import NeuralGraphOptimizer
 
-__all__ = ["MuonAdam", "PEERS", "Peer", "build", "hyper", "missing", "ngo_kwargs", "peer_versions", "warmup_cosine"]
+__all__ = ["FlatMuon", "MuonAdam", "PEERS", "Peer", "build", "hyper", "missing", "ngo_kwargs", "peer_versions", "warmup_cosine"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,9 @@ PEERS: dict[str, Peer] = {
     "sgd_tuned": Peer("SGD+momentum (tuned lr)", "sgd", tuned=True, lr_grid="sgd_lrs"),
     "muon_tuned": Peer("Muon on 2-D weights + Adam (tuned lr)", "muon", tuned=True),
     "muon_cosine_tuned": Peer("Muon + Adam warmup+cosine (tuned lr)", "muon_cosine", tuned=True),
+    "muon_conv_tuned": Peer("Muon on 2-D weights and convolutions + Adam (tuned lr)", "muon_conv", tuned=True),
+    "muon_conv_cosine_tuned": Peer("Muon incl. convolutions + Adam warmup+cosine (tuned lr)", "muon_conv_cosine",
+                                   tuned=True),
 }
 
 
@@ -83,21 +86,59 @@ def peer_versions(names: list[str]) -> dict[str, str | None]:
     return out
 
 
+class FlatMuon(torch.optim.Optimizer):
+    """Muon's update for convolution kernels, which ``torch.optim.Muon`` does not take: each kernel ``[out, in,
+    k...]`` as the ``[out, in * k...]`` matrix it flattens to, with ``torch.optim.Muon``'s rule otherwise (momentum
+    buffer ``buf.lerp_(grad, 1 - momentum)``, Nesterov ``grad.lerp(buf, momentum)``, 5 Newton-Schulz iterations of
+    the same coefficients, step ``lr * 0.2 * sqrt(max(rows, cols))``: ``adjust_lr_fn="match_rms_adamw"``), no weight
+    decay. It iterates in float32 where ``torch.optim.Muon`` iterates in bfloat16 (1-2% apart in norm)."""
+
+    def __init__(self, params: Any, lr: float, momentum: float = 0.95) -> None:
+        super().__init__(params, {"lr": lr, "momentum": momentum})
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.ndim < 2:
+                    raise ValueError(f"FlatMuon takes parameters of 2 or more dimensions, got shape {tuple(p.shape)} "
+                                     "(give biases and norm parameters to Adam)")
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        from lopt_graphs.optim.functional import orthogonalize
+
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad.reshape(p.shape[0], -1)
+                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(g))
+                buf.lerp_(g, 1 - group["momentum"])
+                update = orthogonalize(g.lerp(buf, group["momentum"]))
+                p.add_(update.view_as(p), alpha=-group["lr"] * 0.2 * math.sqrt(max(g.shape)))
+        return loss
+
+
 class MuonAdam(torch.optim.Optimizer):
     """``torch.optim.Muon`` on a model's 2-D weights (``Linear`` matrices) and Adam on every other parameter
-    (biases, norm parameters, convolution kernels, which ``torch.optim.Muon`` does not take), at one lr: Muon
-    with ``adjust_lr_fn="match_rms_adamw"`` scales its orthogonalized update to Adam's RMS, so the Adam lr grid
-    serves both. No weight decay (the suite's Adam has none). ``param_groups`` are the two inner optimizers'
-    own groups, so LR schedulers act on both; ``state_dict`` holds both.
+    (biases, norm parameters, and convolution kernels unless ``conv``), at one lr: Muon with
+    ``adjust_lr_fn="match_rms_adamw"`` scales its orthogonalized update to Adam's RMS, so the Adam lr grid serves
+    both. ``conv=True`` gives convolution kernels Muon's update too (:class:`FlatMuon`, on their flattened
+    matrices). No weight decay (the suite's Adam has none). ``param_groups`` are the inner optimizers' own groups,
+    so LR schedulers act on all; ``state_dict`` holds all.
     """
 
-    def __init__(self, params: Any, lr: float) -> None:
+    def __init__(self, params: Any, lr: float, conv: bool = False) -> None:
         params = list(params)
         mats = [p for p in params if p.ndim == 2]
-        rest = [p for p in params if p.ndim != 2]
+        kernels = [p for p in params if p.ndim > 2] if conv else []
+        rest = [p for p in params if p.ndim < 2 or (p.ndim > 2 and not conv)]
         super().__init__(params, {"lr": lr})
-        self.optimizers = ([torch.optim.Muon(mats, lr=lr, weight_decay=0.0, adjust_lr_fn="match_rms_adamw")]
-                           if mats else []) + ([torch.optim.Adam(rest, lr=lr)] if rest else [])
+        self.optimizers = (([torch.optim.Muon(mats, lr=lr, weight_decay=0.0, adjust_lr_fn="match_rms_adamw")]
+                            if mats else []) + ([FlatMuon(kernels, lr=lr)] if kernels else [])
+                           + ([torch.optim.Adam(rest, lr=lr)] if rest else []))
         self.param_groups = [g for o in self.optimizers for g in o.param_groups]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -170,6 +211,10 @@ def build(kind: str, lr: float, steps: int, cfg: Any, learned: Any = None
         return lambda m: MuonAdam(m.parameters(), lr=lr)
     if kind == "muon_cosine":
         return _scheduled(lambda m: MuonAdam(m.parameters(), lr=lr), steps, cfg)
+    if kind == "muon_conv":
+        return lambda m: MuonAdam(m.parameters(), lr=lr, conv=True)
+    if kind == "muon_conv_cosine":
+        return _scheduled(lambda m: MuonAdam(m.parameters(), lr=lr, conv=True), steps, cfg)
     if kind == "sgd":
         return lambda m: torch.optim.SGD(m.parameters(), lr=lr, momentum=cfg.sgd_momentum)
     if kind == "sf_adamw":  # train_run calls its train() before training and eval() for the final evaluation
@@ -200,11 +245,15 @@ def hyper(kind: str, cfg: Any) -> dict[str, Any]:
     if kind == "sgd":
         return {"momentum": cfg.sgd_momentum}
     schedule = ({"warmup_fraction": cfg.warmup_fraction, "schedule": "linear warmup, then cosine to 0"}
-                if kind in ("adam_cosine", "muon_cosine") else {})
+                if kind in ("adam_cosine", "muon_cosine", "muon_conv_cosine") else {})
     if kind == "adam_cosine":
         return schedule
     if kind in ("muon", "muon_cosine"):
         return {**schedule, "muon": "torch.optim.Muon on 2-D weights, momentum 0.95 (Nesterov), 5 Newton-Schulz steps, "
+                        "adjust_lr_fn='match_rms_adamw', no weight decay", "other parameters": "Adam"}
+    if kind in ("muon_conv", "muon_conv_cosine"):
+        return {**schedule, "muon": "torch.optim.Muon on 2-D weights and its rule on convolution kernels flattened to "
+                        "[out, in * k] (FlatMuon), momentum 0.95 (Nesterov), 5 Newton-Schulz steps, "
                         "adjust_lr_fn='match_rms_adamw', no weight decay", "other parameters": "Adam"}
     if kind == "ngo":
         return {"compile": cfg.ngo_compile, "total_steps": bool(ngo_kwargs(1, cfg))}

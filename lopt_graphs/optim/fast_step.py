@@ -34,6 +34,12 @@ block into the encoder's ``[*shape, F]`` input, the encoder, then the head on th
 the base step (``bn_weights="base"``: the weights feeding a BatchNorm) skip the head (the reference computes it
 and discards it).
 
+With an ``orthogonal`` update (:attr:`~lopt_graphs.optim.learned.LearnedUpdateConfig.orthogonal`) the usual step
+takes the orthogonalized matrices too: each one's direction, :func:`~lopt_graphs.optim.functional.orthogonal_direction`
+of its advanced momentum, is computed first (the Newton-Schulz iterations) and replaces :math:`m_\text{adam} r'` in
+the update, whose features are unchanged. The encoder step has Adam's direction only (the optimizer takes the
+reference step at those steps).
+
 Both run with subnormal floats flushed to zero (:func:`flush_subnormals`: a change of values below ``1.2e-38``
 only, which avoids the CPU's slow subnormal arithmetic on decaying moments).
 
@@ -57,7 +63,7 @@ from torch import Tensor
 
 from ..graph import GraphSpec
 from . import native
-from .functional import FEATURE_CLIP, compute_dtype, head_view, init_state, readout_context
+from .functional import FEATURE_CLIP, compute_dtype, head_view, init_state, orthogonal_direction, readout_context
 from .learned import HeadWeights, LearnedUpdate
 
 #: Parameter groups holding a parameter with at least this many entries take the fast path.
@@ -186,6 +192,7 @@ class _Param:
             if not st[k].is_contiguous():
                 st[k] = st[k].contiguous()
         self.hw, self.p, self.st, self.kind, self.sc, self.base, self.cache = hw, p, st, kind, sc, base, cache
+        self.direction: Tensor | None = None  # an orthogonalized direction in place of m_adam r' (orthogonalize_)
         self.work = p if p.is_contiguous() else p.contiguous()  # written back by finish()
         self.g = g.to(st["v"].dtype).contiguous()
         self.nrows, self.row, self.per = _rows(view)
@@ -226,6 +233,17 @@ class _Param:
         else:
             c["inps"], c["rows_ctx"] = [None] * len(self.blocks), [None] * len(self.blocks)
         self.inps, self.rows_ctx = c["inps"], c["rows_ctx"]
+
+    def orthogonalize_(self, betas: tuple[float, float]) -> None:
+        """Set :attr:`direction`: this step's advanced momentum orthogonalized, at the RMS of ``m_adam r'`` (the
+        reference's direction times ``(1 - b1^t) / sqrt(1 - b2^t)``, the units the update's ``a_coef`` expects;
+        the Newton-Schulz iterations are scale-free), from the state before the step."""
+        b1, b2 = betas
+        st, g = self.st, self.g
+        ma = torch.lerp(st["m_adam"], g, 1 - b1)
+        adam = ma * torch.rsqrt(st["v"] * b2 + (1 - b2) * g * g + self.sc.e2)
+        self.direction = orthogonal_direction(ma.view(self.p.shape), adam.view(self.p.shape)).contiguous()
+        self.dirs = self.direction.view(-1).split(self.per * self.row)
 
     def finish(self) -> None:
         if self.work is not self.p:
@@ -301,7 +319,8 @@ def _step_(prm: _Param, betas: tuple[float, float], momenta: tuple[float, float]
             if cd is not None:
                 vw.z_rows.add_(cd)
             torch.addmm(b2, w2, vw.z.relu_(), out=vw.o)
-            pw.addcmul_(vw.adam, vw.o_mag.clamp_(-mc, mc).exp_(), value=a_coef).add_(vw.o_dir, alpha=-eta)
+            direction = vw.adam if prm.direction is None else prm.dirs[k]
+            pw.addcmul_(direction, vw.o_mag.clamp_(-mc, mc).exp_(), value=a_coef).add_(vw.o_dir, alpha=-eta)
         if low:
             ps.copy_(pw)
     prm.finish()
@@ -322,7 +341,7 @@ def _native_step(prm: _Param, betas: tuple[float, float], momenta: tuple[float, 
         elif kind == "node":
             ctx = (st["ctx"].contiguous(), None)
     head = () if prm.base else (w1, w2, b2)
-    if not native.eligible(prm.work, prm.g, *moments, *ctx, *head):
+    if not native.eligible(prm.work, prm.g, *moments, *ctx, *head, prm.direction):
         return False
     hdim = prm.hw.w1.shape[0]
     if not prm.base and hdim > native.MAX_HIDDEN:
@@ -338,7 +357,7 @@ def _native_step(prm: _Param, betas: tuple[float, float], momenta: tuple[float, 
         w2c, b2c = w2.contiguous(), b2.reshape(-1).contiguous()
     tile = torch.empty(hdim * prm.row) if kind == "edge" and not prm.base else None
     native.param_step_(kind, prm.work.numel(), prm.row, prm.work, prm.g, moments, ctx, w1s, w2c, b2c, scalars,
-                       prm.base, bool(weight_decay), tile)
+                       prm.base, bool(weight_decay), tile, None if prm.base else prm.direction)
     return True
 
 
@@ -429,8 +448,10 @@ class _Group:
             self.scratch[key] = _Scratch(n, prm.hw.w1.shape[0], *key)
         return self.scratch[key]
 
-    def step_(self, i: int, weight_decay: float) -> None:
+    def step_(self, i: int, weight_decay: float, orthogonal: bool = False) -> None:
         prm = self.params[i]
+        if orthogonal and not prm.base:
+            prm.orthogonalize_(self.betas)
         _step_(prm, self.betas, self.momenta, self.etas[i], weight_decay, self.scratch_for(prm), *self.layers_of(prm))
 
 
@@ -438,7 +459,7 @@ def fast_group_step_(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[T
                      grads: Sequence[Tensor | None], states: Sequence[dict[str, Tensor]], *, lr: float | Tensor,
                      betas: tuple[float, float], eps: float, weight_decay: float, total_steps: int | None = None,
                      base: Collection[int] = (), cache: dict | None = None,
-                     gnorms: Sequence[Tensor | None] | None = None) -> None:
+                     gnorms: Sequence[Tensor | None] | None = None, orthogonal: Collection[int] = ()) -> None:
     """A usual step (no encoder run) of one parameter group, in place: ``params`` and ``states`` are updated.
 
     The same update as :func:`~lopt_graphs.optim.functional.ngo_update` followed by the optimizer's base step
@@ -456,13 +477,15 @@ def fast_group_step_(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[T
         cache: a dict kept by the caller between steps (block views, tiled node terms; entries are checked
             against the tensors they were made from). ``None``: nothing is kept.
         gnorms: the gradients' norms if the caller has them (:func:`grad_norms`).
+        orthogonal: indices of parameters whose direction is orthogonalized
+            (:func:`~lopt_graphs.optim.functional.orthogonal_params` of an ``orthogonal`` update, less ``base``).
     """
     if not any(g is not None for g in grads):
         return
     grp = _Group(learned, spec, params, grads, states, betas, eps, total_steps, base, lr, cache, gnorms)
     grp.log_steps()
     for i in grp.params:
-        grp.step_(i, weight_decay)
+        grp.step_(i, weight_decay, i in orthogonal)
 
 
 def fast_encoder_step_(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[Tensor],
@@ -546,9 +569,10 @@ def fast_encoder_step_(learned: LearnedUpdate, spec: GraphSpec, params: Sequence
 def fast_param_step(hw: HeadWeights, p: Tensor, g: Tensor, st: dict[str, Tensor], kind: str,
                     view: tuple[int, ...], betas: tuple[float, float], eps: float, momenta: tuple[float, float],
                     eta: float | Tensor, weight_decay: float, stacked: bool = False,
-                    total: float | None = None, base: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+                    total: float | None = None, base: bool = False, orthogonal: bool = False
+                    ) -> tuple[Tensor, dict[str, Tensor]]:
     """Same signature and result as :func:`~lopt_graphs.optim.functional.param_step` (``stacked`` changes
-    nothing), without mutating its inputs (it works on copies): the per-parameter form of
+    nothing; ``orthogonal`` as there), without mutating its inputs (it works on copies): the per-parameter form of
     :func:`fast_group_step_`, for tests and :func:`fast_step_agrees`. ``base=True``: the base step of
     :func:`~lopt_graphs.optim.bn_scale.base_step` instead."""
     p = p.clone()
@@ -561,6 +585,8 @@ def fast_param_step(hw: HeadWeights, p: Tensor, g: Tensor, st: dict[str, Tensor]
         if hw.lr_w is not None:
             eta = eta * torch.exp(_log_step(hw, sc, readout_context(st, total)))
     prm = _Param(hw, p, g, st, kind, view, sc, rms, base, {})
+    if orthogonal and not base:
+        prm.orthogonalize_(betas)
     scratch = _Scratch(prm.per * prm.row, hw.w1.shape[0], st["v"].dtype, hw.w1.dtype, p.device)
     out_scale = torch.tensor([[hw.dir_scale], [hw.mag_scale]], dtype=hw.w1.dtype, device=hw.w1.device)
     _step_(prm, betas, momenta, float(eta), weight_decay, scratch, torch.cat([hw.w1, sc.sb[:, None]], dim=1),
@@ -589,7 +615,8 @@ def fast_step_agrees(learned: LearnedUpdate, atol: float = 1e-5) -> bool:
     step of :func:`~lopt_graphs.optim.bn_scale.base_step`) for ``learned``'s head, on small random parameters of
     every kind over three steps, with an unknown and a known horizon. The optimizer checks this once before
     using the fast path, so a change of the reference maths (or of :class:`HeadWeights`) falls back to the
-    reference instead of silently diverging."""
+    reference instead of silently diverging. With an ``orthogonal`` update the weights it orthogonalizes are
+    checked with that direction."""
     from .bn_scale import base_step
     from .functional import param_step
 
@@ -602,6 +629,7 @@ def fast_step_agrees(learned: LearnedUpdate, atol: float = 1e-5) -> bool:
         with torch.no_grad():
             for total, (kind, shape, view), base in itertools.product((None, 7), cases, (False, True)):
                 hw = learned.head_weights(free=kind == "free")
+                orth = learned.cfg.orthogonal and kind == "edge" and (len(shape) == 2 or learned.cfg.orthogonal_conv)
                 dev = hw.w1.device
                 p = torch.randn(*shape, generator=gen)
                 st = random_state(p, kind, view, hdim, learned.cfg.tensor_lr, gen)
@@ -610,9 +638,9 @@ def fast_step_agrees(learned: LearnedUpdate, atol: float = 1e-5) -> bool:
                 for _ in range(3):
                     grad = torch.randn(*shape, generator=gen).to(dev)
                     args = (kind, view, betas, eps, learned.cfg.momenta, eta, wd)
-                    a_new, sa = param_step(hw, a, grad, sa, *args, total=total)
+                    a_new, sa = param_step(hw, a, grad, sa, *args, total=total, orthogonal=orth)
                     a = base_step(a, sa, betas, eps, eta, wd) if base else a_new
-                    b, sb = fast_param_step(hw, b, grad, sb, *args, total=total, base=base)
+                    b, sb = fast_param_step(hw, b, grad, sb, *args, total=total, base=base, orthogonal=orth)
                 if not torch.allclose(a, b, rtol=1e-4, atol=atol) or set(sa) != set(sb):
                     return False
     except Exception:  # an interface change: use the reference

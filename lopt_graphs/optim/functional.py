@@ -81,9 +81,9 @@ def orthogonalize(m: Tensor, steps: int = 5) -> Tensor:
     wide = x.shape[0] <= x.shape[1]
     if not wide:
         x = x.t()
-    for _ in range(steps):
+    for _ in range(steps):  # x <- a x + (b s + c s^2) x with s = x x^T, in two fused multiply-adds
         s = x @ x.t()
-        x = a * x + (b * s + c * (s @ s)) @ x
+        x = torch.addmm(x, torch.addmm(s, s, s, beta=b, alpha=c), x, beta=a)
     return x if wide else x.t()
 
 

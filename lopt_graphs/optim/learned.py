@@ -84,8 +84,8 @@ class LearnedUpdateConfig:
             to the RMS of the Adam direction it replaces, so the learned per-tensor step keeps its meaning;
             biases, norm parameters, embeddings, graph-free parameters and (unless ``orthogonal_conv``)
             convolutions keep Adam's direction (``lopt-derive orthogonal=true`` writes it; the default checkpoint
-            has it). The orthogonalized matrices
-            take the reference step; everything else keeps the fast step.
+            has it). The optimizer's fast step computes the direction before its usual pass (its encoder steps
+            take the reference path).
         orthogonal_conv: with ``orthogonal``, convolution kernels (stored ``[out, in, k...]``) are orthogonalized
             too, as the ``[out, in * k...]`` matrix each flattens to (Muon's usual treatment of convolutions).
             Needs ``orthogonal``. Its Newton-Schulz iterations cost ``~out^2 * in * k`` per kernel per step,

@@ -70,7 +70,7 @@ static inline float clampf(float x, float b) { return x < -b ? -b : (x > b ? b :
 static void span(int64_t n, float *restrict p, const float *restrict g, float *restrict mf, float *restrict ma,
                  float *restrict ms, float *restrict v, int H, const float *restrict w1s, const float *restrict w2,
                  const float *restrict b2, const float *restrict sc, const float *restrict rowc,
-                 const float *restrict colc, int64_t cstride, int base, int wd) {
+                 const float *restrict colc, int64_t cstride, int base, int wd, const float *restrict dir) {
     float adam[CH], y0[CH], y1[CH], y2[CH], y3[CH], y4[CH], y5[CH], od[CH], om[CH], z[CH];
     const float af = sc[0], aa = sc[1], as = sc[2], bb2 = sc[3], ab2 = sc[4], e2 = sc[5], decay = sc[6];
     const float a_coef = sc[7], eta = sc[8], mc = sc[15];
@@ -122,21 +122,24 @@ static void span(int64_t n, float *restrict p, const float *restrict g, float *r
             }
         }
         const float dk = wd ? decay : 1.0f;
+        const float *restrict dd = dir ? dir + k0 : adam;  /* an orthogonalized direction replaces m_adam r' */
         for (int k = 0; k < L; k++)
-            pp[k] = pp[k] * dk + a_coef * adam[k] * poly_exp(clampf(om[k], mc)) - eta * od[k];
+            pp[k] = pp[k] * dk + a_coef * dd[k] * poly_exp(clampf(om[k], mc)) - eta * od[k];
     }
 }
 
 /* A parameter's usual step. kind 0: free or base (no context); 1: node (ctx [H, n]); 2: edge, rows of `row`
-   entries: ctx_dst [H, rows] per row and ctx_src [H, C] per column block of `row / C` entries. */
+   entries: ctx_dst [H, rows] per row and ctx_src [H, C] per column block of `row / C` entries. dir (or NULL):
+   the step's direction in place of m_adam r' (an orthogonalized one, in the same units), n entries. */
 int ngo_param_step(int kind, int64_t n, int64_t row, int64_t C, float *p, const float *g, float *mf, float *ma,
                    float *ms, float *v, const float *ctx_a, const float *ctx_b, int H, const float *w1s,
-                   const float *w2, const float *b2, const float *sc, int base, int wd, float *tile) {
+                   const float *w2, const float *b2, const float *sc, int base, int wd, float *tile,
+                   const float *dir) {
     if (H > MAXH) return 1;
     if (base || kind == 0) {
-        span(n, p, g, mf, ma, ms, v, H, w1s, w2, b2, sc, 0, 0, 0, base, wd);
+        span(n, p, g, mf, ma, ms, v, H, w1s, w2, b2, sc, 0, 0, 0, base, wd, base ? 0 : dir);
     } else if (kind == 1) {
-        span(n, p, g, mf, ma, ms, v, H, w1s, w2, b2, sc, 0, ctx_a, n, base, wd);
+        span(n, p, g, mf, ma, ms, v, H, w1s, w2, b2, sc, 0, ctx_a, n, base, wd, dir);
     } else {
         const int64_t rows = n / row, S = row / C;
         float rowc[MAXH];
@@ -145,7 +148,7 @@ int ngo_param_step(int kind, int64_t n, int64_t row, int64_t C, float *p, const 
         for (int64_t r = 0; r < rows; r++) {
             for (int h = 0; h < H; h++) rowc[h] = ctx_a[h * rows + r];
             span(row, p + r * row, g + r * row, mf + r * row, ma + r * row, ms + r * row, v + r * row,
-                 H, w1s, w2, b2, sc, rowc, tile, row, base, wd);
+                 H, w1s, w2, b2, sc, rowc, tile, row, base, wd, dir ? dir + r * row : 0);
         }
     }
     return 0;
@@ -205,7 +208,8 @@ def _build() -> ctypes.CDLL | None:
         so = ctypes.CDLL(str(lib))
     fn = so.ngo_param_step
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    fn.argtypes = [ctypes.c_int, i64, i64, i64, *[ptr] * 8, ctypes.c_int, *[ptr] * 4, ctypes.c_int, ctypes.c_int, ptr]
+    fn.argtypes = [ctypes.c_int, i64, i64, i64, *[ptr] * 8, ctypes.c_int, *[ptr] * 4, ctypes.c_int, ctypes.c_int, ptr,
+                   ptr]
     fn.restype = ctypes.c_int
     return so
 
@@ -238,11 +242,13 @@ def eligible(*tensors: Tensor | None) -> bool:
 
 def param_step_(kind: str, n: int, row: int, p: Tensor, g: Tensor, moments: tuple[Tensor, Tensor, Tensor, Tensor],
                 ctx: tuple[Tensor | None, Tensor | None], w1s: Tensor, w2: Tensor, b2: Tensor,
-                scalars: list[float], base: bool, weight_decay: bool, tile: Tensor | None) -> None:
+                scalars: list[float], base: bool, weight_decay: bool, tile: Tensor | None,
+                direction: Tensor | None = None) -> None:
     """One parameter's usual step in place (see the C source); the caller checked :func:`eligible`.
 
     ``ctx``: ``(ctx_dst [H, rows], ctx_src [H, C])`` of an edge, ``(ctx [H, n], None)`` of a node, ``(None,
-    None)`` otherwise. ``tile``: a float32 buffer of at least ``H * row`` entries for an edge."""
+    None)`` otherwise. ``tile``: a float32 buffer of at least ``H * row`` entries for an edge. ``direction``: the
+    step's direction in place of ``m_adam r'`` (contiguous, ``n`` entries; ``None``: Adam's)."""
     lib = library()
     assert lib is not None
     code = {"free": 0, "node": 1, "edge": 2}[kind] if not base else 0
@@ -254,6 +260,7 @@ def param_step_(kind: str, n: int, row: int, p: Tensor, g: Tensor, moments: tupl
                              p.data_ptr(), g.data_ptr(), mf.data_ptr(), ma.data_ptr(), ms.data_ptr(), v.data_ptr(),
                              a.data_ptr() if a is not None else None, b.data_ptr() if b is not None else None,
                              hdim, w1s.data_ptr(), w2.data_ptr(), b2.data_ptr(), sc.data_ptr(), int(base),
-                             int(weight_decay), tile.data_ptr() if tile is not None else None)
+                             int(weight_decay), tile.data_ptr() if tile is not None else None,
+                             direction.data_ptr() if direction is not None else None)
     if res != 0:
         raise RuntimeError(f"the C step rejected a head of {hdim} hidden units (at most {MAX_HIDDEN})")

@@ -69,9 +69,9 @@ class NeuralGraphOptimizer(Optimizer):
             :attr:`~lopt_graphs.optim.learned.LearnedUpdateConfig.orthogonal_conv`, convolution kernels) step
             along their orthogonalized momentum
             (:attr:`~lopt_graphs.optim.learned.LearnedUpdateConfig.orthogonal`: 5 Newton-Schulz iterations per
-            matrix per step, the reference step; weights that feed a BatchNorm keep the base step and spend
-            none); ``None`` (default) keeps the checkpoint's setting. ``False`` turns both off, trading the
-            quality it buys for the fast step's cost on large matrices (``lopt-step-cost``).
+            matrix per step, in float32; weights that feed a BatchNorm keep the base step and spend none);
+            ``None`` (default) keeps the checkpoint's setting. ``False`` turns both off, trading the quality it
+            buys for the cost of the iterations on large matrices (``lopt-step-cost``).
 
     Example::
 
@@ -244,8 +244,8 @@ class NeuralGraphOptimizer(Optimizer):
         """The eager fast path (:mod:`lopt_graphs.optim.fast_step`) group ``gi``'s step takes, if any: its usual
         step or its encoder step. Taken when eager, with a parameter of at least ``FAST_MIN_NUMEL`` entries (set
         it to inf to disable), without diagnostics, the reference head not wrapped, and the maths checked once
-        per optimizer. With an ``orthogonal`` update only the usual step is taken, and :meth:`step` gives the
-        orthogonalized matrices (:func:`~lopt_graphs.optim.functional.orthogonal_params`) the reference step."""
+        per optimizer. With an ``orthogonal`` update only the usual step is taken (with the orthogonalized
+        directions, :func:`~lopt_graphs.optim.functional.orthogonal_params`); its encoder steps are the reference's."""
         if self.compile or self.record_diagnostics or not any(p.numel() >= fast_step.FAST_MIN_NUMEL for p in params):
             return None
         if _functional.head is not _learned.head:  # the reference head is wrapped (instrumentation): keep it
@@ -339,22 +339,19 @@ class NeuralGraphOptimizer(Optimizer):
             base = set(spec.scale_invariant) if self.bn_weights == "base" else set()
             lr = group["lr"] * scale if scale != 1.0 else group["lr"]
             fast = self._fast(gi, params, grads, spec)
-            # base-step weights (they feed a BatchNorm) keep Adam's direction: their learned step is discarded
-            ortho = (_functional.orthogonal_params(self.learned.cfg, spec, params) - base) if fast is not None else set()
             if fast is not None:  # in place, the base step included
                 states = [self.state[p] if g is not None or p in self.state else {} for p, g in zip(params, grads)]
-                fast_grads = [None if j in ortho else g for j, g in enumerate(grads)]
-                if any(g is not None for g in fast_grads):
-                    with flush_subnormals():
-                        fast(self.learned, spec, [p.detach() for p in params], fast_grads, states, lr=lr,
-                             betas=group["betas"], eps=group["eps"], weight_decay=group["weight_decay"],
-                             total_steps=group.get("total_steps"), base=base,
-                             cache=self._fast_cache.setdefault(gi, {}), gnorms=norms[offsets[gi]: offsets[gi + 1]])
-                if not any(grads[j] is not None for j in ortho):
-                    continue
-                grads = [g if j in ortho else None for j, g in enumerate(grads)]  # the rest: the reference step
-            else:
-                self._fast_cache.pop(gi, None)
+                # the orthogonalized weights (fast is the usual step then: the encoder step is the reference's);
+                # base-step weights (they feed a BatchNorm) keep Adam's direction: their learned step is discarded
+                ortho = _functional.orthogonal_params(self.learned.cfg, spec, params) - base
+                with flush_subnormals():
+                    fast(self.learned, spec, [p.detach() for p in params], grads, states, lr=lr,
+                         betas=group["betas"], eps=group["eps"], weight_decay=group["weight_decay"],
+                         total_steps=group.get("total_steps"), base=base,
+                         cache=self._fast_cache.setdefault(gi, {}), gnorms=norms[offsets[gi]: offsets[gi + 1]],
+                         **({"orthogonal": ortho} if ortho else {}))
+                continue
+            self._fast_cache.pop(gi, None)
             states = [dict(self.state[p]) if p in self.state else {} for p in params]
             new_params, new_states = ngo_update(
                 self.learned, spec, [p.detach() for p in params], grads, states,

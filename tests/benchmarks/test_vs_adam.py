@@ -200,6 +200,33 @@ def test_muon_peer_orthogonalizes_matrices_and_runs_adam_on_the_rest() -> None:
     assert {g["lr"] for g in again.param_groups} == {5e-3} and len(again.optimizers[0].state) == 1
 
 
+def test_muon_conv_peer_gives_kernels_muons_update_on_their_flattened_matrix() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 6, 2), torch.nn.Flatten(), torch.nn.Linear(6 * 3 * 3, 4))
+    opt = peers.build("muon_conv", 1e-2, 10, None)(model)
+    assert [type(o).__name__ for o in opt.optimizers] == ["Muon", "FlatMuon", "Adam"]
+    conv_w, conv_b, lin_w, lin_b = model.parameters()
+    assert [p for g in opt.param_groups for p in g["params"]] == [lin_w, conv_w, conv_b, lin_b]
+    before = [p.detach().clone() for p in model.parameters()]
+    model(torch.randn(32, 2, 4, 4)).square().sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    opt.step()
+    delta = [p.detach() - b for p, b in zip(model.parameters(), before)]
+    k, gk = delta[0].reshape(6, 8), grads[0].reshape(6, 8)  # the kernel as its 6 x 8 matrix
+    sv = torch.linalg.svdvals(k)
+    assert sv.max() / sv.min() < 2 and torch.sum(k * gk) < 0
+    # torch.optim.Muon's first step on that matrix: the same update (to bfloat16's precision, in which torch iterates)
+    ref = torch.nn.Parameter(before[0].reshape(6, 8).clone())
+    ref.grad = gk.clone()
+    torch.optim.Muon([ref], lr=1e-2, weight_decay=0.0, adjust_lr_fn="match_rms_adamw").step()
+    want = ref.detach() - before[0].reshape(6, 8)
+    assert (k - want).norm() / want.norm() < 0.03
+    torch.testing.assert_close(delta[1], -1e-2 * torch.sign(grads[1]), atol=1e-5, rtol=1e-3)  # bias: Adam
+    with pytest.raises(ValueError, match="FlatMuon takes parameters of 2 or more dimensions"):
+        peers.FlatMuon([conv_b], lr=1e-2)
+    assert "flattened" in peers.hyper("muon_conv_cosine", VsAdamConfig())["muon"]
+
+
 def test_warmup_cosine_and_ngo_total_steps(monkeypatch: pytest.MonkeyPatch) -> None:
     f = peers.warmup_cosine(100, 0.05)  # 5 warmup steps, then cosine over 95
     assert [f(k) for k in range(5)] == [0.2, 0.4, 0.6, 0.8, 1.0]

@@ -92,6 +92,30 @@ def test_fast_step_matches_reference(kind, shape, view, version, total, dtype, w
     assert all(torch.equal(st[k], v) for k, v in before[1].items())
 
 
+@pytest.mark.parametrize("shape, view", [((5, 4), (5, 4)), ((3, 4, 2, 2), (3, 4, 4))], ids=["linear", "conv"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fast_step_with_an_orthogonal_direction_matches_reference(shape, view, dtype, block):
+    """The usual step of an orthogonalized weight (a matrix, a kernel as its flattened matrix): the direction
+    computed before the step replaces Adam's, and the features are Adam's, as in the reference."""
+    learned = _learned("v2")
+    hw = learned.head_weights(free=False)
+    g = torch.Generator().manual_seed(3)
+    p = torch.randn(*shape, generator=g, dtype=dtype)
+    st = _state(p, "edge", view, learned.cfg.head_hidden, True, g)
+    ref_p, ref_st, fast_p, fast_st, adam_p = p, st, p, st, p
+    adam_st = st
+    for _ in range(5):
+        grad = torch.randn(*shape, generator=g, dtype=dtype)
+        args = ("edge", view, BETAS, EPS, learned.cfg.momenta, torch.tensor(3e-3), 0.1)
+        ref_p, ref_st = param_step(hw, ref_p, grad, ref_st, *args, total=12, orthogonal=True)
+        fast_p, fast_st = fast_param_step(hw, fast_p, grad, fast_st, *args, total=12, orthogonal=True)
+        adam_p, adam_st = fast_param_step(hw, adam_p, grad, adam_st, *args, total=12)
+    torch.testing.assert_close(fast_p, ref_p, rtol=1e-5, atol=_atol(ref_p, p))
+    for k in ref_st:
+        torch.testing.assert_close(fast_st[k], ref_st[k], rtol=1e-5, atol=1e-7, msg=lambda m: f"{k}: {m}")
+    assert (fast_p - adam_p).abs().max() > 1e-4  # not Adam's direction
+
+
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_fast_step_bfloat16_parameter(version, block):
     """A bfloat16 parameter: float32 state and arithmetic, one rounding to bfloat16 per step (as the reference)."""

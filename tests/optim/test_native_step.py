@@ -27,7 +27,7 @@ def fresh_native(monkeypatch, tmp_path):
     return tmp_path / "cache"
 
 
-def _steps(learned, kind, shape, view, weight_decay, base, use_native, monkeypatch, steps=4):
+def _steps(learned, kind, shape, view, weight_decay, base, use_native, monkeypatch, steps=4, orthogonal=False):
     with monkeypatch.context() as m:
         if not use_native:
             m.setattr(native, "available", lambda: False)
@@ -38,7 +38,7 @@ def _steps(learned, kind, shape, view, weight_decay, base, use_native, monkeypat
         for _ in range(steps):
             grad = torch.randn(*shape, generator=g)
             p, st = fast_param_step(hw, p, grad, st, kind, view, BETAS, EPS, learned.cfg.momenta,
-                                    torch.tensor(3e-3), weight_decay, total=9, base=base)
+                                    torch.tensor(3e-3), weight_decay, total=9, base=base, orthogonal=orthogonal)
     return p, st
 
 
@@ -63,6 +63,22 @@ def test_native_step_matches_the_eager_blocks(kind, shape, view, version, weight
 
 
 @needs_cc
+@needs_cc
+@pytest.mark.parametrize("shape, view", [((5, 4), (5, 4)), ((3, 4, 2, 2), (3, 4, 4)), ((40, 300), (40, 300))],
+                         ids=["linear", "conv", "linear_rows_over_a_chunk"])
+def test_native_step_with_an_orthogonal_direction_matches_the_eager_blocks(shape, view, monkeypatch):
+    learned = _learned("v2")
+    calls = []
+    real = native.param_step_
+    monkeypatch.setattr(native, "param_step_", lambda *a, **k: calls.append(a[-1]) or real(*a, **k))
+    p_n, st_n = _steps(learned, "edge", shape, view, 0.1, False, True, monkeypatch, orthogonal=True)
+    assert calls and all(d is not None for d in calls), "the C step did not take the direction"
+    p_e, _ = _steps(learned, "edge", shape, view, 0.1, False, False, monkeypatch, orthogonal=True)
+    torch.testing.assert_close(p_n, p_e, rtol=1e-5, atol=1e-6)
+    p_a, _ = _steps(learned, "edge", shape, view, 0.1, False, True, monkeypatch)
+    assert (p_n - p_a).abs().max() > 1e-4  # not Adam's direction
+
+
 def test_native_exp_is_accurate_over_the_clip_range(monkeypatch):
     # a free parameter whose head output is a chosen log multiplier: exp(clip(o_mag)) through the C polynomial
     learned = _learned("v1")

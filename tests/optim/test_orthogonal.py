@@ -1,6 +1,6 @@
-"""``LearnedUpdateConfig.orthogonal``: each 2-D weight matrix steps along its orthogonalized Adam momentum (5
-Newton-Schulz iterations) at the RMS of the Adam direction it replaces; every other parameter keeps Adam's
-direction; the optimizer takes the reference step (the fast paths have Adam's direction only)."""
+"""``LearnedUpdateConfig.orthogonal``: each 2-D weight matrix (and with ``orthogonal_conv`` each convolution kernel)
+steps along its orthogonalized Adam momentum (5 Newton-Schulz iterations) at the RMS of the Adam direction it
+replaces; every other parameter keeps Adam's direction; the optimizer's fast step takes the same direction."""
 
 from __future__ import annotations
 
@@ -78,9 +78,9 @@ def test_only_linear_weights_change_direction(net, inputs):
 
 
 @pytest.mark.parametrize("encoder_every, conv", [(3, False), (100, False), (3, True)])
-def test_the_fast_step_leaves_the_orthogonal_matrices_to_the_reference_step(monkeypatch, encoder_every, conv):
-    """With the fast step (convolutions, biases: Adam's direction, in place) and without it (every parameter on
-    the reference path), an orthogonal update trains the same, encoder steps included."""
+def test_the_fast_step_trains_an_orthogonal_update_as_the_reference_step(monkeypatch, encoder_every, conv):
+    """With the fast step (every parameter in place, the orthogonalized ones with their direction; encoder steps on
+    the reference path) and without it (every step on the reference path), an orthogonal update trains the same."""
     from lopt_graphs.optim import fast_step
 
     model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 32, 3), nn.ReLU(), nn.Flatten(),
@@ -233,7 +233,8 @@ def test_weights_that_feed_a_batchnorm_spend_no_newton_schulz(monkeypatch, big):
         nn.functional.cross_entropy(net(x), y).backward()
         opt.step()
         deltas[cfg.cfg.orthogonal_conv] = [p.detach() - b for p, b in zip(net.parameters(), before)]
-    assert calls == [(10, width * 36)] * 2  # the linear layer's matrix only, once per optimizer
+    mine = [c for c in calls if c in {(10, width * 36), (width, 27)}]  # not the fast step's one-off check's
+    assert mine == [(10, width * 36)] * 2  # the linear layer's matrix only, once per optimizer
     for a, b in zip(deltas[True], deltas[False]):
         torch.testing.assert_close(a, b)
     assert deltas[True][0].abs().sum() > 0
