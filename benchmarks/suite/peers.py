@@ -86,6 +86,14 @@ def peer_versions(names: list[str]) -> dict[str, str | None]:
     return out
 
 
+def _evaluate(closure: Callable[[], Any] | None) -> Any:
+    """An optimizer ``step``'s closure, evaluated with gradients on (``None`` without one)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class FlatMuon(torch.optim.Optimizer):
     """Muon's update for convolution kernels, which ``torch.optim.Muon`` does not take: each kernel ``[out, in,
     k...]`` as the ``[out, in * k...]`` matrix it flattens to, with ``torch.optim.Muon``'s rule otherwise (momentum
@@ -105,10 +113,7 @@ class FlatMuon(torch.optim.Optimizer):
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         from lopt_graphs.optim.functional import orthogonalize
 
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate(closure)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -147,10 +152,7 @@ class MuonAdam(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate(closure)
         for o in self.optimizers:
             o.step()
         return loss
