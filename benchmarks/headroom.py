@@ -33,6 +33,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from benchmarks.suite.peers import PEERS as _SUITE_PEERS
 from benchmarks.suite.report import read_curves
 from benchmarks.suite_compare import load_runs, run_label
 from lopt_graphs import config as _cfg
@@ -46,9 +47,9 @@ WINDOW = 10
 TARGET_FRACTION, TARGET_HELD_OUT = 0.5, 0.75
 #: Suite optimizers scored from curves, in table order (those a run lacks are left out).
 PEERS: tuple[str, ...] = ("adam", "adam_tuned", "adam_cosine_tuned", "sf_adamw_tuned", "adamw_tuned", "sgd_tuned",
-                          "muon_tuned", "muon_cosine_tuned", "sf_adamw", "prodigy", "dadapt_adam")
-_TUNED = {"adam_tuned", "adam_cosine_tuned", "sf_adamw_tuned", "adamw_tuned", "sgd_tuned", "muon_tuned",
-          "muon_cosine_tuned"}
+                          "muon_tuned", "muon_cosine_tuned", "muon_conv_tuned", "muon_conv_cosine_tuned", "sf_adamw",
+                          "prodigy", "dadapt_adam")
+_TUNED = {name for name in PEERS if _SUITE_PEERS[name].tuned}
 
 
 @dataclass(frozen=True)
@@ -239,22 +240,23 @@ def render(doc: dict[str, Any]) -> str:
 
 
 def plot(doc: dict[str, Any], path: Path) -> Path:
-    """Per optimizer, each in-distribution run's fraction (not reached drawn at 1.1) and the median; target line."""
+    """Per optimizer (one row each, in table order), each in-distribution run's fraction (not reached drawn at 1.1)
+    and the median; target line."""
     cols = doc["columns"]
-    fig, ax = new_figure(figsize=(1.0 + 0.9 * len(cols), 4.2))
+    fig, ax = new_figure(figsize=(8.5, 1.2 + 0.32 * len(cols)))
     for i, c in enumerate(cols.values()):
         fr = [min(r["fraction"], 1.1) for rs in c["in_dist"].values() for r in rs]
-        ax.scatter([i + (k % 6 - 2.5) * 0.05 for k in range(len(fr))], fr, s=14, alpha=0.6,
+        ax.scatter(fr, [i + (k % 6 - 2.5) * 0.05 for k in range(len(fr))], s=14, alpha=0.6,
                    color="C3" if c["kind"] == "tuned" else "C0")
         med = min(c["summary"]["median_fraction_in_dist"], 1.1)
-        ax.plot([i - 0.3, i + 0.3], [med, med], color="k", lw=2)
-    ax.axhline(TARGET_FRACTION, color="C2", ls="--", lw=1, label="target median (0.5)")
-    ax.axhline(1.1, color="0.7", ls=":", lw=1, label="not reached")
-    ax.set_xticks(range(len(cols)), [lb.replace("ngo: ", "ngo:\n") for lb in cols], rotation=60, ha="right",
-                  fontsize=7)
-    ax.set_ylabel("fraction of steps to reach\ntuned Adam's final loss")
+        ax.plot([med, med], [i - 0.3, i + 0.3], color="k", lw=2)
+    ax.axvline(TARGET_FRACTION, color="C2", ls="--", lw=1, label="target median (0.5)")
+    ax.axvline(1.1, color="0.7", ls=":", lw=1, label="not reached")
+    ax.set_yticks(range(len(cols)), list(cols), fontsize=7)
+    ax.set_ylim(len(cols) - 0.5, -0.5)  # the table's order, top to bottom
+    ax.set_xlabel("fraction of tuned Adam's steps to reach its final loss")
     ax.set_title("In-distribution runs (red: lr tuned per task; blue: untuned); bar: median", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(1.0, 0.0))
     return save_figure(fig, path, dpi=120)
 
 
