@@ -18,7 +18,7 @@ from . import learned as _learned
 from .bn_scale import base_step
 from .checkpoint import load_learned_update
 from .fast_step import fast_encoder_step_, fast_group_step_, fast_step_agrees, flush_subnormals, grad_norms
-from .functional import apply_update, count_nonfinite, entry_features, ngo_update, node_contexts, param_step
+from .functional import apply_update, count_nonfinite, entry_features, ngo_update, param_step
 from .learned import LearnedUpdate
 
 CkptLike = str | os.PathLike | Mapping[str, Any] | LearnedUpdate | None
@@ -277,9 +277,10 @@ class NeuralGraphOptimizer(Optimizer):
             import torch._dynamo
 
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+            # the per-entry work only: the encoder runs rarely, on a graph whose coarsened edge count follows the
+            # gradients (a new shape, hence a recompile of a second or more, at almost every encoder step)
             self._fns = {name: torch.compile(fn, dynamic=False) for name, fn in (
-                ("features", entry_features), ("apply", apply_update), ("step", param_step),
-                ("contexts", node_contexts))}
+                ("features", entry_features), ("apply", apply_update), ("step", param_step))}
         return self._fns
 
     def __getstate__(self) -> dict[str, Any]:
