@@ -193,6 +193,7 @@ class _Param:
                 st[k] = st[k].contiguous()
         self.hw, self.p, self.st, self.kind, self.sc, self.base, self.cache = hw, p, st, kind, sc, base, cache
         self.direction: Tensor | None = None  # an orthogonalized direction in place of m_adam r' (orthogonalize_)
+        self.dirs: tuple[Tensor, ...] = ()  # its blocks
         self.work = p if p.is_contiguous() else p.contiguous()  # written back by finish()
         self.g = g.to(st["v"].dtype).contiguous()
         self.nrows, self.row, self.per = _rows(view)
@@ -242,7 +243,7 @@ class _Param:
         st, g = self.st, self.g
         ma = torch.lerp(st["m_adam"], g, 1 - b1)
         adam = ma * torch.rsqrt(st["v"] * b2 + (1 - b2) * g * g + self.sc.e2)
-        self.direction = orthogonal_direction(ma.view(self.p.shape), adam.view(self.p.shape)).contiguous()
+        self.direction = orthogonal_direction(ma, adam).contiguous()
         self.dirs = self.direction.view(-1).split(self.per * self.row)
 
     def finish(self) -> None:

@@ -99,7 +99,7 @@ def entry_features(p: Tensor, g: Tensor, st: dict[str, Tensor], betas: tuple[flo
                    momenta: tuple[float, float], orthogonal: bool = False
                    ) -> tuple[list[Tensor], Tensor, dict[str, Tensor]]:
     """Advance one parameter's moments and compute its entry features (``orthogonal``: the returned direction
-    is :func:`orthogonal_direction`'s, for a 2-D weight).
+    is :func:`orthogonal_direction`'s, for a weight matrix or a convolution kernel).
 
     Returns:
         ``(xs, adam_dir, new_state)``: ``len(FEATURES)`` tensors shaped like ``p``, the Adam-like direction,
@@ -268,7 +268,8 @@ def ngo_update(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[Tensor]
             did (see :func:`apply_update`); eager only (not with ``_fns``).
         _fns: internal: drop-in (for example ``torch.compile``d) versions of ``"features"``
             (:func:`entry_features`), ``"apply"`` (:func:`apply_update`), ``"step"`` (:func:`param_step`)
-            and ``"contexts"`` (:func:`node_contexts`), used by the optimizer's ``compile=True``.
+            and ``"contexts"`` (:func:`node_contexts`); the optimizer's ``compile=True`` passes the first three
+            (the encoder's input changes shape between runs, so it stays eager).
         skip_orthogonal: indices of parameters whose learned step the caller discards (the optimizer's
             base-step weights, which feed a BatchNorm): they keep Adam's direction, so an ``orthogonal`` update
             spends no Newton-Schulz iterations on them.

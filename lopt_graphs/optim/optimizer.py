@@ -269,7 +269,6 @@ class NeuralGraphOptimizer(Optimizer):
             return None if self.learned.cfg.orthogonal else fast_encoder_step_
         return fast_group_step_
 
-
     def _compiled(self) -> dict[str, Callable]:
         if not self.compile:
             return {}

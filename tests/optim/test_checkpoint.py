@@ -159,33 +159,22 @@ def test_the_fan_in_default_is_the_es_checkpoint_with_a_fan_in_prior():
     assert meta["derived_from"] == "v2_calibrated4_es60" and meta["fan_in_prior"] == [0.5, 64.0]
 
 
-def test_the_orthogonal_default_is_the_fan_in_checkpoint_with_the_orthogonal_direction():
-    """``v2_calibrated4_es60_fanin_ortho``: the weights and config of ``v2_calibrated4_es60_fanin``, plus
-    ``orthogonal``."""
+@pytest.mark.parametrize("derived, source, flag", [
+    ("v2_calibrated4_es60_fanin_ortho", "v2_calibrated4_es60_fanin", "orthogonal"),
+    ("v2_calibrated4_es60_fanin_ortho_conv", "v2_calibrated4_es60_fanin_ortho", "orthogonal_conv")])
+def test_an_orthogonal_checkpoint_is_its_source_with_one_flag_on(derived, source, flag):
+    """``v2_calibrated4_es60_fanin_ortho`` (``v2_calibrated4_es60_fanin`` plus ``orthogonal``) and
+    ``v2_calibrated4_es60_fanin_ortho_conv`` (that plus ``orthogonal_conv``): the source's weights and config, one
+    flag on."""
     import dataclasses
 
-    base, new = load_learned_update("v2_calibrated4_es60_fanin"), load_learned_update("v2_calibrated4_es60_fanin_ortho")
-    assert dataclasses.replace(new.cfg, orthogonal=False) == base.cfg and new.cfg.orthogonal
+    base, new = load_learned_update(source), load_learned_update(derived)
+    assert dataclasses.replace(new.cfg, **{flag: False}) == base.cfg and getattr(new.cfg, flag)
     sd = base.state_dict()
     assert all(torch.equal(v, sd[k]) for k, v in new.state_dict().items()) and set(sd) == set(new.state_dict())
     import lopt_graphs.optim.checkpoint as ck
-    meta = torch.load(ck.CHECKPOINT_DIR / "v2_calibrated4_es60_fanin_ortho.pt", weights_only=True)["meta"]
-    assert meta["derived_from"] == "v2_calibrated4_es60_fanin" and meta["orthogonal"] is True
-
-
-def test_the_conv_default_is_the_orthogonal_checkpoint_with_orthogonalized_convolutions():
-    """``v2_calibrated4_es60_fanin_ortho_conv``: the weights and config of ``v2_calibrated4_es60_fanin_ortho``,
-    plus ``orthogonal_conv``."""
-    import dataclasses
-
-    base = load_learned_update("v2_calibrated4_es60_fanin_ortho")
-    new = load_learned_update("v2_calibrated4_es60_fanin_ortho_conv")
-    assert dataclasses.replace(new.cfg, orthogonal_conv=False) == base.cfg and new.cfg.orthogonal_conv
-    sd = base.state_dict()
-    assert all(torch.equal(v, sd[k]) for k, v in new.state_dict().items()) and set(sd) == set(new.state_dict())
-    import lopt_graphs.optim.checkpoint as ck
-    meta = torch.load(ck.CHECKPOINT_DIR / "v2_calibrated4_es60_fanin_ortho_conv.pt", weights_only=True)["meta"]
-    assert meta["derived_from"] == "v2_calibrated4_es60_fanin_ortho" and meta["orthogonal_conv"] is True
+    meta = torch.load(ck.CHECKPOINT_DIR / f"{derived}.pt", weights_only=True)["meta"]
+    assert meta["derived_from"] == source and meta[flag] is True
 
 
 def test_shipped_file_loads_with_weights_only():
