@@ -99,7 +99,8 @@ class FlatMuon(torch.optim.Optimizer):
     k...]`` as the ``[out, in * k...]`` matrix it flattens to, with ``torch.optim.Muon``'s rule otherwise (momentum
     buffer ``buf.lerp_(grad, 1 - momentum)``, Nesterov ``grad.lerp(buf, momentum)``, 5 Newton-Schulz iterations of
     the same coefficients, step ``lr * 0.2 * sqrt(max(rows, cols))``: ``adjust_lr_fn="match_rms_adamw"``), no weight
-    decay. It iterates in float32 where ``torch.optim.Muon`` iterates in bfloat16 (1-2% apart in norm)."""
+    decay. It iterates in float32 where ``torch.optim.Muon`` iterates in bfloat16 (a test holds the two within 3%
+    in norm)."""
 
     def __init__(self, params: Any, lr: float, momentum: float = 0.95) -> None:
         super().__init__(params, {"lr": lr, "momentum": momentum})
