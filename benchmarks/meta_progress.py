@@ -57,7 +57,9 @@ class MetaProgressConfig:
     """Keys of ``lopt-meta-progress``.
 
     Attributes:
-        ckpts: checkpoints to compare (the first is the reference of the per-task counts).
+        ckpts: checkpoints to compare (the first is the reference of the per-task counts); ``NAME@DTYPE`` runs
+            ``NAME`` with the optimizer's ``orthogonal_dtype=`` that dtype (``float32`` or ``bfloat16``; without a
+            suffix: ``"auto"``, the optimizer's default).
         refs_from: a meta-training checkpoint whose validation references to use; ``""`` computes them.
         validate_steps: length of the validation runs (the run's ``validate_steps``).
         validate_seeds: seeds per validation task (the run's ``validate_seeds``).
@@ -97,6 +99,16 @@ class MetaProgressConfig:
         _cfg.check_minimums(self, validate_steps=1, validate_seeds=1, tasks=1, steps=1, input_scale=1, threads=0)
 
 
+#: ``NAME@DTYPE`` suffixes of ``ckpts``: the optimizer's ``orthogonal_dtype``
+ORTHOGONAL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def split_dtype(ckpt: str) -> tuple[str, torch.dtype | str]:
+    """``NAME@DTYPE`` -> ``(NAME, torch dtype)``; anything else (a path may hold an ``@``) -> ``(ckpt, "auto")``."""
+    name, _, dtype = ckpt.rpartition("@")
+    return (name, ORTHOGONAL_DTYPES[dtype]) if name and dtype in ORTHOGONAL_DTYPES else (ckpt, "auto")
+
+
 def load(ckpt: str) -> LearnedUpdate:
     """The learned update ``ckpt`` names (``fresh:ARCH``: a fresh one, seeded 0)."""
     if ckpt.startswith(FRESH):
@@ -119,14 +131,15 @@ def draw_tasks(family: str, n: int, input_scale: float, gen: torch.Generator) ->
 
 
 def family_values(learned: LearnedUpdate, tasks: Sequence[TaskConfig], steps: int, seed: int,
-                  told: bool = True) -> list[float]:
+                  told: bool = True, orthogonal_dtype: torch.dtype | str | None = "auto") -> list[float]:
     """Per task, ``log((L + c) / log(classes))`` of the final training loss after ``steps`` steps (3 if it
-    diverged); ``told``: the runs are told ``total_steps``."""
+    diverged); ``told``: the runs are told ``total_steps``; ``orthogonal_dtype``: the optimizer's."""
     out = []
     for tc in tasks:
         task = Task(tc)
         r = train_run(task, lambda m: NeuralGraphOptimizer.for_module(m, copy.deepcopy(learned),
-                                                                      total_steps=steps if told else None),
+                                                                      total_steps=steps if told else None,
+                                                                      orthogonal_dtype=orthogonal_dtype),
                       steps, seed)
         out.append(math.log((r.final_loss + LOSS_OFFSET) / task.loss_scale) if math.isfinite(r.final_loss) else 3.0)
     return out
@@ -171,14 +184,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """Command-line entry point: ``[--config FILE] [key=value ...]``; returns the result document."""
     cfg = _cfg.parse_command(MetaProgressConfig, argv, (__doc__ or "").split("\n")[0])
     _cfg.set_threads(cfg.threads)
-    check_checkpoints(cfg.ckpts, skip_prefix=FRESH)
+    check_checkpoints([split_dtype(c)[0] for c in cfg.ckpts], skip_prefix=FRESH)
     refs, tasks = references(cfg), family_tasks(cfg)
     rows: list[dict] = []
     first_val: list[float] = []  # the first checkpoint's validation log ratios, per run
     for ckpt in cfg.ckpts:
-        learned = load(ckpt)
-        val = validation_score(learned, refs, cfg.validate_steps, seeds=cfg.validate_seeds, told=cfg.told)
-        fam = family_values(learned, tasks, cfg.steps, seed=0, told=cfg.told)
+        name, odt = split_dtype(ckpt)
+        learned = load(name)
+        val = validation_score(learned, refs, cfg.validate_steps, seeds=cfg.validate_seeds, told=cfg.told,
+                               orthogonal_dtype=odt)
+        fam = family_values(learned, tasks, cfg.steps, seed=0, told=cfg.told, orthogonal_dtype=odt)
         val_tasks = [t["log_ratio"] for t in val["tasks"]]
         first = rows[0] if rows else None
         first_val = first_val or val_tasks

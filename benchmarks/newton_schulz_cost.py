@@ -10,11 +10,16 @@ the same iterations in bfloat16 (how ``torch.optim.Muon`` runs them); ``muon_ste
 ``torch.optim.Muon`` step on a parameter of that shape; ``adam_step``, one ``torch.optim.Adam(foreach=True)`` step
 on it (the reference: every time also as a ratio to it). ``bf16_rel_diff`` is ``||O_bf16 - O_f32|| / ||O_f32||``
 on a random matrix: how far the cheaper precision moves the direction. Prints a markdown table, writes JSON.
+
+bfloat16 matrix products are fast only on CPUs with AMX tiles; ``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`` (or
+``AVX512_CORE``, ``AVX2``) makes oneDNN use an older instruction set, to see what a CPU without them pays (recorded
+in the JSON as ``onednn_max_cpu_isa``; the optimizer's ``orthogonal_dtype="auto"`` reads the hardware, not this).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +31,7 @@ import torch
 
 from lopt_graphs import config as _cfg
 from lopt_graphs.io import atomic_write_text
-from lopt_graphs.optim.functional import orthogonalize
+from lopt_graphs.optim.functional import auto_orthogonal_dtype, orthogonalize
 
 
 @dataclass(frozen=True)
@@ -80,11 +85,11 @@ def measure(shape: tuple[int, int], reps: int) -> dict[str, Any]:
     m = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     o32 = orthogonalize(m)
     ms = {"float32": _median_ms(lambda: orthogonalize(m), reps),
-          "bfloat16": _median_ms(lambda: orthogonalize(m.bfloat16()), reps),
+          "bfloat16": _median_ms(lambda: orthogonalize(m, dtype=torch.bfloat16), reps),
           "muon_step": _median_ms(_step_timer(torch.optim.Muon, shape, lr=1e-3, weight_decay=0.0,
                                               adjust_lr_fn="match_rms_adamw"), reps),
           "adam_step": _median_ms(_step_timer(torch.optim.Adam, shape, lr=1e-3, foreach=True), reps)}
-    diff = float((orthogonalize(m.bfloat16()).float() - o32).norm() / o32.norm())
+    diff = float((orthogonalize(m, dtype=torch.bfloat16) - o32).norm() / o32.norm())
     return {"shape": list(shape), "ms": ms, "ratio_to_adam": {k: v / ms["adam_step"] for k, v in ms.items()},
             "bf16_rel_diff": diff}
 
@@ -107,8 +112,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     c = _cfg.parse_command(NewtonSchulzCostConfig, argv, (__doc__ or "").split("\n")[0])
     _cfg.set_threads(c.threads)
     rows = [measure(tuple(int(v) for v in s.split("x")), c.reps) for s in c.shapes]
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "")
     doc = {"benchmark": "newton_schulz_cost", "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "reps": c.reps, "rows": rows}
+           "reps": c.reps, "onednn_max_cpu_isa": isa, "auto_orthogonal_dtype": str(auto_orthogonal_dtype("cpu")),
+           "rows": rows}
+    print(f"ONEDNN_MAX_CPU_ISA={isa or '(unset: the best the CPU has)'}; NeuralGraphOptimizer's orthogonal_dtype='auto' "
+          f"picks {doc['auto_orthogonal_dtype']} on this CPU")
     print(table(rows))
     atomic_write_text(Path(c.out), json.dumps(doc, indent=2) + "\n")
     print(f"\nwrote {c.out}")

@@ -7,6 +7,7 @@ Commands::
     lopt-step-cost loops=true                         # issue 15's loop targets, the default checkpoint
     lopt-step-cost loops=true ckpts=default,v2_pes_80 models=mlp_784-256-256-10 merge=true
     lopt-step-cost loops=true peers=muon              # and Muon's loop beside them, for scale
+    lopt-step-cost loops=true orthogonal_dtypes=bfloat16  # and each checkpoint with bfloat16 Newton-Schulz too
     python benchmarks/step_cost.py --help             # the keys and their defaults
 
 Per-step table (``loops=false``): for each model (an MLP on 8x8 digits, a 784-256-256-10 MLP and a small CNN on
@@ -28,6 +29,8 @@ existing ``out`` that this run does not measure (to measure models or checkpoint
 ``peers=muon`` adds a hand-made optimizer's loop to the same interleaving, reported as a row against the same
 Adam loop: ``muon`` is the suite's ``MuonAdam`` (``torch.optim.Muon``'s 5 Newton-Schulz iterations on each 2-D
 weight, Adam on the rest), the cost that an orthogonalized direction (``LearnedUpdateConfig.orthogonal``) shares.
+``orthogonal_dtypes=bfloat16`` adds, per checkpoint, a loop with ``NeuralGraphOptimizer(...,
+orthogonal_dtype=torch.bfloat16)`` (row ``<ckpt>@bfloat16``; ``auto`` and ``float32`` too).
 
 Both print a markdown table and write a summary JSON (``out``; default
 ``benchmarks/results/step_cost.json`` or ``benchmarks/results/step_cost_loops.json``).
@@ -60,6 +63,8 @@ LOOP_MODELS = ("resnet18_32x32_b32", "mlp_784-256-256-10")
 TARGETS = {"resnet18_32x32_b32": 3.0, "mlp_784-256-256-10": 2.0}
 #: hand-made optimizers ``peers=`` can time beside the checkpoints (row label: ``peer:<name>``)
 LOOP_PEERS = ("muon",)
+#: ``orthogonal_dtypes=`` values: ``NeuralGraphOptimizer(..., orthogonal_dtype=)`` of the extra loops
+ORTHOGONAL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "auto": "auto"}
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,8 @@ class StepCostConfig:
         models: the loop models to run (loops; empty: all of ``LOOP_MODELS``).
         ckpts: the checkpoints to run (loops; shipped names or paths), each against the same Adam loop.
         peers: hand-made optimizers timed in the same loops (loops; among ``LOOP_PEERS``; rows ``peer:<name>``).
+        orthogonal_dtypes: per checkpoint, more loops with ``orthogonal_dtype=`` each of these (loops; among
+            ``ORTHOGONAL_DTYPES``; rows ``<ckpt>@<dtype>``).
         merge: keep the rows of an existing ``out`` that this run does not measure (loops).
         out: the JSON output (empty: ``benchmarks/results/step_cost.json`` or ``step_cost_loops.json``).
         threads: torch intra-op threads (``0`` leaves torch's default).
@@ -92,6 +99,7 @@ class StepCostConfig:
     models: tuple[str, ...] = ()
     ckpts: tuple[str, ...] = ("default",)
     peers: tuple[str, ...] = ()
+    orthogonal_dtypes: tuple[str, ...] = ()
     merge: bool = False
     out: str = ""
     threads: int = 1
@@ -110,6 +118,8 @@ class StepCostConfig:
             _cfg.bad_value("ckpts", self.ckpts, "at least one checkpoint")
         if sorted(set(self.peers) - set(LOOP_PEERS)):
             _cfg.bad_value("peers", self.peers, f"names among {', '.join(LOOP_PEERS)}")
+        if sorted(set(self.orthogonal_dtypes) - set(ORTHOGONAL_DTYPES)):
+            _cfg.bad_value("orthogonal_dtypes", self.orthogonal_dtypes, f"names among {', '.join(ORTHOGONAL_DTYPES)}")
         if self.threads < 0:
             _cfg.bad_value("threads", self.threads, "an integer >= 0 (0: torch's default)")
 
@@ -256,7 +266,8 @@ def _loop_row(name: str, cfg: StepCostConfig) -> list[dict]:
     loss_fn = nn.CrossEntropyLoss()
     load_before, date = os.getloadavg()[0], _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="minutes")
     runs = {}
-    for label in ("adam", *cfg.ckpts, *(f"peer:{p}" for p in cfg.peers)):
+    ngos = [*cfg.ckpts, *(f"{c}@{d}" for c in cfg.ckpts for d in cfg.orthogonal_dtypes)]
+    for label in ("adam", *ngos, *(f"peer:{p}" for p in cfg.peers)):
         m = copy.deepcopy(model)
         t0 = time.perf_counter()
         if label == "adam":
@@ -265,10 +276,11 @@ def _loop_row(name: str, cfg: StepCostConfig) -> list[dict]:
             from benchmarks.suite.peers import MuonAdam
 
             opt = MuonAdam(m.parameters(), lr=1e-3)
-        elif how == "for_module":
-            opt = NeuralGraphOptimizer.for_module(m, label)
         else:
-            opt = NeuralGraphOptimizer(m.parameters(), label)
+            ckpt, _, dtype = label.partition("@")
+            kw = {"orthogonal_dtype": ORTHOGONAL_DTYPES[dtype]} if dtype else {}
+            opt = (NeuralGraphOptimizer.for_module(m, ckpt, **kw) if how == "for_module"
+                   else NeuralGraphOptimizer(m.parameters(), ckpt, **kw))
         runs[label] = {"model": m, "opt": opt, "build_s": time.perf_counter() - t0, "loop_s": 0.0, "losses": []}
     for start in range(0, cfg.loop_steps, cfg.chunk):
         for r in runs.values():

@@ -82,10 +82,11 @@ def references_match(refs: Sequence[dict], steps: int, tasks: Sequence[Validatio
 
 
 def validation_score(learned: LearnedUpdate, refs: list[dict], steps: int,
-                     tasks: Sequence[ValidationTask] = DEFAULT_TASKS, seeds: int = 1, told: bool = True) -> dict:
+                     tasks: Sequence[ValidationTask] = DEFAULT_TASKS, seeds: int = 1, told: bool = True,
+                     orthogonal_dtype: torch.dtype | str | None = "auto") -> dict:
     """Score ``learned`` against the references of :func:`adam_references` (same ``tasks``, ``steps`` and
     ``seeds``). ``told=False`` scores runs that are not told ``total_steps`` (what a user who passes nothing gets;
-    a run selects on told runs).
+    a run selects on told runs). ``orthogonal_dtype``: the optimizer's (its default: ``"auto"``).
 
     Returns:
         ``{"score": mean offset log-ratio over tasks and seeds, "tasks": [{task, steps, seed, ngo_final_loss,
@@ -101,7 +102,7 @@ def validation_score(learned: LearnedUpdate, refs: list[dict], steps: int,
     rows = []
     for (tc, n, s), ref in zip(runs, refs):
         make = lambda m: NeuralGraphOptimizer.for_module(  # noqa: E731
-            m, copy.deepcopy(learned), total_steps=n if told else None)
+            m, copy.deepcopy(learned), total_steps=n if told else None, orthogonal_dtype=orthogonal_dtype)
         ngo = _final(train_run(Task(tc), make, n, s).final_loss)
         rows.append({"task": tc.name, "steps": n, "seed": s, "ngo_final_loss": ngo,
                      "adam_final_loss": ref["adam_final_loss"],

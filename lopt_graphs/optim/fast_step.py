@@ -63,7 +63,15 @@ from torch import Tensor
 
 from ..graph import GraphSpec
 from . import native
-from .functional import FEATURE_CLIP, compute_dtype, head_view, init_state, orthogonal_direction, readout_context
+from .functional import (
+    FEATURE_CLIP,
+    auto_orthogonal_dtype,
+    compute_dtype,
+    head_view,
+    init_state,
+    orthogonal_direction,
+    readout_context,
+)
 from .learned import HeadWeights, LearnedUpdate
 
 #: Parameter groups holding a parameter with at least this many entries take the fast path.
@@ -235,15 +243,18 @@ class _Param:
             c["inps"], c["rows_ctx"] = [None] * len(self.blocks), [None] * len(self.blocks)
         self.inps, self.rows_ctx = c["inps"], c["rows_ctx"]
 
-    def orthogonalize_(self, betas: tuple[float, float]) -> None:
+    def orthogonalize_(self, betas: tuple[float, float], dtype: torch.dtype | str | None = None) -> None:
         """Set :attr:`direction`: this step's advanced momentum orthogonalized, at the RMS of ``m_adam r'`` (the
         reference's direction times ``(1 - b1^t) / sqrt(1 - b2^t)``, the units the update's ``a_coef`` expects;
-        the Newton-Schulz iterations are scale-free), from the state before the step."""
+        the Newton-Schulz iterations are scale-free, in ``dtype``; ``"auto"``:
+        :func:`~lopt_graphs.optim.functional.auto_orthogonal_dtype` of this matrix), from the state before the step."""
         b1, b2 = betas
         st, g = self.st, self.g
         ma = torch.lerp(st["m_adam"], g, 1 - b1)
         adam = ma * torch.rsqrt(st["v"] * b2 + (1 - b2) * g * g + self.sc.e2)
-        self.direction = orthogonal_direction(ma, adam).contiguous()
+        if dtype == "auto":
+            dtype = auto_orthogonal_dtype(self.p.device, self.p.shape)
+        self.direction = orthogonal_direction(ma, adam, dtype).contiguous()
         self.dirs = self.direction.view(-1).split(self.per * self.row)
 
     def finish(self) -> None:
@@ -449,10 +460,11 @@ class _Group:
             self.scratch[key] = _Scratch(n, prm.hw.w1.shape[0], *key)
         return self.scratch[key]
 
-    def step_(self, i: int, weight_decay: float, orthogonal: bool = False) -> None:
+    def step_(self, i: int, weight_decay: float, orthogonal: bool = False,
+              orthogonal_dtype: torch.dtype | str | None = None) -> None:
         prm = self.params[i]
         if orthogonal and not prm.base:
-            prm.orthogonalize_(self.betas)
+            prm.orthogonalize_(self.betas, orthogonal_dtype)
         _step_(prm, self.betas, self.momenta, self.etas[i], weight_decay, self.scratch_for(prm), *self.layers_of(prm))
 
 
@@ -460,7 +472,8 @@ def fast_group_step_(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[T
                      grads: Sequence[Tensor | None], states: Sequence[dict[str, Tensor]], *, lr: float | Tensor,
                      betas: tuple[float, float], eps: float, weight_decay: float, total_steps: int | None = None,
                      base: Collection[int] = (), cache: dict | None = None,
-                     gnorms: Sequence[Tensor | None] | None = None, orthogonal: Collection[int] = ()) -> None:
+                     gnorms: Sequence[Tensor | None] | None = None, orthogonal: Collection[int] = (),
+                     orthogonal_dtype: torch.dtype | str | None = None) -> None:
     """A usual step (no encoder run) of one parameter group, in place: ``params`` and ``states`` are updated.
 
     The same update as :func:`~lopt_graphs.optim.functional.ngo_update` followed by the optimizer's base step
@@ -480,13 +493,15 @@ def fast_group_step_(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[T
         gnorms: the gradients' norms if the caller has them (:func:`grad_norms`).
         orthogonal: indices of parameters whose direction is orthogonalized
             (:func:`~lopt_graphs.optim.functional.orthogonal_params` of an ``orthogonal`` update, less ``base``).
+        orthogonal_dtype: the dtype of their Newton-Schulz iterations (``None``: the parameter's compute dtype;
+            ``"auto"``: :func:`~lopt_graphs.optim.functional.auto_orthogonal_dtype` per matrix).
     """
     if not any(g is not None for g in grads):
         return
     grp = _Group(learned, spec, params, grads, states, betas, eps, total_steps, base, lr, cache, gnorms)
     grp.log_steps()
     for i in grp.params:
-        grp.step_(i, weight_decay, i in orthogonal)
+        grp.step_(i, weight_decay, i in orthogonal, orthogonal_dtype)
 
 
 def fast_encoder_step_(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[Tensor],
@@ -570,7 +585,8 @@ def fast_encoder_step_(learned: LearnedUpdate, spec: GraphSpec, params: Sequence
 def fast_param_step(hw: HeadWeights, p: Tensor, g: Tensor, st: dict[str, Tensor], kind: str,
                     view: tuple[int, ...], betas: tuple[float, float], eps: float, momenta: tuple[float, float],
                     eta: float | Tensor, weight_decay: float, stacked: bool = False,
-                    total: float | None = None, base: bool = False, orthogonal: bool = False
+                    total: float | None = None, base: bool = False, orthogonal: bool = False,
+                    orthogonal_dtype: torch.dtype | str | None = None
                     ) -> tuple[Tensor, dict[str, Tensor]]:
     """Same signature and result as :func:`~lopt_graphs.optim.functional.param_step` (``stacked`` changes
     nothing; ``orthogonal`` as there), without mutating its inputs (it works on copies): the per-parameter form of
@@ -587,7 +603,7 @@ def fast_param_step(hw: HeadWeights, p: Tensor, g: Tensor, st: dict[str, Tensor]
             eta = eta * torch.exp(_log_step(hw, sc, readout_context(st, total)))
     prm = _Param(hw, p, g, st, kind, view, sc, rms, base, {})
     if orthogonal and not base:
-        prm.orthogonalize_(betas)
+        prm.orthogonalize_(betas, orthogonal_dtype)
     scratch = _Scratch(prm.per * prm.row, hw.w1.shape[0], st["v"].dtype, hw.w1.dtype, p.device)
     out_scale = torch.tensor([[hw.dir_scale], [hw.mag_scale]], dtype=hw.w1.dtype, device=hw.w1.device)
     _step_(prm, betas, momenta, float(eta), weight_decay, scratch, torch.cat([hw.w1, sc.sb[:, None]], dim=1),

@@ -26,7 +26,9 @@ units: no ``[entries, H]`` temporary is formed, which is faster on CPU than a th
 
 from __future__ import annotations
 
-from typing import Collection, Sequence
+import math
+import os
+from typing import Any, Collection, Sequence
 
 import torch
 from torch import Tensor
@@ -73,33 +75,66 @@ def _rms(x: Tensor) -> Tensor:
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
-def orthogonalize(m: Tensor, steps: int = 5) -> Tensor:
+def orthogonalize(m: Tensor, steps: int = 5, dtype: torch.dtype | None = None) -> Tensor:
     """An approximately orthogonal matrix with ``m``'s singular vectors (``U V^T`` of its SVD): ``steps``
-    quintic Newton-Schulz iterations on ``m / ||m||_F``, in ``m``'s dtype; a zero matrix stays zero."""
+    quintic Newton-Schulz iterations on ``m / ||m||_F``, in ``dtype`` (default: ``m``'s), returned in ``m``'s
+    dtype; a zero matrix stays zero."""
     a, b, c = NS_COEFFS
     x = m / (m.norm() + 1e-7)
+    if dtype is not None:
+        x = x.to(dtype)
     wide = x.shape[0] <= x.shape[1]
     if not wide:
         x = x.t()
     for _ in range(steps):  # x <- a x + (b s + c s^2) x with s = x x^T, in two fused multiply-adds
         s = x @ x.t()
         x = torch.addmm(x, torch.addmm(s, s, s, beta=b, alpha=c), x, beta=a)
+    x = x.to(m.dtype)
     return x if wide else x.t()
 
 
-def orthogonal_direction(m_hat: Tensor, adam_dir: Tensor) -> Tensor:
+#: the smallest matrix, in multiply-adds of one ``x x^T`` product (``min(rows, cols)^2 * max(rows, cols)``), whose
+#: Newton-Schulz iterations ``auto_orthogonal_dtype`` runs in bfloat16 on an AMX CPU: below it oneDNN's bfloat16
+#: set-up costs more than it saves (measured on this project's CPU: 128x256 1.15x faster, 64x784 0.81x, 64x64 0.28x)
+AUTO_BF16_MIN_WORK = 4_000_000
+
+
+def auto_orthogonal_dtype(device: torch.device | str, shape: Sequence[int] | None = None) -> torch.dtype:
+    """The dtype the Newton-Schulz iterations of a matrix of ``shape`` (a kernel's: its flattened ``[out, in * k]``
+    one; ``None``: a large one) run fastest in on ``device``: bfloat16 on CUDA devices that support it and, for
+    matrices of at least ``AUTO_BF16_MIN_WORK``, on CPUs with AMX tiles (3.5x faster than float32 at 256x784);
+    float32 elsewhere (on a CPU without AMX, bfloat16 matrix products are 1.5x (AVX-512 BF16) to 30x (AVX2) slower:
+    ``benchmarks/newton_schulz_cost.py`` with ``ONEDNN_MAX_CPU_ISA``, which this also reads)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    if device.type != "cpu":
+        return torch.float32
+    if shape is not None:
+        rows, cols = shape[0], math.prod(shape[1:])
+        if min(rows, cols) ** 2 * max(rows, cols) < AUTO_BF16_MIN_WORK:
+            return torch.float32
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()  # oneDNN told not to use AMX: it does not
+    limited = isa not in ("", "ALL", "DEFAULT") and "AMX" not in isa
+    return torch.bfloat16 if amx is not None and amx() and not limited else torch.float32
+
+
+def orthogonal_direction(m_hat: Tensor, adam_dir: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """The orthogonalized momentum ``m_hat`` at the RMS of ``adam_dir``, the direction it replaces
     (:attr:`~lopt_graphs.optim.learned.LearnedUpdateConfig.orthogonal`): a 2-D weight's as it is, a convolution
-    kernel's ``[out, in, k...]`` as the ``[out, in * k...]`` matrix it flattens to."""
-    o = orthogonalize(m_hat.reshape(m_hat.shape[0], -1)).reshape(m_hat.shape)
+    kernel's ``[out, in, k...]`` as the ``[out, in * k...]`` matrix it flattens to; the iterations in ``dtype``
+    (``None``: ``m_hat``'s; :func:`auto_orthogonal_dtype`)."""
+    o = orthogonalize(m_hat.reshape(m_hat.shape[0], -1), dtype=dtype).reshape(m_hat.shape)
     return o * (_rms(adam_dir) / (_rms(o) + 1e-12))
 
 
 def entry_features(p: Tensor, g: Tensor, st: dict[str, Tensor], betas: tuple[float, float], eps: float,
-                   momenta: tuple[float, float], orthogonal: bool = False
-                   ) -> tuple[list[Tensor], Tensor, dict[str, Tensor]]:
+                   momenta: tuple[float, float], orthogonal: bool = False,
+                   orthogonal_dtype: torch.dtype | None = None) -> tuple[list[Tensor], Tensor, dict[str, Tensor]]:
     """Advance one parameter's moments and compute its entry features (``orthogonal``: the returned direction
-    is :func:`orthogonal_direction`'s, for a weight matrix or a convolution kernel).
+    is :func:`orthogonal_direction`'s, for a weight matrix or a convolution kernel, its iterations in
+    ``orthogonal_dtype``).
 
     Returns:
         ``(xs, adam_dir, new_state)``: ``len(FEATURES)`` tensors shaped like ``p``, the Adam-like direction,
@@ -120,7 +155,8 @@ def entry_features(p: Tensor, g: Tensor, st: dict[str, Tensor], betas: tuple[flo
     for k, v in st.items():  # carry cached node terms along
         if k.startswith("ctx"):
             new[k] = v
-    direction = orthogonal_direction(new["m_adam"] / (1 - b1 ** t), hats[1]) if orthogonal else hats[1]
+    direction = (orthogonal_direction(new["m_adam"] / (1 - b1 ** t), hats[1], orthogonal_dtype) if orthogonal
+                 else hats[1])
     return xs, direction, new
 
 
@@ -241,7 +277,7 @@ def ngo_update(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[Tensor]
                betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
                encoder_every: int | None = None, step: int | None = None, total_steps: int | None = None,
                stacked_head: bool = False, diagnostics: list | None = None, _fns: dict | None = None,
-               skip_orthogonal: Collection[int] = (),
+               skip_orthogonal: Collection[int] = (), orthogonal_dtype: torch.dtype | str | None = "auto",
                ) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
     """One step of the learned optimizer on one parameter group, without side effects.
 
@@ -273,6 +309,9 @@ def ngo_update(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[Tensor]
         skip_orthogonal: indices of parameters whose learned step the caller discards (the optimizer's
             base-step weights, which feed a BatchNorm): they keep Adam's direction, so an ``orthogonal`` update
             spends no Newton-Schulz iterations on them.
+        orthogonal_dtype: the dtype of an ``orthogonal`` update's Newton-Schulz iterations: ``"auto"`` (default,
+            as the optimizer's) :func:`auto_orthogonal_dtype` of each matrix's device and shape; ``None``: the
+            parameter's compute dtype (float32 for float32 parameters).
 
     Returns:
         ``(new_params, new_states)``, lists aligned with ``params``.
@@ -300,8 +339,12 @@ def ngo_update(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[Tensor]
 
     orthogonalized = orthogonal_params(cfg, spec, params) - set(skip_orthogonal)
 
-    def ortho(i: int) -> dict[str, bool]:  # passed only when the update asks for it (other steps keep their signature)
-        return {"orthogonal": i in orthogonalized} if cfg.orthogonal else {}
+    def ortho(i: int) -> dict[str, Any]:  # passed only when the update asks for it (other steps keep their signature)
+        if not cfg.orthogonal:
+            return {}
+        dt = (auto_orthogonal_dtype(params[i].device, params[i].shape) if orthogonal_dtype == "auto" and
+              i in orthogonalized else orthogonal_dtype)
+        return {"orthogonal": i in orthogonalized, "orthogonal_dtype": None if dt == "auto" else dt}
 
     if not runs_encoder(spec, states, active, t, every):
         # Usual step: features and update fused per parameter, cached node terms reused.
@@ -332,10 +375,10 @@ def ngo_update(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[Tensor]
 def param_step(hw: HeadWeights, p: Tensor, g: Tensor, st: dict[str, Tensor], kind: str,
                view: tuple[int, ...], betas: tuple[float, float], eps: float, momenta: tuple[float, float],
                eta: float | Tensor, weight_decay: float, stacked: bool = False,
-               total: float | None = None, diagnostics: list | None = None, orthogonal: bool = False
-               ) -> tuple[Tensor, dict[str, Tensor]]:
+               total: float | None = None, diagnostics: list | None = None, orthogonal: bool = False,
+               orthogonal_dtype: torch.dtype | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """:func:`entry_features` then :func:`apply_update` for one parameter (one fused kernel when compiled)."""
-    xs, adam_dir, new = entry_features(p, g, st, betas, eps, momenta, orthogonal)
+    xs, adam_dir, new = entry_features(p, g, st, betas, eps, momenta, orthogonal, orthogonal_dtype)
     return apply_update(hw, p, xs, adam_dir, new, kind, view, eta, weight_decay, stacked, total, diagnostics), new
 
 

@@ -57,6 +57,22 @@ def test_told_false_scores_the_untold_path(tmp_path: Path):
     assert (tmp_path / "u.md").read_text().startswith("Runs **not** told `total_steps`")
 
 
+def test_a_dtype_suffix_sets_the_optimizers_orthogonal_dtype(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    assert mod.split_dtype("default@bfloat16") == ("default", torch.bfloat16)
+    assert mod.split_dtype("runs/a@b/ckpt.pt") == ("runs/a@b/ckpt.pt", "auto")  # not a dtype: part of a path
+    seen = []
+    real = mod.NeuralGraphOptimizer.for_module
+    monkeypatch.setattr(mod.NeuralGraphOptimizer, "for_module",
+                        lambda m, ckpt, **kw: seen.append(kw["orthogonal_dtype"]) or real(m, ckpt, **kw))
+    import meta_train.validate as validate
+
+    monkeypatch.setattr(validate.NeuralGraphOptimizer, "for_module", mod.NeuralGraphOptimizer.for_module)
+    res = mod.main(["ckpts=default,default@float32", "validate_steps=5", "validate_seeds=1", "tasks=1", "steps=5",
+                    f"out={tmp_path / 'd.json'}"])
+    assert [r["ckpt"] for r in res["rows"]] == ["default", "default@float32"]
+    assert set(seen[:len(seen) // 2]) == {"auto"} and set(seen[len(seen) // 2:]) == {torch.float32}
+
+
 @pytest.mark.parametrize("bad, match", [("ckpts=fresh:v9", "fresh:ARCH"), ("tasks=0", "tasks=0"),
                                         ("family=nope", "family")])
 def test_bad_keys_raise(bad: str, match: str, tmp_path: Path):

@@ -18,7 +18,15 @@ def test_rows_and_json(tmp_path, capsys):
         assert set(r["ms"]) == {"float32", "bfloat16", "muon_step", "adam_step"}
         assert r["ratio_to_adam"]["adam_step"] == pytest.approx(1.0)
         assert 0.0 < r["bf16_rel_diff"] < 0.2  # bfloat16 moves it, a little
-    assert "| 8x12 |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| 8x12 |" in printed and f"picks {doc['auto_orthogonal_dtype']} on this CPU" in printed
+    assert doc["auto_orthogonal_dtype"] in ("torch.float32", "torch.bfloat16")
+
+
+def test_the_isa_limit_is_recorded(tmp_path, monkeypatch):
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    doc = newton_schulz_cost.main(["shapes=4x6", "reps=1", f"out={tmp_path / 'ns.json'}"])
+    assert doc["onednn_max_cpu_isa"] == "AVX2"
 
 
 @pytest.mark.parametrize("argv, match", [(["shapes=256"], "shapes="), (["shapes=0x4"], "shapes="),

@@ -30,6 +30,7 @@ def test_help_lists_every_key_with_its_default(capsys: pytest.CaptureFixture[str
     (["chunk=0"], ValueError, "chunk=0"),
     (["ckpts="], ValueError, "ckpts="),
     (["peers=sgd"], ValueError, "peers="),
+    (["orthogonal_dtypes=float16"], ValueError, "orthogonal_dtypes="),
 ])
 def test_bad_command_lines_raise(argv, error, match, capsys) -> None:
     with pytest.raises(error, match=match):
@@ -79,3 +80,11 @@ def test_a_peer_loop_is_a_row_against_the_same_adam_loop(tmp_path: Path, capsys:
     table = capsys.readouterr().out
     assert "| mlp_784-256-256-10 | peer:muon | 269,322 | - | 3 |" in table
     assert table.count("<= 2x") == 1  # issue 15's target is the learned optimizer's, not a peer's
+
+
+def test_orthogonal_dtypes_add_a_loop_per_checkpoint_and_dtype(tmp_path: Path) -> None:
+    res = step_cost.main(["loops=true", "loop_steps=3", "chunk=2", "models=mlp_784-256-256-10",
+                          "orthogonal_dtypes=bfloat16", f"out={tmp_path / 'loops.json'}"])
+    full, half = res["rows"]
+    assert (full["ckpt"], half["ckpt"]) == ("default", "default@bfloat16") and full["adam"] == half["adam"]
+    assert half["ngo"]["final_loss"] < 2.5 and half["ngo"]["final_loss"] != full["ngo"]["final_loss"]

@@ -11,7 +11,14 @@ import torch
 from torch import nn
 
 from lopt_graphs.optim import NeuralGraphOptimizer, load_learned_update
-from lopt_graphs.optim.functional import _rms, entry_features, init_state, orthogonal_direction, orthogonalize
+from lopt_graphs.optim.functional import (
+    _rms,
+    auto_orthogonal_dtype,
+    entry_features,
+    init_state,
+    orthogonal_direction,
+    orthogonalize,
+)
 
 from .test_fan_in_prior import _Bag, _Net
 
@@ -97,8 +104,9 @@ def test_the_fast_step_trains_an_orthogonal_update_as_the_reference_step(monkeyp
                 m.setattr(fast_step, "FAST_MIN_NUMEL", float("inf"))
             torch.manual_seed(0)
             net = copy.deepcopy(model)
-            opt = NeuralGraphOptimizer.for_module(net, copy.deepcopy(learned), total_steps=8,
-                                                  encoder_every=encoder_every)
+            opt = NeuralGraphOptimizer.for_module(net, copy.deepcopy(learned), total_steps=8,  # the same maths:
+                                                  encoder_every=encoder_every,  # bfloat16 rounds the two apart
+                                                  orthogonal_dtype=torch.float32)
             for x, y in batches:
                 opt.zero_grad()
                 nn.functional.cross_entropy(net(x), y).backward()
@@ -220,7 +228,8 @@ def test_weights_that_feed_a_batchnorm_spend_no_newton_schulz(monkeypatch, big):
                           nn.Linear(width * 6 * 6, 10))
     calls = []
     real = functional.orthogonalize
-    monkeypatch.setattr(functional, "orthogonalize", lambda m, steps=5: calls.append(tuple(m.shape)) or real(m, steps))
+    monkeypatch.setattr(functional, "orthogonalize",
+                        lambda m, steps=5, dtype=None: calls.append(tuple(m.shape)) or real(m, steps, dtype))
     learned = load_learned_update(FANIN).with_config(orthogonal=True, orthogonal_conv=True)
     g = torch.Generator().manual_seed(5)
     x, y = torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 10, (4,), generator=g)
@@ -238,3 +247,62 @@ def test_weights_that_feed_a_batchnorm_spend_no_newton_schulz(monkeypatch, big):
     for a, b in zip(deltas[True], deltas[False]):
         torch.testing.assert_close(a, b)
     assert deltas[True][0].abs().sum() > 0
+
+
+def test_bfloat16_iterations_stay_close_to_float32_and_return_float32():
+    m = torch.randn(48, 160, generator=torch.Generator().manual_seed(6))
+    full, half = orthogonalize(m), orthogonalize(m, dtype=torch.bfloat16)
+    assert half.dtype == torch.float32 and half.shape == m.shape
+    rel = float((half - full).norm() / full.norm())
+    assert 1e-4 < rel < 0.05  # rounded (not silently float32), and still the same direction
+    assert torch.equal(orthogonalize(m, dtype=torch.float32), full)
+    adam = torch.randn(48, 160, generator=torch.Generator().manual_seed(7))
+    d = orthogonal_direction(m, adam, torch.bfloat16)
+    assert d.dtype == torch.float32 and torch.isclose(_rms(d), _rms(adam), rtol=1e-4)
+
+
+def test_auto_orthogonal_dtype_follows_the_hardware(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert auto_orthogonal_dtype("cpu") == torch.bfloat16
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert auto_orthogonal_dtype(torch.device("cpu")) == torch.float32
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)  # small matrices stay in float32
+    assert auto_orthogonal_dtype("cpu", (256, 784)) == torch.bfloat16 == auto_orthogonal_dtype("cpu", (784, 256))
+    assert auto_orthogonal_dtype("cpu", (64, 784)) == torch.float32 == auto_orthogonal_dtype("cpu", (64, 64))
+    assert auto_orthogonal_dtype("cpu", (128, 64, 3, 3)) == torch.bfloat16  # a kernel: its [128, 576] matrix
+    assert auto_orthogonal_dtype("cpu", (16, 8, 3, 3)) == torch.float32
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")  # a torch without the probe: the safe choice
+    assert auto_orthogonal_dtype("cpu") == torch.float32
+    assert auto_orthogonal_dtype("meta") == torch.float32
+
+
+@pytest.mark.parametrize("big", [False, True])  # the reference step, and the fast step
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16, "auto"])
+def test_the_optimizer_runs_the_iterations_in_orthogonal_dtype(monkeypatch, big, dtype):
+    from lopt_graphs.optim import functional
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    monkeypatch.setattr(functional, "AUTO_BF16_MIN_WORK", 0)  # "auto" means bfloat16 here, at any size
+    seen = []
+    real = functional.orthogonalize
+    monkeypatch.setattr(functional, "orthogonalize",
+                        lambda m, steps=5, dtype=None: seen.append(dtype) or real(m, steps, dtype))
+    width = 96 if big else 8
+    net = nn.Sequential(nn.Linear(64, width), nn.ReLU(), nn.Linear(width, 10))
+    opt = NeuralGraphOptimizer(net.parameters(), load_learned_update(FANIN).with_config(orthogonal=True),
+                               total_steps=10, orthogonal_dtype=dtype)
+    x, y = torch.randn(16, 64, generator=torch.Generator().manual_seed(8)), torch.arange(16) % 10
+    for _ in range(3):  # step 3 is a usual step: the fast one when big
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    want = torch.bfloat16 if dtype in (torch.bfloat16, "auto") else None
+    mine = seen[-2:]  # the last step's two weight matrices (the fast step's one-off check runs the default)
+    assert mine == [want, want]
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+
+
+@pytest.mark.parametrize("bad", [torch.int32, "bfloat16", 16])
+def test_a_bad_orthogonal_dtype_is_refused(bad):
+    with pytest.raises(TypeError, match="orthogonal_dtype"):
+        NeuralGraphOptimizer(nn.Linear(4, 2).parameters(), orthogonal_dtype=bad)
