@@ -31,6 +31,11 @@ removes the source's prior::
 ``orthogonal`` on; ``orthogonal=false`` turns both off)::
 
     lopt-derive src=default dst=runs/ortho/conv.pt orthogonal_conv=true
+
+``untold_shift=D`` adds ``D`` to the untold readout's shift (``LearnedUpdate.lr_untold_shift``): runs not told
+``total_steps`` take steps ``e^D`` times as large, told runs are unchanged (needs an update with an untold readout)::
+
+    lopt-derive src=default dst=runs/untold/m05.pt untold_shift=-0.5
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from lopt_graphs import config as _cfg
 from lopt_graphs.optim import save_checkpoint
@@ -48,7 +55,7 @@ from .trainer import initial_learned_update
 
 def derive(src: str, dst: str | Path, mag_clip: float, mag_affine: tuple[float, float] | None = None,
            size_prior: tuple[int, float] | None = None, fan_in_prior: tuple[float, float] | None = None,
-           orthogonal: bool | None = None, orthogonal_conv: bool | None = None) -> None:
+           orthogonal: bool | None = None, orthogonal_conv: bool | None = None, untold_shift: float = 0.0) -> None:
     """Write ``dst``: ``src`` with ``mag_clip`` (``0`` keeps the source's when something else changes), its log
     step mapped by ``mag_affine``, a size prior ``(size_ref, size_power)``, a fan-in prior ``(fan_in_power,
     fan_in_ref)``, the ``orthogonal`` direction and its ``orthogonal_conv`` extension on or off (``None``: keep;
@@ -59,11 +66,13 @@ def derive(src: str, dst: str | Path, mag_clip: float, mag_affine: tuple[float, 
                          "the linear layers (drop one of them)")
     if orthogonal_conv and orthogonal is None:
         orthogonal = True
+    if not math.isfinite(untold_shift):
+        raise ValueError(f"Invalid untold_shift: {untold_shift} (expected a finite log step shift)")
     changes = (size_prior is not None or fan_in_prior is not None or orthogonal is not None
-               or orthogonal_conv is not None)
+               or orthogonal_conv is not None or untold_shift != 0)
     if not (mag_clip > 0 or (mag_clip == 0 and changes)):
         raise ValueError(f"Invalid mag_clip: {mag_clip} (expected > 0, or 0 to keep the source's with a size_prior, "
-                         "a fan_in_prior, orthogonal or orthogonal_conv)")
+                         "a fan_in_prior, orthogonal, orthogonal_conv or untold_shift)")
     if fan_in_prior is not None:
         power, fref = (float(v) for v in fan_in_prior)
         if not (math.isfinite(power) and power >= 0 and math.isfinite(fref) and fref > 0):
@@ -98,6 +107,13 @@ def derive(src: str, dst: str | Path, mag_clip: float, mag_affine: tuple[float, 
         conv = on and (learned.cfg.orthogonal_conv if orthogonal_conv is None else bool(orthogonal_conv))
         learned = learned.with_config(orthogonal=on, orthogonal_conv=conv)  # checks conv needs orthogonal
         meta["orthogonal"], meta["orthogonal_conv"] = on, conv
+    if untold_shift:
+        if not learned.cfg.untold_readout:
+            raise ValueError(f"untold_shift={untold_shift:g}: {src} has no untold readout (runs not told total_steps "
+                             "read the told one); fit one first with lopt-calibrate horizon=untold")
+        with torch.no_grad():
+            learned.lr_untold_shift.add_(float(untold_shift))
+        meta["untold_shift"] = float(meta.get("untold_shift", 0.0)) + float(untold_shift)
     save_checkpoint(learned, dst, meta=meta)
 
 
@@ -118,6 +134,8 @@ class DeriveConfig:
             ``false`` turns ``orthogonal_conv`` off too).
         orthogonal_conv: ``true``/``false``: convolution kernels orthogonalized too, or not (empty: keep;
             ``true`` turns ``orthogonal`` on).
+        untold_shift: added to the untold readout's log step (runs not told ``total_steps`` step ``e^D`` times as
+            far; 0: keep).
         threads: torch intra-op threads (1, as every command; ``0`` keeps torch's default).
     """
 
@@ -129,6 +147,7 @@ class DeriveConfig:
     fan_in_prior: tuple[float, ...] = ()
     orthogonal: str = ""
     orthogonal_conv: str = ""
+    untold_shift: float = 0.0
     threads: int = 1
 
     def __post_init__(self) -> None:
@@ -149,7 +168,8 @@ class DeriveConfig:
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point: ``[--config FILE] src=SRC dst=DST [mag_clip=X] [mag_affine=SCALE,SHIFT]
-    [size_prior=REF,POWER] [fan_in_prior=POWER,REF] [orthogonal=true|false] [orthogonal_conv=true|false] [threads=1]``."""
+    [size_prior=REF,POWER] [fan_in_prior=POWER,REF] [orthogonal=true|false] [orthogonal_conv=true|false]
+    [untold_shift=D] [threads=1]``."""
     c = _cfg.parse_command(DeriveConfig, argv, "Copy a learned-update checkpoint with a new mag_clip (and "
                                                "optionally a re-centred log step multiplier).")
     if not (c.src and c.dst):
@@ -160,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     fan = (c.fan_in_prior[0], c.fan_in_prior[1]) if c.fan_in_prior else None
     flag = {"": None, "true": True, "false": False}
     ortho, conv = flag[c.orthogonal], flag[c.orthogonal_conv]
-    derive(c.src, c.dst, c.mag_clip, affine, size, fan, ortho, conv)
+    derive(c.src, c.dst, c.mag_clip, affine, size, fan, ortho, conv, c.untold_shift)
     extra = f", log step u -> {affine[0]:g} u + {affine[1]:g}" if affine else ""
     extra += f", lr x (N / {size[0]:g}) ** -{size[1]:g} above {size[0]:g} parameters" if size else ""
     extra += f", log step - {fan[0]:g} log(fan_in / {fan[1]:g})" if fan else ""
@@ -169,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         extra += {None: "", True: ", orthogonalized direction on 2-D weights", False: ", Adam's direction"}[ortho]
         extra += ", convolutions in Adam's direction" if conv is False and ortho is not False else ""
+    extra += f", untold log step + {c.untold_shift:g}" if c.untold_shift else ""
     clip = f"mag_clip={c.mag_clip}" if c.mag_clip else "its mag_clip"
     print(f"wrote {c.dst} ({c.src} with {clip}{extra})")
 
