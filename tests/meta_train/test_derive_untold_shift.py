@@ -24,17 +24,20 @@ def _step(ckpt: str, total_steps: int | None) -> tuple[list[torch.Tensor], dict]
     return [p.detach().clone() for p in net.parameters()], copy.deepcopy(opt.state[net[0].weight])
 
 
+SRC = "v2_calibrated4_es60_fanin_ortho_conv"  # an update with an untold readout and no untold_shift in its meta
+
+
 def test_untold_shift_moves_untold_runs_only(tmp_path):
     dst = tmp_path / "shifted.pt"
-    main(["src=default", f"dst={dst}", "untold_shift=-0.5"])
-    old, new = load_learned_update("default"), load_learned_update(str(dst))
+    main([f"src={SRC}", f"dst={dst}", "untold_shift=-0.5"])
+    old, new = load_learned_update(SRC), load_learned_update(str(dst))
     assert float(new.lr_untold_shift) == pytest.approx(float(old.lr_untold_shift) - 0.5)
     moved = {k for k, v in new.state_dict().items() if not torch.equal(v, old.state_dict()[k])}
     assert moved == {"lr_untold_shift"} and new.cfg == old.cfg
-    told_a, _ = _step("default", 20)
+    told_a, _ = _step(SRC, 20)
     told_b, _ = _step(str(dst), 20)
     assert all(torch.equal(a, b) for a, b in zip(told_a, told_b))
-    _, st_a = _step("default", None)
+    _, st_a = _step(SRC, None)
     params_b, st_b = _step(str(dst), None)
     assert float(st_b["ctx_lr_untold"]) == pytest.approx(float(st_a["ctx_lr_untold"]) - 0.5, abs=1e-5)
     assert all(torch.isfinite(p).all() for p in params_b)

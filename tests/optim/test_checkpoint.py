@@ -78,7 +78,7 @@ def test_ckpt_forms(tmp_path, form):
 
 
 #: The shipped checkpoint the default names (see lopt_graphs/checkpoints/README.md).
-DEFAULT_SOURCE = "v2_calibrated4_es60_fanin_ortho_conv"
+DEFAULT_SOURCE = "v2_calibrated4_es60_fanin_ortho_conv_untold"
 
 
 @pytest.mark.parametrize("ckpt", [None, "default"])
@@ -175,6 +175,20 @@ def test_an_orthogonal_checkpoint_is_its_source_with_one_flag_on(derived, source
     import lopt_graphs.optim.checkpoint as ck
     meta = torch.load(ck.CHECKPOINT_DIR / f"{derived}.pt", weights_only=True)["meta"]
     assert meta["derived_from"] == source and meta[flag] is True
+
+
+def test_the_untold_checkpoint_is_its_source_with_a_lower_untold_step():
+    """``v2_calibrated4_es60_fanin_ortho_conv_untold``: ``v2_calibrated4_es60_fanin_ortho_conv`` with its untold
+    readout's shift lowered by 0.5 (``lopt-derive untold_shift=-0.5``): told runs are the source's."""
+    base = load_learned_update("v2_calibrated4_es60_fanin_ortho_conv")
+    new = load_learned_update("v2_calibrated4_es60_fanin_ortho_conv_untold")
+    assert new.cfg == base.cfg
+    sd = base.state_dict()
+    moved = {k for k, v in new.state_dict().items() if not torch.equal(v, sd[k])}
+    assert moved == {"lr_untold_shift"} and float(new.lr_untold_shift - base.lr_untold_shift) == pytest.approx(-0.5)
+    import lopt_graphs.optim.checkpoint as ck
+    meta = torch.load(ck.CHECKPOINT_DIR / "v2_calibrated4_es60_fanin_ortho_conv_untold.pt", weights_only=True)["meta"]
+    assert meta["derived_from"] == "v2_calibrated4_es60_fanin_ortho_conv" and meta["untold_shift"] == -0.5
 
 
 def test_shipped_file_loads_with_weights_only():
