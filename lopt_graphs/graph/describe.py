@@ -10,13 +10,15 @@ from .spec import GraphSpec
 
 @dataclass(frozen=True)
 class ParamRow:
-    """One parameter: its name, shape, kind (``"edge"``, ``"node"``, ``"free"``) and why it is free."""
+    """One parameter: its name, shape, kind (``"edge"``, ``"node"``, ``"free"``), why it is free, and (from an
+    optimizer's :meth:`~lopt_graphs.optim.NeuralGraphOptimizer.describe`) the step it takes."""
 
     name: str
     shape: tuple[int, ...]
     kind: str
     numel: int
     reason: str = ""
+    step: str = ""
 
 
 @dataclass(frozen=True)
@@ -47,15 +49,19 @@ class GraphDescription:
     def __str__(self) -> str:
         name_w = max([len("parameter")] + [len(r.name) for r in self.rows])
         shape_w = max([len("shape")] + [len(str(tuple(r.shape))) for r in self.rows])
-        lines = [f"{'parameter':<{name_w}}  {'shape':<{shape_w}}  {'kind':<4}  {'entries':>10}  reason (if free)",
-                 "-" * (name_w + shape_w + 36)]
+        step_w = max([len(r.step) for r in self.rows] + [0])
+        step_w = max(step_w, len("step")) if step_w else 0
+        step_head = f"{'step':<{step_w}}  " if step_w else ""
+        lines = [f"{'parameter':<{name_w}}  {'shape':<{shape_w}}  {'kind':<4}  {'entries':>10}  {step_head}"
+                 "reason (if free)", "-" * (name_w + shape_w + step_w + (2 if step_w else 0) + 36)]
         for r in self.rows:
+            step = f"{r.step:<{step_w}}  " if step_w else ""
             lines.append(f"{r.name:<{name_w}}  {str(tuple(r.shape)):<{shape_w}}  {r.kind:<4}  {r.numel:>10,}  "
-                         f"{r.reason}".rstrip())
+                         f"{step}{r.reason}".rstrip())
         tot = self.totals()
         all_n = sum(n for n, _ in tot.values())
         all_e = sum(e for _, e in tot.values()) or 1
-        lines.append("-" * (name_w + shape_w + 36))
+        lines.append("-" * (name_w + shape_w + step_w + (2 if step_w else 0) + 36))
         for k in ("edge", "node", "free"):
             n, e = tot[k]
             lines.append(f"{k:<5} {n:>4} of {all_n} parameters, {e:>12,} entries ({100 * e / all_e:5.1f}%)")

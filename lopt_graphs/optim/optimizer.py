@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import replace
 from typing import Any, Callable, Iterable, Literal, Mapping
 
 import torch
@@ -231,12 +232,31 @@ class NeuralGraphOptimizer(Optimizer):
         return self._specs[group]
 
     def describe(self) -> GraphDescription:
-        """Where every parameter lives: name, shape, kind (``edge``, ``node``, ``free``), the reason when
-        free, and totals. ``print(opt.describe())`` prints a table.
+        """Where every parameter lives: name, shape, kind (``edge``, ``node``, ``free``), the step it takes, the
+        reason when free, and totals. ``print(opt.describe())`` prints a table.
 
+        The step: ``learned`` (the learned update on Adam's direction), ``learned, orthogonal (DTYPE)`` (on its
+        orthogonalized momentum, the Newton-Schulz iterations in ``DTYPE``: see ``orthogonal_dtype``) or ``base``
+        (a weight that feeds a BatchNorm: the base Adam-like step, ``bn_weights="base"``).
         Names come from ``module.named_parameters()`` with :meth:`for_module`, else ``group{g}.param{i}``.
         """
-        return describe_spec(self._specs, self._names)
+        desc = describe_spec(self._specs, self._names)
+        steps = []
+        for group, spec in zip(self.param_groups, self._specs):
+            params = group["params"]
+            base = set(spec.scale_invariant) if self.bn_weights == "base" else set()
+            ortho = _functional.orthogonal_params(self.learned.cfg, spec, params) - base
+            for i, p in enumerate(params):
+                if i in base:
+                    steps.append("base")
+                elif i in ortho:
+                    odt = self.orthogonal_dtype
+                    dt = (_functional.auto_orthogonal_dtype(p.device, p.shape) if odt == "auto"
+                          else _functional.compute_dtype(p) if odt is None else odt)
+                    steps.append(f"learned, orthogonal ({str(dt).removeprefix('torch.')})")
+                else:
+                    steps.append("learned")
+        return replace(desc, rows=tuple(replace(r, step=st) for r, st in zip(desc.rows, steps)))
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load optimizer state (as :meth:`torch.optim.Optimizer.load_state_dict`).

@@ -60,3 +60,23 @@ def test_describe_without_free_parameters_and_no_warning() -> None:
     extra = nn.Linear(2, 2)
     opt.add_param_group({"params": list(extra.parameters())})
     assert len(opt.describe().rows) == 6 and opt.describe().rows[-1].name == "group1.param1"
+
+
+def test_describe_names_the_step_each_parameter_takes(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)  # "auto" as on an AMX CPU
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 256),
+                          nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 3))
+    steps = {r.name: r.step for r in NeuralGraphOptimizer.for_module(model).describe().rows}
+    assert steps["0.weight"] == "base"  # it feeds the BatchNorm
+    assert steps["4.weight"] == steps["6.weight"] == "learned, orthogonal (bfloat16)"  # 256x144, 256x256: large
+    assert steps["8.weight"] == "learned, orthogonal (float32)"  # 3x256: too small for bfloat16 to pay
+    assert steps["4.bias"] == steps["1.weight"] == "learned"
+    forced = NeuralGraphOptimizer.for_module(model, orthogonal_dtype=torch.float32).describe()
+    assert {r.step for r in forced.rows if "orthogonal" in r.step} == {"learned, orthogonal (float32)"}
+    plain = NeuralGraphOptimizer.for_module(model, orthogonal=False).describe()
+    assert [r.step for r in plain.rows].count("learned") == len(plain.rows) - 1
+    text = str(NeuralGraphOptimizer.for_module(model).describe())
+    assert "step" in text.splitlines()[0] and "learned, orthogonal (bfloat16)" in text
