@@ -97,6 +97,25 @@ def test_cuda_matches_cpu():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_orthogonal_default_matches_cpu():
+    """The default's orthogonalized direction on CUDA: float32 iterations as on the CPU; ``"auto"`` iterates in
+    bfloat16 there (``describe()`` says so) and stays within bfloat16's rounding of it."""
+    x, y = regression_data()
+    results = {}
+    for device, dtype in (("cpu", torch.float32), ("cuda", torch.float32), ("cuda", "auto")):
+        model = tiny_mlp(sizes=(4, 32, 32, 1)).to(device)
+        opt = NeuralGraphOptimizer(model.parameters(), total_steps=5, orthogonal_dtype=dtype)
+        train_steps(model, opt, x.to(device), y.to(device), 5)
+        results[(device, str(dtype))] = [p.detach().cpu() for p in model.parameters()]
+        if dtype == "auto":
+            assert "learned, orthogonal (bfloat16)" in str(opt.describe())
+    for a, b in zip(results[("cpu", "torch.float32")], results[("cuda", "torch.float32")]):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    for a, b in zip(results[("cpu", "torch.float32")], results[("cuda", "auto")]):  # on the CPU, bfloat16 against
+        torch.testing.assert_close(a, b, atol=0.1, rtol=0)  # float32 after these 5 steps: up to 0.04 apart
+
+
 # --------------------------------------------------------------------------- sparse gradients
 def test_sparse_gradient_own_optimizer_raises():
     emb = nn.Embedding(10, 4, sparse=True)
