@@ -63,6 +63,8 @@ class MetaProgressConfig:
         refs_from: a meta-training checkpoint whose validation references to use; ``""`` computes them.
         validate_steps: length of the validation runs (the run's ``validate_steps``).
         validate_seeds: seeds per validation task (the run's ``validate_seeds``).
+        validate_first_seed: the first of them (``0``: the seeds runs select on; ``4`` with ``validate_seeds=4``:
+            four fresh seeds per task, to confirm a choice made on seeds 0-3 without its selection luck).
         family: training family the tasks are drawn from.
         input_scale: the run's input-scale augmentation (``1``: none).
         tasks: number of training-family tasks.
@@ -78,6 +80,7 @@ class MetaProgressConfig:
     refs_from: str = ""
     validate_steps: int = 300
     validate_seeds: int = 2
+    validate_first_seed: int = 0
     family: str = "mixture_v2"
     input_scale: float = 2.0
     tasks: int = 24
@@ -96,7 +99,8 @@ class MetaProgressConfig:
                 bad_value("ckpts", c, f"fresh:ARCH with ARCH one of {list(LEARNED_ARCHS)}")
         if self.family not in FAMILIES:
             bad_value("family", self.family, f"one of {sorted(FAMILIES)}")
-        _cfg.check_minimums(self, validate_steps=1, validate_seeds=1, tasks=1, steps=1, input_scale=1, threads=0)
+        _cfg.check_minimums(self, validate_steps=1, validate_seeds=1, tasks=1, steps=1, input_scale=1, threads=0,
+                            validate_first_seed=0)
 
 
 #: ``NAME@DTYPE`` suffixes of ``ckpts``: the optimizer's ``orthogonal_dtype``
@@ -153,7 +157,7 @@ def references(cfg: MetaProgressConfig) -> list[dict]:
                              "checkpoint of a run with validate_every > 0 has them); leave refs_from empty to "
                              "compute them")
         return refs
-    return adam_references(cfg.validate_steps, seeds=cfg.validate_seeds)
+    return adam_references(cfg.validate_steps, seeds=cfg.validate_seeds, first_seed=cfg.validate_first_seed)
 
 
 def paired_difference(values: Sequence[float], first: Sequence[float]) -> dict[str, float]:
@@ -165,7 +169,8 @@ def paired_difference(values: Sequence[float], first: Sequence[float]) -> dict[s
 
 def markdown(rows: list[dict], cfg: MetaProgressConfig) -> str:
     lines = [("Runs told `total_steps`. " if cfg.told else "Runs **not** told `total_steps` (the untold path). ") +
-             f"validation: {cfg.validate_seeds} seeds, {cfg.validate_steps} steps (lower is better, 0 = tuned Adam). "
+             f"validation: {cfg.validate_seeds} seeds from seed {cfg.validate_first_seed}, {cfg.validate_steps} steps "
+             "(lower is better, 0 = tuned Adam). "
              f"train_family: {cfg.tasks} tasks of `{cfg.family}` (input scale x{cfg.input_scale:g}), {cfg.steps} "
              "steps, mean log((L + 0.01) / L_0) of the final loss. Per task: where it is lower than the first "
              "checkpoint's.", "",
@@ -192,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         name, odt = split_dtype(ckpt)
         learned = load(name)
         val = validation_score(learned, refs, cfg.validate_steps, seeds=cfg.validate_seeds, told=cfg.told,
-                               orthogonal_dtype=odt)
+                               orthogonal_dtype=odt, first_seed=cfg.validate_first_seed)
         fam = family_values(learned, tasks, cfg.steps, seed=0, told=cfg.told, orthogonal_dtype=odt)
         val_tasks = [t["log_ratio"] for t in val["tasks"]]
         first = rows[0] if rows else None

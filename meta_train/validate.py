@@ -50,43 +50,50 @@ def task_key(cfg: TaskConfig, steps: int, seed: int = SCORE_SEED) -> str:
     return f"{cfg.name}@{steps}" + ("" if seed == SCORE_SEED else f"#seed{seed}")
 
 
-def _score_seeds(seeds: int) -> list[int]:
+def _score_seeds(seeds: int, first_seed: int = 0) -> list[int]:
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds must be an integer >= 1 (validation runs per task), got {seeds!r}")
-    return [SCORE_SEED + k for k in range(seeds)]
+    if isinstance(first_seed, bool) or not isinstance(first_seed, int) or first_seed < 0 or \
+            SCORE_SEED + first_seed + seeds > TUNE_SEED:
+        raise ValueError(f"first_seed must be an integer >= 0 with first_seed + seeds <= {TUNE_SEED - SCORE_SEED} "
+                         f"(scoring seeds stay below the tuning seed {TUNE_SEED}), got {first_seed!r}")
+    return [SCORE_SEED + first_seed + k for k in range(seeds)]
 
 
-def _keys(tasks: Sequence[ValidationTask], steps: int, seeds: int) -> list[str]:
-    return [task_key(tc, n, s) for tc, n in _entries(tasks, steps) for s in _score_seeds(seeds)]
+def _keys(tasks: Sequence[ValidationTask], steps: int, seeds: int, first_seed: int = 0) -> list[str]:
+    return [task_key(tc, n, s) for tc, n in _entries(tasks, steps) for s in _score_seeds(seeds, first_seed)]
 
 
-def adam_references(steps: int, tasks: Sequence[ValidationTask] = DEFAULT_TASKS, seeds: int = 1) -> list[dict]:
-    """Per validation task and scoring seed (``SCORE_SEED`` and the ``seeds - 1`` after it): the lr tuned on
+def adam_references(steps: int, tasks: Sequence[ValidationTask] = DEFAULT_TASKS, seeds: int = 1,
+                    first_seed: int = 0) -> list[dict]:
+    """Per validation task and scoring seed (``SCORE_SEED + first_seed`` and the ``seeds - 1`` after it: a
+    ``first_seed`` past the seeds a selection used gives fresh runs to confirm it on): the lr tuned on
     ``TUNE_SEED`` (once per task) and Adam's final loss with it on that seed."""
     refs = []
     for tc, n in _entries(tasks, steps):
         task = Task(tc)
         adam = lambda lr, seed: train_run(task, lambda m: torch.optim.Adam(m.parameters(), lr=lr), n, seed)  # noqa: E731
-        tuned = tuned_baseline(adam, ADAM_LRS, TUNE_SEED, _score_seeds(seeds))
-        for s, run in zip(_score_seeds(seeds), tuned.runs):
+        tuned = tuned_baseline(adam, ADAM_LRS, TUNE_SEED, _score_seeds(seeds, first_seed))
+        for s, run in zip(_score_seeds(seeds, first_seed), tuned.runs):
             refs.append({"task": task_key(tc, n, s), "seed": s, "adam_lr": tuned.lr,
                          "adam_final_loss": _final(run.final_loss)})
     return refs
 
 
 def references_match(refs: Sequence[dict], steps: int, tasks: Sequence[ValidationTask] = DEFAULT_TASKS,
-                     seeds: int = 1) -> bool:
+                     seeds: int = 1, first_seed: int = 0) -> bool:
     """Whether ``refs`` were computed for exactly these tasks, lengths and seeds (a run resumed after its
     validation set changed must recompute them: its old scores are not comparable)."""
-    return [r["task"] for r in refs] == _keys(tasks, steps, seeds)
+    return [r["task"] for r in refs] == _keys(tasks, steps, seeds, first_seed)
 
 
 def validation_score(learned: LearnedUpdate, refs: list[dict], steps: int,
                      tasks: Sequence[ValidationTask] = DEFAULT_TASKS, seeds: int = 1, told: bool = True,
-                     orthogonal_dtype: torch.dtype | str | None = "auto") -> dict:
+                     orthogonal_dtype: torch.dtype | str | None = "auto", first_seed: int = 0) -> dict:
     """Score ``learned`` against the references of :func:`adam_references` (same ``tasks``, ``steps`` and
     ``seeds``). ``told=False`` scores runs that are not told ``total_steps`` (what a user who passes nothing gets;
-    a run selects on told runs). ``orthogonal_dtype``: the optimizer's (its default: ``"auto"``).
+    a run selects on told runs). ``orthogonal_dtype``: the optimizer's (its default: ``"auto"``). ``first_seed``: as
+    :func:`adam_references`'.
 
     Returns:
         ``{"score": mean offset log-ratio over tasks and seeds, "tasks": [{task, steps, seed, ngo_final_loss,
@@ -95,10 +102,10 @@ def validation_score(learned: LearnedUpdate, refs: list[dict], steps: int,
     Raises:
         ValueError: if ``refs`` were computed for other tasks, lengths or seeds.
     """
-    if not references_match(refs, steps, tasks, seeds):
+    if not references_match(refs, steps, tasks, seeds, first_seed):
         raise ValueError(f"Validation references are for {[r['task'] for r in refs]}, not for "
-                         f"{_keys(tasks, steps, seeds)}: recompute them with adam_references")
-    runs = [(tc, n, s) for tc, n in _entries(tasks, steps) for s in _score_seeds(seeds)]
+                         f"{_keys(tasks, steps, seeds, first_seed)}: recompute them with adam_references")
+    runs = [(tc, n, s) for tc, n in _entries(tasks, steps) for s in _score_seeds(seeds, first_seed)]
     rows = []
     for (tc, n, s), ref in zip(runs, refs):
         make = lambda m: NeuralGraphOptimizer.for_module(  # noqa: E731

@@ -73,6 +73,15 @@ def test_a_dtype_suffix_sets_the_optimizers_orthogonal_dtype(tmp_path: Path, mon
     assert set(seen[:len(seen) // 2]) == {"auto"} and set(seen[len(seen) // 2:]) == {torch.float32}
 
 
+def test_validate_first_seed_scores_fresh_seeds(tmp_path: Path):
+    keys = ["ckpts=fresh:v2_cosine_bounded", "validate_steps=5", "tasks=1", "steps=5"]
+    res = mod.main([*keys, "validate_seeds=1", "validate_first_seed=3", f"out={tmp_path / 'f.json'}"])
+    assert {t["seed"] for t in res["rows"][0]["validation_tasks"]} == {3}
+    assert "1 seeds from seed 3" in (tmp_path / "f.md").read_text()
+    with pytest.raises(ValueError, match="validate_first_seed"):
+        mod.main([*keys, "validate_first_seed=-1", f"out={tmp_path / 'g.json'}"])
+
+
 @pytest.mark.parametrize("bad, match", [("ckpts=fresh:v9", "fresh:ARCH"), ("tasks=0", "tasks=0"),
                                         ("family=nope", "family")])
 def test_bad_keys_raise(bad: str, match: str, tmp_path: Path):

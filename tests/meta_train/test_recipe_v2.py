@@ -262,6 +262,24 @@ def test_validation_on_several_seeds_scores_each_seed_against_its_own_reference(
         load_config(None, ["validate_seeds=0"])
 
 
+def test_validation_on_fresh_seeds_past_the_selection_ones():
+    """``first_seed``: the same references and scores for later seeds (a choice made on seeds 0-1 confirmed on 2-3)."""
+    from meta_train.validate import adam_references, references_match, validation_score
+    tasks = VALIDATION[:1]
+    both = adam_references(4, tasks, seeds=4)
+    fresh = adam_references(4, tasks, seeds=2, first_seed=2)
+    assert [r["seed"] for r in fresh] == [2, 3] and fresh == both[2:]  # the same runs as the last two of four
+    assert references_match(fresh, 4, tasks, seeds=2, first_seed=2) and not references_match(fresh, 4, tasks, seeds=2)
+    res = validation_score(LearnedUpdate(v2_config()), fresh, 4, tasks, seeds=2, first_seed=2)
+    assert [r["seed"] for r in res["tasks"]] == [2, 3]
+    with pytest.raises(ValueError, match="recompute them"):
+        validation_score(LearnedUpdate(v2_config()), fresh, 4, tasks, seeds=2)
+    with pytest.raises(ValueError, match="first_seed"):
+        adam_references(4, tasks, seeds=2, first_seed=999)  # seeds 999 and 1000: the tuning seed
+    with pytest.raises(ValueError, match="first_seed"):
+        adam_references(4, tasks, seeds=1, first_seed=-1)
+
+
 def test_resume_takes_the_configured_outer_lr(tmp_path):
     from meta_train.trainer import MetaTrainer
     args = ["learned=v2_ff", "wandb=false", "groups=1", "tasks_per_group=1", "truncation=2", "horizon=4",
