@@ -84,11 +84,18 @@ def test_only_linear_weights_change_direction(net, inputs):
             torch.testing.assert_close(plain[name], ortho[name], msg=name)
 
 
+@pytest.mark.parametrize("engine", ["c", "eager"])  # the fast step's C loop (where a compiler is) or eager blocks
 @pytest.mark.parametrize("encoder_every, conv", [(3, False), (100, False), (3, True)])
-def test_the_fast_step_trains_an_orthogonal_update_as_the_reference_step(monkeypatch, encoder_every, conv):
+def test_the_fast_step_trains_an_orthogonal_update_as_the_reference_step(monkeypatch, encoder_every, conv, engine):
     """With the fast step (every parameter in place, the orthogonalized ones with their direction; encoder steps on
     the reference path) and without it (every step on the reference path), an orthogonal update trains the same."""
-    from lopt_graphs.optim import fast_step
+    from lopt_graphs.optim import fast_step, native
+
+    if engine == "eager":
+        monkeypatch.setenv("LOPT_GRAPHS_NATIVE", "0")
+        monkeypatch.setattr(native, "_tried", False)
+        monkeypatch.setattr(native, "_lib", None)
+        assert not native.available()
 
     model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 32, 3), nn.ReLU(), nn.Flatten(),
                           nn.Linear(32 * 4 * 4, 10))  # a 4,608-entry conv and a 5,120-entry matrix: fast-path sizes
