@@ -43,6 +43,7 @@ from lopt_graphs.evaluation import train_run
 from lopt_graphs.io import write_json_and_markdown
 from lopt_graphs.optim import LearnedUpdate
 from lopt_graphs.optim.checkpoint import read_checkpoint
+from lopt_graphs.optim.functional import ORTHOGONAL_DTYPE_NAMES
 from meta_train.config import LEARNED_ARCHS
 from meta_train.evaluate import check_checkpoints, load_any
 from meta_train.tasks import FAMILIES, Task, TaskConfig, sample_group
@@ -103,14 +104,11 @@ class MetaProgressConfig:
                             validate_first_seed=0)
 
 
-#: ``NAME@DTYPE`` suffixes of ``ckpts``: the optimizer's ``orthogonal_dtype``
-ORTHOGONAL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
 def split_dtype(ckpt: str) -> tuple[str, torch.dtype | str]:
-    """``NAME@DTYPE`` -> ``(NAME, torch dtype)``; anything else (a path may hold an ``@``) -> ``(ckpt, "auto")``."""
+    """``NAME@DTYPE`` (``DTYPE`` a key of ``ORTHOGONAL_DTYPE_NAMES``) -> ``(NAME, its orthogonal_dtype)``; anything
+    else (a path may hold an ``@``) -> ``(ckpt, "auto")``."""
     name, _, dtype = ckpt.rpartition("@")
-    return (name, ORTHOGONAL_DTYPES[dtype]) if name and dtype in ORTHOGONAL_DTYPES else (ckpt, "auto")
+    return (name, ORTHOGONAL_DTYPE_NAMES[dtype]) if name and dtype in ORTHOGONAL_DTYPE_NAMES else (ckpt, "auto")
 
 
 def load(ckpt: str) -> LearnedUpdate:

@@ -57,14 +57,13 @@ from lopt_graphs import NeuralGraphOptimizer
 from lopt_graphs import config as _cfg
 from lopt_graphs.data import load_embedded
 from lopt_graphs.io import atomic_write_text
+from lopt_graphs.optim.functional import ORTHOGONAL_DTYPE_NAMES
 
 LOOP_MODELS = ("resnet18_32x32_b32", "mlp_784-256-256-10")
 #: issue 15's targets: a whole loop at most this many times Adam's
 TARGETS = {"resnet18_32x32_b32": 3.0, "mlp_784-256-256-10": 2.0}
 #: hand-made optimizers ``peers=`` can time beside the checkpoints (row label: ``peer:<name>``)
 LOOP_PEERS = ("muon",)
-#: ``orthogonal_dtypes=`` values: ``NeuralGraphOptimizer(..., orthogonal_dtype=)`` of the extra loops
-ORTHOGONAL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "auto": "auto"}
 
 
 @dataclass(frozen=True)
@@ -83,7 +82,7 @@ class StepCostConfig:
         ckpts: the checkpoints to run (loops; shipped names or paths), each against the same Adam loop.
         peers: hand-made optimizers timed in the same loops (loops; among ``LOOP_PEERS``; rows ``peer:<name>``).
         orthogonal_dtypes: per checkpoint, more loops with ``orthogonal_dtype=`` each of these (loops; among
-            ``ORTHOGONAL_DTYPES``; rows ``<ckpt>@<dtype>``).
+            ``lopt_graphs.optim.functional.ORTHOGONAL_DTYPE_NAMES``; rows ``<ckpt>@<dtype>``).
         merge: keep the rows of an existing ``out`` that this run does not measure (loops).
         out: the JSON output (empty: ``benchmarks/results/step_cost.json`` or ``step_cost_loops.json``).
         threads: torch intra-op threads (``0`` leaves torch's default).
@@ -118,8 +117,8 @@ class StepCostConfig:
             _cfg.bad_value("ckpts", self.ckpts, "at least one checkpoint")
         if sorted(set(self.peers) - set(LOOP_PEERS)):
             _cfg.bad_value("peers", self.peers, f"names among {', '.join(LOOP_PEERS)}")
-        if sorted(set(self.orthogonal_dtypes) - set(ORTHOGONAL_DTYPES)):
-            _cfg.bad_value("orthogonal_dtypes", self.orthogonal_dtypes, f"names among {', '.join(ORTHOGONAL_DTYPES)}")
+        if sorted(set(self.orthogonal_dtypes) - set(ORTHOGONAL_DTYPE_NAMES)):
+            _cfg.bad_value("orthogonal_dtypes", self.orthogonal_dtypes, f"names among {', '.join(ORTHOGONAL_DTYPE_NAMES)}")
         if self.threads < 0:
             _cfg.bad_value("threads", self.threads, "an integer >= 0 (0: torch's default)")
 
@@ -278,7 +277,7 @@ def _loop_row(name: str, cfg: StepCostConfig) -> list[dict]:
             opt = MuonAdam(m.parameters(), lr=1e-3)
         else:
             ckpt, _, dtype = label.partition("@")
-            kw = {"orthogonal_dtype": ORTHOGONAL_DTYPES[dtype]} if dtype else {}
+            kw = {"orthogonal_dtype": ORTHOGONAL_DTYPE_NAMES[dtype]} if dtype else {}
             opt = (NeuralGraphOptimizer.for_module(m, ckpt, **kw) if how == "for_module"
                    else NeuralGraphOptimizer(m.parameters(), ckpt, **kw))
         runs[label] = {"model": m, "opt": opt, "build_s": time.perf_counter() - t0, "loop_s": 0.0, "losses": []}

@@ -49,19 +49,18 @@ class GraphDescription:
     def __str__(self) -> str:
         name_w = max([len("parameter")] + [len(r.name) for r in self.rows])
         shape_w = max([len("shape")] + [len(str(tuple(r.shape))) for r in self.rows])
-        step_w = max([len(r.step) for r in self.rows] + [0])
-        step_w = max(step_w, len("step")) if step_w else 0
-        step_head = f"{'step':<{step_w}}  " if step_w else ""
-        lines = [f"{'parameter':<{name_w}}  {'shape':<{shape_w}}  {'kind':<4}  {'entries':>10}  {step_head}"
-                 "reason (if free)", "-" * (name_w + shape_w + step_w + (2 if step_w else 0) + 36)]
+        step_w = max([len("step")] + [len(r.step) for r in self.rows]) if any(r.step for r in self.rows) else 0
+        step = (lambda text: f"{text:<{step_w}}  ") if step_w else (lambda text: "")  # the column, if any
+        rule = "-" * (name_w + shape_w + len(step("")) + 36)
+        lines = [f"{'parameter':<{name_w}}  {'shape':<{shape_w}}  {'kind':<4}  {'entries':>10}  {step('step')}"
+                 "reason (if free)", rule]
         for r in self.rows:
-            step = f"{r.step:<{step_w}}  " if step_w else ""
             lines.append(f"{r.name:<{name_w}}  {str(tuple(r.shape)):<{shape_w}}  {r.kind:<4}  {r.numel:>10,}  "
-                         f"{step}{r.reason}".rstrip())
+                         f"{step(r.step)}{r.reason}".rstrip())
         tot = self.totals()
         all_n = sum(n for n, _ in tot.values())
         all_e = sum(e for _, e in tot.values()) or 1
-        lines.append("-" * (name_w + shape_w + step_w + (2 if step_w else 0) + 36))
+        lines.append(rule)
         for k in ("edge", "node", "free"):
             n, e = tot[k]
             lines.append(f"{k:<5} {n:>4} of {all_n} parameters, {e:>12,} entries ({100 * e / all_e:5.1f}%)")

@@ -65,12 +65,12 @@ from ..graph import GraphSpec
 from . import native
 from .functional import (
     FEATURE_CLIP,
-    auto_orthogonal_dtype,
     compute_dtype,
     head_view,
     init_state,
     orthogonal_direction,
     readout_context,
+    resolve_orthogonal_dtype,
 )
 from .learned import HeadWeights, LearnedUpdate
 
@@ -246,15 +246,13 @@ class _Param:
     def orthogonalize_(self, betas: tuple[float, float], dtype: torch.dtype | str | None = None) -> None:
         """Set :attr:`direction`: this step's advanced momentum orthogonalized, at the RMS of ``m_adam r'`` (the
         reference's direction times ``(1 - b1^t) / sqrt(1 - b2^t)``, the units the update's ``a_coef`` expects;
-        the Newton-Schulz iterations are scale-free, in ``dtype``; ``"auto"``:
-        :func:`~lopt_graphs.optim.functional.auto_orthogonal_dtype` of this matrix), from the state before the step."""
+        the Newton-Schulz iterations are scale-free, in
+        :func:`~lopt_graphs.optim.functional.resolve_orthogonal_dtype` of ``dtype``), from the state before the step."""
         b1, b2 = betas
         st, g = self.st, self.g
         ma = torch.lerp(st["m_adam"], g, 1 - b1)
         adam = ma * torch.rsqrt(st["v"] * b2 + (1 - b2) * g * g + self.sc.e2)
-        if dtype == "auto":
-            dtype = auto_orthogonal_dtype(self.p.device, self.p.shape)
-        self.direction = orthogonal_direction(ma, adam, dtype).contiguous()
+        self.direction = orthogonal_direction(ma, adam, resolve_orthogonal_dtype(dtype, self.p)).contiguous()
         self.dirs = self.direction.view(-1).split(self.per * self.row)
 
     def finish(self) -> None:

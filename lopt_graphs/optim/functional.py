@@ -120,6 +120,19 @@ def auto_orthogonal_dtype(device: torch.device | str, shape: Sequence[int] | Non
     return torch.bfloat16 if amx is not None and amx() and not limited else torch.float32
 
 
+#: ``orthogonal_dtype`` settings by name (what command lines such as ``lopt-step-cost`` and ``lopt-meta-progress`` take)
+ORTHOGONAL_DTYPE_NAMES: dict[str, torch.dtype | str] = {"auto": "auto", "float32": torch.float32,
+                                                        "bfloat16": torch.bfloat16}
+
+
+def resolve_orthogonal_dtype(setting: torch.dtype | str | None, p: Tensor) -> torch.dtype:
+    """The dtype ``p``'s Newton-Schulz iterations run in under an ``orthogonal_dtype`` setting: ``"auto"``:
+    :func:`auto_orthogonal_dtype` of its device and shape; ``None``: its :func:`compute_dtype`; a dtype: itself."""
+    if setting == "auto":
+        return auto_orthogonal_dtype(p.device, p.shape)
+    return compute_dtype(p) if setting is None else setting
+
+
 def orthogonal_direction(m_hat: Tensor, adam_dir: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """The orthogonalized momentum ``m_hat`` at the RMS of ``adam_dir``, the direction it replaces
     (:attr:`~lopt_graphs.optim.learned.LearnedUpdateConfig.orthogonal`): a 2-D weight's as it is, a convolution
@@ -309,9 +322,9 @@ def ngo_update(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[Tensor]
         skip_orthogonal: indices of parameters whose learned step the caller discards (the optimizer's
             base-step weights, which feed a BatchNorm): they keep Adam's direction, so an ``orthogonal`` update
             spends no Newton-Schulz iterations on them.
-        orthogonal_dtype: the dtype of an ``orthogonal`` update's Newton-Schulz iterations: ``"auto"`` (default,
-            as the optimizer's) :func:`auto_orthogonal_dtype` of each matrix's device and shape; ``None``: the
-            parameter's compute dtype (float32 for float32 parameters).
+        orthogonal_dtype: the dtype of an ``orthogonal`` update's Newton-Schulz iterations, per matrix
+            :func:`resolve_orthogonal_dtype`: ``"auto"`` (default, as the optimizer's) :func:`auto_orthogonal_dtype`
+            of its device and shape; ``None``: the parameter's compute dtype (float32 for float32 parameters).
 
     Returns:
         ``(new_params, new_states)``, lists aligned with ``params``.
@@ -342,9 +355,9 @@ def ngo_update(learned: LearnedUpdate, spec: GraphSpec, params: Sequence[Tensor]
     def ortho(i: int) -> dict[str, Any]:  # passed only when the update asks for it (other steps keep their signature)
         if not cfg.orthogonal:
             return {}
-        dt = (auto_orthogonal_dtype(params[i].device, params[i].shape) if orthogonal_dtype == "auto" and
-              i in orthogonalized else orthogonal_dtype)
-        return {"orthogonal": i in orthogonalized, "orthogonal_dtype": None if dt == "auto" else dt}
+        if i not in orthogonalized:
+            return {"orthogonal": False}
+        return {"orthogonal": True, "orthogonal_dtype": resolve_orthogonal_dtype(orthogonal_dtype, params[i])}
 
     if not runs_encoder(spec, states, active, t, every):
         # Usual step: features and update fused per parameter, cached node terms reused.

@@ -250,9 +250,7 @@ class NeuralGraphOptimizer(Optimizer):
                 if i in base:
                     steps.append("base")
                 elif i in ortho:
-                    odt = self.orthogonal_dtype
-                    dt = (_functional.auto_orthogonal_dtype(p.device, p.shape) if odt == "auto"
-                          else _functional.compute_dtype(p) if odt is None else odt)
+                    dt = _functional.resolve_orthogonal_dtype(self.orthogonal_dtype, p)
                     steps.append(f"learned, orthogonal ({str(dt).removeprefix('torch.')})")
                 else:
                     steps.append("learned")
