@@ -298,6 +298,10 @@ def _check_untold(learned: LearnedUpdate) -> None:
     if not learned.cfg.horizon_taus:
         raise ValueError("horizon=untold needs a learned update with horizon features (horizon_taus): without them "
                          "told and untold runs are the same, calibrate them with horizon=told")
+    if learned.cfg.untold_horizon:
+        raise ValueError(f"horizon=untold: this learned update assumes a horizon for untold runs (untold_horizon="
+                         f"{learned.cfg.untold_horizon:g}), so they read the told readout and the untold one is "
+                         "unused; calibrate horizon=told, or remove it first (lopt-derive untold_horizon=0)")
 
 
 def load_rows(paths: Sequence[str], learned: LearnedUpdate) -> list[dict[str, Any]]:

@@ -36,6 +36,11 @@ removes the source's prior::
 ``total_steps`` take steps ``e^D`` times as large, told runs are unchanged (needs an update with an untold readout)::
 
     lopt-derive src=default dst=runs/untold/m05.pt untold_shift=-0.5
+
+``untold_horizon=T0`` gives runs not told ``total_steps`` an assumed horizon (``LearnedUpdateConfig.untold_horizon``):
+at step ``t`` they step as a told run of ``t + T0`` steps (its schedule and readout); ``0`` removes it::
+
+    lopt-derive src=default dst=runs/untold/h300.pt untold_horizon=300
 """
 
 from __future__ import annotations
@@ -55,11 +60,13 @@ from .trainer import initial_learned_update
 
 def derive(src: str, dst: str | Path, mag_clip: float, mag_affine: tuple[float, float] | None = None,
            size_prior: tuple[int, float] | None = None, fan_in_prior: tuple[float, float] | None = None,
-           orthogonal: bool | None = None, orthogonal_conv: bool | None = None, untold_shift: float = 0.0) -> None:
+           orthogonal: bool | None = None, orthogonal_conv: bool | None = None, untold_shift: float = 0.0,
+           untold_horizon: float | None = None) -> None:
     """Write ``dst``: ``src`` with ``mag_clip`` (``0`` keeps the source's when something else changes), its log
     step mapped by ``mag_affine``, a size prior ``(size_ref, size_power)``, a fan-in prior ``(fan_in_power,
     fan_in_ref)``, the ``orthogonal`` direction and its ``orthogonal_conv`` extension on or off (``None``: keep;
-    ``orthogonal_conv=True`` implies ``orthogonal``, ``orthogonal=False`` turns both off); ``meta`` records what
+    ``orthogonal_conv=True`` implies ``orthogonal``, ``orthogonal=False`` turns both off), the untold readout's shift
+    moved by ``untold_shift``, an assumed ``untold_horizon`` (``None``: keep; ``0``: none); ``meta`` records what
     changed."""
     if orthogonal is False and orthogonal_conv:
         raise ValueError("orthogonal=false with orthogonal_conv=true: convolutions are orthogonalized only on top of "
@@ -68,11 +75,14 @@ def derive(src: str, dst: str | Path, mag_clip: float, mag_affine: tuple[float, 
         orthogonal = True
     if not math.isfinite(untold_shift):
         raise ValueError(f"Invalid untold_shift: {untold_shift} (expected a finite log step shift)")
+    if untold_horizon is not None and not (math.isfinite(untold_horizon) and untold_horizon >= 0):
+        raise ValueError(f"Invalid untold_horizon: {untold_horizon} (expected a number of steps >= 0; 0 removes the "
+                         "source's assumed horizon)")
     changes = (size_prior is not None or fan_in_prior is not None or orthogonal is not None
-               or orthogonal_conv is not None or untold_shift != 0)
+               or orthogonal_conv is not None or untold_shift != 0 or untold_horizon is not None)
     if not (mag_clip > 0 or (mag_clip == 0 and changes)):
         raise ValueError(f"Invalid mag_clip: {mag_clip} (expected > 0, or 0 to keep the source's with a size_prior, "
-                         "a fan_in_prior, orthogonal, orthogonal_conv or untold_shift)")
+                         "a fan_in_prior, orthogonal, orthogonal_conv, untold_shift or untold_horizon)")
     if fan_in_prior is not None:
         power, fref = (float(v) for v in fan_in_prior)
         if not (math.isfinite(power) and power >= 0 and math.isfinite(fref) and fref > 0):
@@ -114,6 +124,13 @@ def derive(src: str, dst: str | Path, mag_clip: float, mag_affine: tuple[float, 
         with torch.no_grad():
             learned.lr_untold_shift.add_(float(untold_shift))
         meta["untold_shift"] = float(meta.get("untold_shift", 0.0)) + float(untold_shift)
+    if untold_horizon is not None:
+        learned = learned.with_config(untold_horizon=float(untold_horizon))  # checks tensor_lr and horizon_taus
+        meta["untold_horizon"] = float(untold_horizon)
+    if untold_shift and learned.cfg.untold_horizon:
+        raise ValueError(f"untold_shift={untold_shift:g} with an assumed untold horizon (untold_horizon="
+                         f"{learned.cfg.untold_horizon:g}): untold runs read the told readout, so the shift would do "
+                         "nothing; scale their steps with lr, or remove the horizon (untold_horizon=0)")
     save_checkpoint(learned, dst, meta=meta)
 
 
@@ -136,6 +153,8 @@ class DeriveConfig:
             ``true`` turns ``orthogonal`` on).
         untold_shift: added to the untold readout's log step (runs not told ``total_steps`` step ``e^D`` times as
             far; 0: keep).
+        untold_horizon: an assumed horizon offset ``T0`` for runs not told ``total_steps`` (they step as a told run
+            of ``t + T0`` steps; ``0`` removes the source's; ``-1``, the default: keep).
         threads: torch intra-op threads (1, as every command; ``0`` keeps torch's default).
     """
 
@@ -148,6 +167,7 @@ class DeriveConfig:
     orthogonal: str = ""
     orthogonal_conv: str = ""
     untold_shift: float = 0.0
+    untold_horizon: float = -1.0
     threads: int = 1
 
     def __post_init__(self) -> None:
@@ -162,6 +182,9 @@ class DeriveConfig:
             _cfg.bad_value("orthogonal", self.orthogonal, "true, false or empty (keep the source's)")
         if self.orthogonal_conv not in ("", "true", "false"):
             _cfg.bad_value("orthogonal_conv", self.orthogonal_conv, "true, false or empty (keep the source's)")
+        if not (self.untold_horizon == -1 or (math.isfinite(self.untold_horizon) and self.untold_horizon >= 0)):
+            _cfg.bad_value("untold_horizon", self.untold_horizon, "a number of steps >= 0 (0 removes the source's), "
+                           "or -1 to keep it")
         if self.threads < 0:
             _cfg.bad_value("threads", self.threads, "an integer >= 0 (0 keeps torch's default)")
 
@@ -169,7 +192,7 @@ class DeriveConfig:
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point: ``[--config FILE] src=SRC dst=DST [mag_clip=X] [mag_affine=SCALE,SHIFT]
     [size_prior=REF,POWER] [fan_in_prior=POWER,REF] [orthogonal=true|false] [orthogonal_conv=true|false]
-    [untold_shift=D] [threads=1]``."""
+    [untold_shift=D] [untold_horizon=T0] [threads=1]``."""
     c = _cfg.parse_command(DeriveConfig, argv, "Copy a learned-update checkpoint with a new mag_clip (and "
                                                "optionally a re-centred log step multiplier).")
     if not (c.src and c.dst):
@@ -180,7 +203,8 @@ def main(argv: list[str] | None = None) -> None:
     fan = (c.fan_in_prior[0], c.fan_in_prior[1]) if c.fan_in_prior else None
     flag = {"": None, "true": True, "false": False}
     ortho, conv = flag[c.orthogonal], flag[c.orthogonal_conv]
-    derive(c.src, c.dst, c.mag_clip, affine, size, fan, ortho, conv, c.untold_shift)
+    horizon = None if c.untold_horizon == -1 else c.untold_horizon
+    derive(c.src, c.dst, c.mag_clip, affine, size, fan, ortho, conv, c.untold_shift, horizon)
     extra = f", log step u -> {affine[0]:g} u + {affine[1]:g}" if affine else ""
     extra += f", lr x (N / {size[0]:g}) ** -{size[1]:g} above {size[0]:g} parameters" if size else ""
     extra += f", log step - {fan[0]:g} log(fan_in / {fan[1]:g})" if fan else ""
@@ -190,6 +214,8 @@ def main(argv: list[str] | None = None) -> None:
         extra += {None: "", True: ", orthogonalized direction on 2-D weights", False: ", Adam's direction"}[ortho]
         extra += ", convolutions in Adam's direction" if conv is False and ortho is not False else ""
     extra += f", untold log step + {c.untold_shift:g}" if c.untold_shift else ""
+    if horizon is not None:
+        extra += f", untold runs assume t + {horizon:g} steps" if horizon else ", no assumed untold horizon"
     clip = f"mag_clip={c.mag_clip}" if c.mag_clip else "its mag_clip"
     print(f"wrote {c.dst} ({c.src} with {clip}{extra})")
 

@@ -25,14 +25,15 @@ class ParamRow:
 class GraphDescription:
     """Per-parameter placement of one or more parameter groups, with totals.
 
-    ``str()`` gives a fixed-width table (one row per parameter, then totals per kind); ``rows`` and
-    :meth:`totals` give the same facts as data.
+    ``str()`` gives a fixed-width table (one row per parameter, then totals per kind and any ``notes``, one line
+    each); ``rows`` and :meth:`totals` give the same facts as data.
     """
 
     rows: tuple[ParamRow, ...]
     nodes: int
     edges: int
     built_by: str = ""
+    notes: tuple[str, ...] = ()  # from an optimizer: for example the step schedule each group runs
 
     def totals(self) -> dict[str, tuple[int, int]]:
         """``kind -> (number of parameters, number of entries)`` for ``edge``, ``node`` and ``free``."""
@@ -66,6 +67,7 @@ class GraphDescription:
             lines.append(f"{k:<5} {n:>4} of {all_n} parameters, {e:>12,} entries ({100 * e / all_e:5.1f}%)")
         how = f", built by {self.built_by}" if self.built_by else ""
         lines.append(f"graph: {self.nodes:,} nodes, {self.edges:,} edges{how}")
+        lines.extend(self.notes)
         return "\n".join(lines)
 
     __repr__ = __str__

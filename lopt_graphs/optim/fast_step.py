@@ -115,6 +115,8 @@ def _scalars(hw: HeadWeights, t: float, betas: tuple[float, float], eps: float, 
     """As :func:`~lopt_graphs.optim.functional.step_features` and the bias corrections, in Python floats."""
     b1, b2 = betas
     f = [math.log1p(t) / 10.0, math.tanh(t / 100.0), math.tanh(t / 10000.0)]
+    if total is None and hw.untold_horizon:  # an assumed horizon (LearnedUpdateConfig.untold_horizon)
+        total = t + hw.untold_horizon
     if hw.taus:
         f += [0.0] * (len(hw.taus) + 1) if total is None else [math.tanh(5.0 * (t / total - tau))
                                                                for tau in hw.taus] + [1.0]
@@ -445,7 +447,8 @@ class _Group:
         """v2: each head parameter's step size ``eta e**sigma`` (one host read), from its state's ``ctx_lr``."""
         if self.cfg.tensor_lr and self.heads:
             sig = torch.stack([_log_step(self.params[i].hw, self.params[i].sc,
-                                         readout_context(self.params[i].st, self.total))
+                                         readout_context(self.params[i].st, self.total,
+                                                         self.params[i].hw.untold_horizon))
                                for i in self.heads])
             self.etas.update(zip(self.heads, (torch.exp(sig.to(torch.float64)) * self.eta).tolist()))
 
@@ -598,7 +601,7 @@ def fast_param_step(hw: HeadWeights, p: Tensor, g: Tensor, st: dict[str, Tensor]
         cdt = compute_dtype(p)
         rms = tuple(math.sqrt(float(torch.linalg.vector_norm(x, dtype=cdt)) ** 2 / x.numel() + 1e-12) for x in (p, g))
         if hw.lr_w is not None:
-            eta = eta * torch.exp(_log_step(hw, sc, readout_context(st, total)))
+            eta = eta * torch.exp(_log_step(hw, sc, readout_context(st, total, hw.untold_horizon)))
     prm = _Param(hw, p, g, st, kind, view, sc, rms, base, {})
     if orthogonal and not base:
         prm.orthogonalize_(betas, orthogonal_dtype)

@@ -53,16 +53,18 @@ def init_state(p: Tensor) -> dict[str, Tensor]:
             "m_fast": z(), "m_adam": z(), "m_slow": z(), "v": z()}
 
 
-def step_features(t: Tensor, total: float | None = None, taus: tuple[float, ...] = ()) -> Tensor:
+def step_features(t: Tensor, total: float | None = None, taus: tuple[float, ...] = (),
+                  untold_horizon: float = 0.0) -> Tensor:
     """Features of the step count ``t`` (a float tensor): ``[3]``, and with ``taus`` also
     ``tanh(5 (t / total - tau))`` per tau and a flag that the horizon ``total`` is known (all zero when
-    ``total`` is ``None``): ``[3 + len(taus) + 1]``."""
+    ``total`` is ``None``): ``[3 + len(taus) + 1]``. ``untold_horizon > 0`` (``LearnedUpdateConfig``) stands in
+    for an unknown ``total`` with the assumed horizon ``t + untold_horizon``, as a told run's features."""
     base = [torch.log1p(t) / 10.0, torch.tanh(t / 100.0), torch.tanh(t / 10000.0)]
     if taus:
-        if total is None:
+        if total is None and not untold_horizon:
             base += [t * 0.0 for _ in range(len(taus) + 1)]
         else:
-            frac = t / float(total)
+            frac = t / (t + untold_horizon) if total is None else t / float(total)
             base += [torch.tanh(5.0 * (frac - tau)) for tau in taus] + [t * 0.0 + 1.0]
     return torch.stack(base)
 
@@ -410,11 +412,11 @@ def apply_update(hw: HeadWeights, p: Tensor, xs: list[Tensor], adam_dir: Tensor,
             ``mag_clip`` clip), "mag_clip", "sigma": the per-tensor log step (v2) or None, "lr_bound"}`` to.
     """
     wdtype = hw.w1.dtype
-    sf = step_features(st["step"], total, hw.taus).to(wdtype)
+    sf = step_features(st["step"], total, hw.taus, hw.untold_horizon).to(wdtype)
     sb = torch.nn.functional.linear(sf, hw.step_w, hw.step_b)
     sigma = None
     if hw.lr_w is not None:  # learned per-tensor log step, softly bounded
-        s = (sf * hw.lr_w).sum() + hw.lr_b + readout_context(st, total)
+        s = (sf * hw.lr_w).sum() + hw.lr_b + readout_context(st, total, hw.untold_horizon)
         sigma = hw.lr_bound * torch.tanh(s / hw.lr_bound)
         eta = eta * torch.exp(sigma)
     if stacked:
@@ -435,10 +437,11 @@ def apply_update(hw: HeadWeights, p: Tensor, xs: list[Tensor], adam_dir: Tensor,
     return _finish(hw, p, adam_dir, o_dir, o_mag, eta, weight_decay, sigma, diagnostics)
 
 
-def readout_context(st: dict[str, Tensor], total: float | None) -> Tensor | float:
+def readout_context(st: dict[str, Tensor], total: float | None, untold_horizon: float = 0.0) -> Tensor | float:
     """A parameter's readout share of its per-tensor log step (v2): ``ctx_lr``, or in a run not told its horizon
-    (``total`` None) ``ctx_lr_untold`` when the update has an untold readout; ``0.0`` before any."""
-    if total is None and "ctx_lr_untold" in st:
+    (``total`` None) ``ctx_lr_untold`` when the update has an untold readout and no assumed horizon
+    (``untold_horizon``: such runs step as told ones); ``0.0`` before any."""
+    if total is None and not untold_horizon and "ctx_lr_untold" in st:
         return st["ctx_lr_untold"]
     return st.get("ctx_lr", 0.0)
 

@@ -91,6 +91,13 @@ class LearnedUpdateConfig:
             Needs ``orthogonal``. Its Newton-Schulz iterations cost ``~out^2 * in * k`` per kernel per step,
             which would dominate a large CNN's step on CPU; kernels that feed a BatchNorm (as in a ResNet) take
             the optimizer's base step and spend none.
+        untold_horizon: an assumed horizon for runs not told theirs (``total_steps=None``): at step ``t`` such a
+            run steps as a told run of ``t + untold_horizon`` steps would (the fraction-of-training features at
+            ``t / (t + untold_horizon)``, the told readout), so its step decays the longer it trains, as the
+            learned schedule does towards the end of a told run, without ever reaching the told end of training
+            (half way at ``t = untold_horizon``, 0.9 at nine times it). Replaces the untold readout when set.
+            Needs ``tensor_lr`` and ``horizon_taus``. ``0``: no assumed horizon (untold runs read the schedule's
+            step-count features only).
     """
 
     encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(
@@ -117,6 +124,7 @@ class LearnedUpdateConfig:
     fan_in_ref: float = 64.0
     orthogonal: bool = False
     orthogonal_conv: bool = False
+    untold_horizon: float = 0.0
 
     def __post_init__(self) -> None:
         if self.encoder.node_in != len(FEATURES) or self.encoder.edge_in != len(FEATURES):
@@ -159,6 +167,12 @@ class LearnedUpdateConfig:
         if self.orthogonal_conv and not self.orthogonal:
             raise ValueError("orthogonal_conv=True needs orthogonal=True (convolutions are orthogonalized on top of "
                              "the linear layers' orthogonalized direction)")
+        if not (math.isfinite(self.untold_horizon) and self.untold_horizon >= 0):
+            raise ValueError(f"Invalid untold_horizon: {self.untold_horizon} (expected a finite float >= 0, in steps; "
+                             "0: no assumed horizon)")
+        if self.untold_horizon > 0 and not (self.tensor_lr and self.horizon_taus):
+            raise ValueError(f"untold_horizon={self.untold_horizon} needs tensor_lr=True and horizon_taus (it feeds "
+                             "an assumed fraction of training to the learned schedule)")
         if self.fan_in_power > 0 and not self.tensor_lr:
             raise ValueError(f"fan_in_power={self.fan_in_power} needs tensor_lr=True (it shifts the per-tensor log "
                              "step)")
@@ -304,7 +318,7 @@ class LearnedUpdate(nn.Module):
         sched = (self.lr_sched.weight[0], self.lr_sched.bias[0]) if cfg.tensor_lr else (None, None)
         return HeadWeights(self.w1_free if free else self.w1, self.w2, self.b2, self.step_proj.weight,
                            self.step_proj.bias, cfg.mag_scale, cfg.dir_scale, cfg.mag_clip, *sched,
-                           cfg.lr_bound, cfg.horizon_taus)
+                           cfg.lr_bound, cfg.horizon_taus, float(cfg.untold_horizon))
 
     @torch.no_grad()
     def fit_schedule_(self, lr_of_fraction: Callable[[Tensor], Tensor], points: int = 201) -> "LearnedUpdate":
@@ -352,7 +366,8 @@ class LearnedUpdate(nn.Module):
         if not self.cfg.tensor_lr:
             raise ValueError("schedule_logit() needs a learned update with tensor_lr=True")
         dtype = self.lr_sched.weight.dtype
-        feats = torch.stack([step_features(x, total, self.cfg.horizon_taus) for x in steps.to(dtype)])
+        feats = torch.stack([step_features(x, total, self.cfg.horizon_taus, self.cfg.untold_horizon)
+                             for x in steps.to(dtype)])
         return self.lr_sched(feats)[:, 0].detach()
 
     def readout_contexts(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -449,6 +464,7 @@ class HeadWeights(NamedTuple):
     lr_b: Tensor | None = None
     lr_bound: float = 4.0
     taus: tuple[float, ...] = ()
+    untold_horizon: float = 0.0  # LearnedUpdateConfig.untold_horizon
 
 
 def head(xs: list[Tensor], ctx: Callable[[int], Tensor | float], hw: HeadWeights,

@@ -51,9 +51,11 @@ class NeuralGraphOptimizer(Optimizer):
         encoder_every: run the encoder every this many steps (default: the checkpoint's setting).
         total_steps: the planned number of steps (as ``T_max`` for a scheduler). Updates meta-trained with
             horizon features (recipe v2) read the fraction of training done, ``t / total_steps``, and learn
-            their schedule from it; ``None`` (default) tells them the horizon is unknown, which they were also
-            meta-trained on (a constant-in-fraction behaviour; they still train). Checkpoints without
-            horizon features ignore it. Per parameter group, like ``lr``.
+            their schedule from it; ``None`` (default) tells them the horizon is unknown: a checkpoint with an
+            assumed horizon (``LearnedUpdateConfig.untold_horizon`` ``T0``) then steps at step ``t`` as a told run
+            of ``t + T0`` steps would (its step decays the longer it trains, towards the told schedule's end
+            level), one without reads its untold readout and step-count features only, which it was also
+            meta-trained on. Checkpoints without horizon features ignore it. Per parameter group, like ``lr``.
         on_unsupported: ``"free"`` optimizes parameters that fit no graph (embeddings, odd shapes) with the
             graph-free per-entry head; ``"error"`` raises :class:`~lopt_graphs.graph.GraphBuildError`.
         compile: fuse the per-entry work (features, head, update) with ``torch.compile`` (one compilation
@@ -237,7 +239,8 @@ class NeuralGraphOptimizer(Optimizer):
 
         The step: ``learned`` (the learned update on Adam's direction), ``learned, orthogonal (DTYPE)`` (on its
         orthogonalized momentum, the Newton-Schulz iterations in ``DTYPE``: see ``orthogonal_dtype``) or ``base``
-        (a weight that feeds a BatchNorm: the base Adam-like step, ``bn_weights="base"``).
+        (a weight that feeds a BatchNorm: the base Adam-like step, ``bn_weights="base"``). A last line per group
+        says which step schedule it runs (told ``total_steps``, an assumed horizon, or none known).
         Names come from ``module.named_parameters()`` with :meth:`for_module`, else ``group{g}.param{i}``.
         """
         desc = describe_spec(self._specs, self._names)
@@ -254,7 +257,10 @@ class NeuralGraphOptimizer(Optimizer):
                     steps.append(f"learned, orthogonal ({str(dt).removeprefix('torch.')})")
                 else:
                     steps.append("learned")
-        return replace(desc, rows=tuple(replace(r, step=st) for r, st in zip(desc.rows, steps)))
+        notes = tuple(f"schedule{f' (group {g})' if len(self.param_groups) > 1 else ''}: "
+                      f"{_schedule_note(self.learned.cfg, group.get('total_steps'))}"
+                      for g, group in enumerate(self.param_groups))
+        return replace(desc, rows=tuple(replace(r, step=st) for r, st in zip(desc.rows, steps)), notes=notes)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load optimizer state (as :meth:`torch.optim.Optimizer.load_state_dict`).
@@ -417,3 +423,16 @@ def _free_warning(spec: GraphSpec, names: list[str], model: str, limit: int = 6)
     return (f"NeuralGraphOptimizer.for_module({model}): {len(spec.free_params)} of {len(spec.params)} parameters "
             f"({100 * free / total:.1f}% of the entries) are graph-free (built by {spec.built_by or 'tracing'}) - "
             + "; ".join(parts) + more + ". print(opt.describe()) lists every parameter.")
+
+
+def _schedule_note(cfg: _learned.LearnedUpdateConfig, total: int | None) -> str:
+    """What a group's learned step schedule reads (:meth:`NeuralGraphOptimizer.describe`)."""
+    if not cfg.horizon_taus:
+        return "step-count features only (this checkpoint has no horizon features; total_steps is ignored)"
+    if total is not None:
+        return f"told total_steps={total} (the learned schedule reads t / {total})"
+    if cfg.untold_horizon:
+        return (f"total_steps not given: steps as a told run of t + {cfg.untold_horizon:g} steps (the checkpoint's "
+                "untold_horizon; pass total_steps when you know the run's length)")
+    return ("total_steps not given: no fraction of training known (the untold readout and step-count features; "
+            "pass total_steps when you know the run's length)")

@@ -80,3 +80,20 @@ def test_describe_names_the_step_each_parameter_takes(monkeypatch: pytest.Monkey
     assert [r.step for r in plain.rows].count("learned") == len(plain.rows) - 1
     text = str(NeuralGraphOptimizer.for_module(model).describe())
     assert "step" in text.splitlines()[0] and "learned, orthogonal (bfloat16)" in text
+
+
+def test_describe_says_which_schedule_each_group_runs():
+    from lopt_graphs.optim import load_learned_update
+
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    told = NeuralGraphOptimizer(net.parameters(), total_steps=500).describe()
+    assert told.notes == ("schedule: told total_steps=500 (the learned schedule reads t / 500)",)
+    assert str(told).endswith(told.notes[0])
+    untold = NeuralGraphOptimizer(net.parameters()).describe().notes[0]
+    assert "total_steps not given" in untold and "untold readout" in untold
+    assumed = load_learned_update("default").with_config(untold_horizon=100.0)
+    groups = [{"params": [net[0].weight, net[0].bias]}, {"params": [net[2].weight, net[2].bias], "total_steps": 9}]
+    notes = NeuralGraphOptimizer(groups, assumed).describe().notes
+    assert notes[0].startswith("schedule (group 0): total_steps not given: steps as a told run of t + 100 steps")
+    assert notes[1] == "schedule (group 1): told total_steps=9 (the learned schedule reads t / 9)"
+    assert "ignored" in NeuralGraphOptimizer(net.parameters(), "meta_tbptt_clip3_1875").describe().notes[0]
