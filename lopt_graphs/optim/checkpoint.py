@@ -22,7 +22,7 @@ FORMAT = "lopt_graphs.learned_update"
 FORMAT_VERSION = 1
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 #: The shipped checkpoint that ``ckpt=None`` and the name ``"default"`` load (change the default here: one line).
-DEFAULT_CHECKPOINT = "v2_calibrated4_es60_fanin_ortho_conv_untold"
+DEFAULT_CHECKPOINT = "v2_calibrated4_es60_fanin_ortho_conv_h100"
 DEFAULT_ALIAS = "default"
 
 

@@ -15,6 +15,7 @@ from lopt_graphs.optim.learned import LearnedUpdateConfig, v2_config
 from meta_train.derive import main
 
 T0 = 50
+SRC = "v2_calibrated4_es60_fanin_ortho_conv_untold"  # an untold readout and no assumed horizon
 
 
 def _model() -> nn.Module:
@@ -48,7 +49,7 @@ def test_an_untold_run_steps_as_a_told_run_of_t_plus_t0_steps(monkeypatch, path)
         monkeypatch.setattr(native, "_lib", None)
     if path == "reference":
         monkeypatch.setattr(fast_step, "FAST_MIN_NUMEL", float("inf"))
-    base = load_learned_update("default")
+    base = load_learned_update("default").with_config(untold_horizon=0.0)  # an untold readout, no assumed horizon
     assumed = base.with_config(untold_horizon=float(T0))
     untold = _run(assumed, None)
     told = _run(base, T0 + 1, per_step_total=True)
@@ -71,8 +72,8 @@ def test_the_assumed_schedule_decays_towards_the_told_end():
 
 
 def test_derive_sets_and_removes_it_and_the_flag_round_trips(tmp_path):
-    main(["src=default", f"dst={tmp_path / 'h.pt'}", "untold_horizon=300"])
-    old, new = load_learned_update("default"), load_learned_update(str(tmp_path / "h.pt"))
+    main([f"src={SRC}", f"dst={tmp_path / 'h.pt'}", "untold_horizon=300"])
+    old, new = load_learned_update(SRC), load_learned_update(str(tmp_path / "h.pt"))
     assert new.cfg.untold_horizon == 300.0 and old.cfg.untold_horizon == 0.0
     assert all(torch.equal(v, old.state_dict()[k]) for k, v in new.state_dict().items())
     assert torch.load(tmp_path / "h.pt", weights_only=False)["meta"]["untold_horizon"] == 300.0
@@ -102,4 +103,4 @@ def test_an_untold_shift_or_calibration_of_an_unused_untold_readout_is_refused(t
     assert not (tmp_path / "s.pt").exists()
     with pytest.raises(ValueError, match="untold_horizon=0"):
         _check_untold(load_learned_update(str(tmp_path / "h.pt")))
-    _check_untold(load_learned_update("default"))  # no assumed horizon: the untold readout is calibrated as before
+    _check_untold(load_learned_update(SRC))  # no assumed horizon: the untold readout is calibrated as before

@@ -78,7 +78,7 @@ def test_ckpt_forms(tmp_path, form):
 
 
 #: The shipped checkpoint the default names (see lopt_graphs/checkpoints/README.md).
-DEFAULT_SOURCE = "v2_calibrated4_es60_fanin_ortho_conv_untold"
+DEFAULT_SOURCE = "v2_calibrated4_es60_fanin_ortho_conv_h100"
 
 
 @pytest.mark.parametrize("ckpt", [None, "default"])
@@ -93,6 +93,7 @@ def test_default_checkpoint(ckpt):
     assert cfg.tensor_lr and cfg.horizon_taus and cfg.untold_readout and (cfg.size_ref, cfg.size_power) == (100000, 0.25)
     assert (cfg.fan_in_power, cfg.fan_in_ref) == (0.5, 64.0)  # and a fan-in prior on each weight's step
     assert cfg.orthogonal and cfg.orthogonal_conv  # weight matrices and kernels step along their orthogonalized momentum
+    assert cfg.untold_horizon == 100.0  # untold runs step as told runs of t + 100 steps
     assert torch.count_nonzero(opt.learned.lr_readout.weight) > 0 and torch.count_nonzero(opt.learned.lr_readout_untold.weight) > 0
     assert not torch.equal(opt.learned.lr_readout.weight, opt.learned.lr_readout_untold.weight)
 
@@ -189,6 +190,21 @@ def test_the_untold_checkpoint_is_its_source_with_a_lower_untold_step():
     import lopt_graphs.optim.checkpoint as ck
     meta = torch.load(ck.CHECKPOINT_DIR / "v2_calibrated4_es60_fanin_ortho_conv_untold.pt", weights_only=True)["meta"]
     assert meta["derived_from"] == "v2_calibrated4_es60_fanin_ortho_conv" and meta["untold_shift"] == -0.5
+
+
+def test_the_h100_checkpoint_is_its_source_with_an_assumed_untold_horizon():
+    """``v2_calibrated4_es60_fanin_ortho_conv_h100``: ``v2_calibrated4_es60_fanin_ortho_conv_untold`` with
+    ``untold_horizon=100`` (``lopt-derive untold_horizon=100``): the same weights; told runs are the source's."""
+    import dataclasses
+
+    base = load_learned_update("v2_calibrated4_es60_fanin_ortho_conv_untold")
+    new = load_learned_update("v2_calibrated4_es60_fanin_ortho_conv_h100")
+    assert dataclasses.replace(new.cfg, untold_horizon=0.0) == base.cfg and new.cfg.untold_horizon == 100.0
+    sd = base.state_dict()
+    assert all(torch.equal(v, sd[k]) for k, v in new.state_dict().items()) and set(sd) == set(new.state_dict())
+    import lopt_graphs.optim.checkpoint as ck
+    meta = torch.load(ck.CHECKPOINT_DIR / "v2_calibrated4_es60_fanin_ortho_conv_h100.pt", weights_only=True)["meta"]
+    assert meta["derived_from"] == "v2_calibrated4_es60_fanin_ortho_conv_untold" and meta["untold_horizon"] == 100.0
 
 
 def test_shipped_file_loads_with_weights_only():

@@ -89,7 +89,7 @@ def test_describe_says_which_schedule_each_group_runs():
     told = NeuralGraphOptimizer(net.parameters(), total_steps=500).describe()
     assert told.notes == ("schedule: told total_steps=500 (the learned schedule reads t / 500)",)
     assert str(told).endswith(told.notes[0])
-    untold = NeuralGraphOptimizer(net.parameters()).describe().notes[0]
+    untold = NeuralGraphOptimizer(net.parameters(), "v2_calibrated4_es60_fanin_ortho_conv_untold").describe().notes[0]
     assert "total_steps not given" in untold and "untold readout" in untold
     assumed = load_learned_update("default").with_config(untold_horizon=100.0)
     groups = [{"params": [net[0].weight, net[0].bias]}, {"params": [net[2].weight, net[2].bias], "total_steps": 9}]

@@ -240,7 +240,7 @@ CASES = [
 @pytest.mark.parametrize("ckpt", ["default", "random_head"])
 def test_free_parameters_train(model_cls, how, kinds, ckpt):
     learned = random_head_learned() if ckpt == "random_head" else None
-    model, opt = _build(model_cls, how, ckpt=learned, lr=10.0, encoder_every=2)
+    model, opt = _build(model_cls, how, ckpt=learned, lr=1.0, encoder_every=2)
     spec = opt.graph_spec(0)
     if kinds is not None:
         assert [s.kind for s in spec.params] == kinds

@@ -95,11 +95,12 @@ def test_adam_init_checkpoint_is_adam(digits):
 
 
 def test_default_checkpoint_uses_the_horizon(digits):
-    """The default (``v2_calibrated4_es60_fanin_ortho_conv_untold``) trains digits well both ways, and telling it ``total_steps`` (its
-    meta-training and calibration setting) helps."""
+    """The default (``v2_calibrated4_es60_fanin_ortho_conv_h100``) trains digits well both ways, and telling it
+    ``total_steps`` (its meta-training and calibration setting) helps: told, its schedule ends at the run's end; untold,
+    it steps as a told run of ``t + 100`` steps, so after these 200 it is 2/3 of the way through its assumed schedule."""
     initial, told, acc = _train(digits, lambda m: NeuralGraphOptimizer(m.parameters(), total_steps=STEPS))
     assert initial / told >= MIN_TOLD_LOSS_FACTOR, (initial, told)
     assert acc > MIN_TEST_ACCURACY, acc
     _, untold, untold_acc = _train(digits, lambda m: NeuralGraphOptimizer(m.parameters()))
     assert initial / untold >= MIN_LOSS_FACTOR and untold_acc > MIN_TEST_ACCURACY, (untold, untold_acc)
-    assert told < untold / 2, (told, untold)
+    assert told < untold, (told, untold)
