@@ -14,6 +14,7 @@ SETUP_CFG = Path(__file__).resolve().parents[1] / "setup.cfg"
 OWN_FLAGS = {"lopt-step-cost"}  # argparse flags until issue 15 moves it to key=value
 # the commands run as ``python -m MODULE`` (not console scripts)
 MODULE_COMMANDS = ["benchmarks.ablation_ff", "benchmarks.input_layer_adam", "benchmarks.newton_schulz_cost",
+                   "benchmarks.step_schedule",
                    "lopt_graphs.tasks.cnn_zoo.make_zoo",
                    "lopt_graphs.tasks.cnn_zoo.predict", "lopt_graphs.tasks.cnn_zoo.report",
                    "lopt_graphs.tasks.inr.classify", "lopt_graphs.tasks.inr.edit", "lopt_graphs.tasks.inr.make_dataset",
