@@ -32,10 +32,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from benchmarks import report_main
 from lopt_graphs import NeuralGraphOptimizer
 from lopt_graphs import config as _cfg
 from lopt_graphs.config import bad_value
-from lopt_graphs.io import finite_or_none, write_json_and_markdown
+from lopt_graphs.io import finite_or_none
 from lopt_graphs.optim import load_learned_update
 from lopt_graphs.plotting import new_figure, save_figure
 
@@ -191,15 +192,7 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """``[--config FILE] [key=value ...]`` (keys of :class:`RecurrentLMConfig`); returns the result document."""
-    cfg = _cfg.parse_command(RecurrentLMConfig, argv, (__doc__ or "").split("\n")[0])
-    _cfg.set_threads(cfg.threads)
-    doc = run(cfg)
-    md = markdown(doc)
-    print(md)
-    out = write_json_and_markdown(cfg.out, doc, md)
-    plot(doc, out.with_suffix(".png"))
-    print(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
-    return doc
+    return report_main(RecurrentLMConfig, argv, __doc__, run, markdown, plot)
 
 
 if __name__ == "__main__":

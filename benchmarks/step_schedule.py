@@ -31,11 +31,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from benchmarks import report_main
 from lopt_graphs import NeuralGraphOptimizer
 from lopt_graphs import config as _cfg
 from lopt_graphs.config import bad_value
 from lopt_graphs.evaluation import train_run
-from lopt_graphs.io import finite_or_none, write_json_and_markdown
+from lopt_graphs.io import finite_or_none
 from lopt_graphs.optim.checkpoint import DEFAULT_CHECKPOINT
 from lopt_graphs.plotting import new_figure, save_figure
 from meta_train.evaluate import check_checkpoints, load_any
@@ -173,15 +174,7 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """``[--config FILE] [key=value ...]`` (keys of :class:`StepScheduleConfig`); returns the result document."""
-    cfg = _cfg.parse_command(StepScheduleConfig, argv, (__doc__ or "").split("\n")[0])
-    _cfg.set_threads(cfg.threads)
-    doc = run(cfg)
-    md = markdown(doc)
-    print(md)
-    out = write_json_and_markdown(cfg.out, doc, md)
-    plot(doc, out.with_suffix(".png"))
-    print(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
-    return doc
+    return report_main(StepScheduleConfig, argv, __doc__, run, markdown, plot)
 
 
 if __name__ == "__main__":
