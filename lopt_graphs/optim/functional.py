@@ -53,6 +53,14 @@ def init_state(p: Tensor) -> dict[str, Tensor]:
             "m_fast": z(), "m_adam": z(), "m_slow": z(), "v": z()}
 
 
+def horizon(t: Tensor | float, total: float | None, untold_horizon: float = 0.0) -> Tensor | float | None:
+    """The horizon step ``t``'s features read: ``total`` when told, else the assumed ``t + untold_horizon``
+    (``LearnedUpdateConfig.untold_horizon``), else ``None`` (unknown)."""
+    if total is None and untold_horizon:
+        return t + untold_horizon
+    return total
+
+
 def step_features(t: Tensor, total: float | None = None, taus: tuple[float, ...] = (),
                   untold_horizon: float = 0.0) -> Tensor:
     """Features of the step count ``t`` (a float tensor): ``[3]``, and with ``taus`` also
@@ -61,11 +69,11 @@ def step_features(t: Tensor, total: float | None = None, taus: tuple[float, ...]
     for an unknown ``total`` with the assumed horizon ``t + untold_horizon``, as a told run's features."""
     base = [torch.log1p(t) / 10.0, torch.tanh(t / 100.0), torch.tanh(t / 10000.0)]
     if taus:
-        if total is None and not untold_horizon:
+        total = horizon(t, None if total is None else float(total), untold_horizon)
+        if total is None:
             base += [t * 0.0 for _ in range(len(taus) + 1)]
         else:
-            frac = t / (t + untold_horizon) if total is None else t / float(total)
-            base += [torch.tanh(5.0 * (frac - tau)) for tau in taus] + [t * 0.0 + 1.0]
+            base += [torch.tanh(5.0 * (t / total - tau)) for tau in taus] + [t * 0.0 + 1.0]
     return torch.stack(base)
 
 
