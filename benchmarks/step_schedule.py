@@ -113,6 +113,7 @@ def run(cfg: StepScheduleConfig) -> dict[str, Any]:
         plan = [(n, n) for n in cfg.told] + ([(cfg.untold_steps, None)] if cfg.untold_steps else [])
         for steps, total in plan:
             row = {"ckpt": ckpt, "untold_horizon": float(getattr(learned.cfg, "untold_horizon", 0.0)),
+                   "untold_growth": float(getattr(learned.cfg, "untold_growth", 0.0)),
                    **step_run(learned, task, steps, total)}
             rows.append(row)
             how = f"told {total}" if total else f"untold {steps}"
@@ -123,7 +124,8 @@ def run(cfg: StepScheduleConfig) -> dict[str, Any]:
 def _label(r: dict[str, Any]) -> str:
     if r["total_steps"]:
         return f"{r['ckpt']}, told {r['total_steps']}"
-    horizon = f", assumes t + {r['untold_horizon']:g}" if r["untold_horizon"] else ""
+    grown = f"{1 + r.get('untold_growth', 0.0):g} t" if r.get("untold_growth") else "t"
+    horizon = f", assumes {grown} + {r['untold_horizon']:g}" if r["untold_horizon"] else ""
     return f"{r['ckpt']}, untold{horizon}"
 
 

@@ -41,6 +41,11 @@ removes the source's prior::
 at step ``t`` they step as a told run of ``t + T0`` steps (its schedule and readout); ``0`` removes it::
 
     lopt-derive src=default dst=runs/untold/h300.pt untold_horizon=300
+
+``untold_growth=G`` lets that horizon grow ``1 + G`` steps per step (``LearnedUpdateConfig.untold_growth``): at step
+``t`` an untold run steps as a told run of ``(1 + G) t + T0`` steps; ``0`` removes the growth::
+
+    lopt-derive src=default dst=runs/untold/g1.pt untold_growth=1
 """
 
 from __future__ import annotations
@@ -61,13 +66,13 @@ from .trainer import initial_learned_update
 def derive(src: str, dst: str | Path, mag_clip: float, mag_affine: tuple[float, float] | None = None,
            size_prior: tuple[int, float] | None = None, fan_in_prior: tuple[float, float] | None = None,
            orthogonal: bool | None = None, orthogonal_conv: bool | None = None, untold_shift: float = 0.0,
-           untold_horizon: float | None = None) -> None:
+           untold_horizon: float | None = None, untold_growth: float | None = None) -> None:
     """Write ``dst``: ``src`` with ``mag_clip`` (``0`` keeps the source's when something else changes), its log
     step mapped by ``mag_affine``, a size prior ``(size_ref, size_power)``, a fan-in prior ``(fan_in_power,
     fan_in_ref)``, the ``orthogonal`` direction and its ``orthogonal_conv`` extension on or off (``None``: keep;
     ``orthogonal_conv=True`` implies ``orthogonal``, ``orthogonal=False`` turns both off), the untold readout's shift
-    moved by ``untold_shift``, an assumed ``untold_horizon`` (``None``: keep; ``0``: none); ``meta`` records what
-    changed."""
+    moved by ``untold_shift``, an assumed ``untold_horizon`` and its ``untold_growth`` (``None``: keep; ``0``:
+    none); ``meta`` records what changed."""
     if orthogonal is False and orthogonal_conv:
         raise ValueError("orthogonal=false with orthogonal_conv=true: convolutions are orthogonalized only on top of "
                          "the linear layers (drop one of them)")
@@ -78,11 +83,16 @@ def derive(src: str, dst: str | Path, mag_clip: float, mag_affine: tuple[float, 
     if untold_horizon is not None and not (math.isfinite(untold_horizon) and untold_horizon >= 0):
         raise ValueError(f"Invalid untold_horizon: {untold_horizon} (expected a number of steps >= 0; 0 removes the "
                          "source's assumed horizon)")
+    if untold_growth is not None and not (math.isfinite(untold_growth) and untold_growth >= 0):
+        raise ValueError(f"Invalid untold_growth: {untold_growth} (expected a growth per step >= 0; 0 removes the "
+                         "source's)")
     changes = (size_prior is not None or fan_in_prior is not None or orthogonal is not None
-               or orthogonal_conv is not None or untold_shift != 0 or untold_horizon is not None)
+               or orthogonal_conv is not None or untold_shift != 0 or untold_horizon is not None
+               or untold_growth is not None)
     if not (mag_clip > 0 or (mag_clip == 0 and changes)):
         raise ValueError(f"Invalid mag_clip: {mag_clip} (expected > 0, or 0 to keep the source's with a size_prior, "
-                         "a fan_in_prior, orthogonal, orthogonal_conv, untold_shift or untold_horizon)")
+                         "a fan_in_prior, orthogonal, orthogonal_conv, untold_shift, untold_horizon or "
+                         "untold_growth)")
     if fan_in_prior is not None:
         power, fref = (float(v) for v in fan_in_prior)
         if not (math.isfinite(power) and power >= 0 and math.isfinite(fref) and fref > 0):
@@ -124,9 +134,13 @@ def derive(src: str, dst: str | Path, mag_clip: float, mag_affine: tuple[float, 
         with torch.no_grad():
             learned.lr_untold_shift.add_(float(untold_shift))
         meta["untold_shift"] = float(meta.get("untold_shift", 0.0)) + float(untold_shift)
-    if untold_horizon is not None:
-        learned = learned.with_config(untold_horizon=float(untold_horizon))  # checks tensor_lr and horizon_taus
-        meta["untold_horizon"] = float(untold_horizon)
+    if untold_horizon is not None or untold_growth is not None:
+        t0 = learned.cfg.untold_horizon if untold_horizon is None else float(untold_horizon)
+        growth = learned.cfg.untold_growth if untold_growth is None else float(untold_growth)
+        if t0 == 0 and untold_horizon is not None and untold_growth is None:
+            growth = 0.0  # removing the horizon removes its growth
+        learned = learned.with_config(untold_horizon=t0, untold_growth=growth)  # checks tensor_lr, horizon_taus, T0
+        meta["untold_horizon"], meta["untold_growth"] = t0, growth
     if untold_shift and learned.cfg.untold_horizon:
         raise ValueError(f"untold_shift={untold_shift:g} with an assumed untold horizon (untold_horizon="
                          f"{learned.cfg.untold_horizon:g}): untold runs read the told readout, so the shift would do "
@@ -154,7 +168,9 @@ class DeriveConfig:
         untold_shift: added to the untold readout's log step (runs not told ``total_steps`` step ``e^D`` times as
             far; 0: keep).
         untold_horizon: an assumed horizon offset ``T0`` for runs not told ``total_steps`` (they step as a told run
-            of ``t + T0`` steps; ``0`` removes the source's; ``-1``, the default: keep).
+            of ``t + T0`` steps; ``0`` removes the source's and its growth; ``-1``, the default: keep).
+        untold_growth: ``G``: that horizon grows ``1 + G`` steps per step (``(1 + G) t + T0``; ``0`` removes the
+            source's growth; ``-1``, the default: keep). Needs an untold horizon.
         threads: torch intra-op threads (1, as every command; ``0`` keeps torch's default).
     """
 
@@ -168,6 +184,7 @@ class DeriveConfig:
     orthogonal_conv: str = ""
     untold_shift: float = 0.0
     untold_horizon: float = -1.0
+    untold_growth: float = -1.0
     threads: int = 1
 
     def __post_init__(self) -> None:
@@ -185,6 +202,9 @@ class DeriveConfig:
         if not (self.untold_horizon == -1 or (math.isfinite(self.untold_horizon) and self.untold_horizon >= 0)):
             _cfg.bad_value("untold_horizon", self.untold_horizon, "a number of steps >= 0 (0 removes the source's), "
                            "or -1 to keep it")
+        if not (self.untold_growth == -1 or (math.isfinite(self.untold_growth) and self.untold_growth >= 0)):
+            _cfg.bad_value("untold_growth", self.untold_growth, "a growth per step >= 0 (0 removes the source's), or "
+                           "-1 to keep it")
         if self.threads < 0:
             _cfg.bad_value("threads", self.threads, "an integer >= 0 (0 keeps torch's default)")
 
@@ -192,7 +212,7 @@ class DeriveConfig:
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point: ``[--config FILE] src=SRC dst=DST [mag_clip=X] [mag_affine=SCALE,SHIFT]
     [size_prior=REF,POWER] [fan_in_prior=POWER,REF] [orthogonal=true|false] [orthogonal_conv=true|false]
-    [untold_shift=D] [untold_horizon=T0] [threads=1]``."""
+    [untold_shift=D] [untold_horizon=T0] [untold_growth=G] [threads=1]``."""
     c = _cfg.parse_command(DeriveConfig, argv, "Copy a learned-update checkpoint with a new mag_clip (and "
                                                "optionally a re-centred log step multiplier).")
     if not (c.src and c.dst):
@@ -204,7 +224,8 @@ def main(argv: list[str] | None = None) -> None:
     flag = {"": None, "true": True, "false": False}
     ortho, conv = flag[c.orthogonal], flag[c.orthogonal_conv]
     horizon = None if c.untold_horizon == -1 else c.untold_horizon
-    derive(c.src, c.dst, c.mag_clip, affine, size, fan, ortho, conv, c.untold_shift, horizon)
+    growth = None if c.untold_growth == -1 else c.untold_growth
+    derive(c.src, c.dst, c.mag_clip, affine, size, fan, ortho, conv, c.untold_shift, horizon, growth)
     extra = f", log step u -> {affine[0]:g} u + {affine[1]:g}" if affine else ""
     extra += f", lr x (N / {size[0]:g}) ** -{size[1]:g} above {size[0]:g} parameters" if size else ""
     extra += f", log step - {fan[0]:g} log(fan_in / {fan[1]:g})" if fan else ""
@@ -216,6 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     extra += f", untold log step + {c.untold_shift:g}" if c.untold_shift else ""
     if horizon is not None:
         extra += f", untold runs assume t + {horizon:g} steps" if horizon else ", no assumed untold horizon"
+    if growth is not None:
+        extra += f", the assumed horizon grows {1 + growth:g} steps per step"
     clip = f"mag_clip={c.mag_clip}" if c.mag_clip else "its mag_clip"
     print(f"wrote {c.dst} ({c.src} with {clip}{extra})")
 

@@ -116,7 +116,7 @@ def _scalars(hw: HeadWeights, t: float, betas: tuple[float, float], eps: float, 
     """As :func:`~lopt_graphs.optim.functional.step_features` and the bias corrections, in Python floats."""
     b1, b2 = betas
     f = [math.log1p(t) / 10.0, math.tanh(t / 100.0), math.tanh(t / 10000.0)]
-    total = horizon(t, total, hw.untold_horizon)
+    total = horizon(t, total, hw.untold_horizon, hw.untold_growth)
     if hw.taus:
         f += [0.0] * (len(hw.taus) + 1) if total is None else [math.tanh(5.0 * (t / total - tau))
                                                                for tau in hw.taus] + [1.0]

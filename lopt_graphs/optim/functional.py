@@ -53,23 +53,25 @@ def init_state(p: Tensor) -> dict[str, Tensor]:
             "m_fast": z(), "m_adam": z(), "m_slow": z(), "v": z()}
 
 
-def horizon(t: Tensor | float, total: float | None, untold_horizon: float = 0.0) -> Tensor | float | None:
-    """The horizon step ``t``'s features read: ``total`` when told, else the assumed ``t + untold_horizon``
-    (``LearnedUpdateConfig.untold_horizon``), else ``None`` (unknown)."""
+def horizon(t: Tensor | float, total: float | None, untold_horizon: float = 0.0,
+            untold_growth: float = 0.0) -> Tensor | float | None:
+    """The horizon step ``t``'s features read: ``total`` when told, else the assumed ``(1 + untold_growth) t +
+    untold_horizon`` (``LearnedUpdateConfig.untold_horizon``, ``untold_growth``), else ``None`` (unknown)."""
     if total is None and untold_horizon:
-        return t + untold_horizon
+        return t * (1.0 + untold_growth) + untold_horizon if untold_growth else t + untold_horizon
     return total
 
 
 def step_features(t: Tensor, total: float | None = None, taus: tuple[float, ...] = (),
-                  untold_horizon: float = 0.0) -> Tensor:
+                  untold_horizon: float = 0.0, untold_growth: float = 0.0) -> Tensor:
     """Features of the step count ``t`` (a float tensor): ``[3]``, and with ``taus`` also
     ``tanh(5 (t / total - tau))`` per tau and a flag that the horizon ``total`` is known (all zero when
     ``total`` is ``None``): ``[3 + len(taus) + 1]``. ``untold_horizon > 0`` (``LearnedUpdateConfig``) stands in
-    for an unknown ``total`` with the assumed horizon ``t + untold_horizon``, as a told run's features."""
+    for an unknown ``total`` with the assumed horizon ``(1 + untold_growth) t + untold_horizon``, as a told run's
+    features."""
     base = [torch.log1p(t) / 10.0, torch.tanh(t / 100.0), torch.tanh(t / 10000.0)]
     if taus:
-        total = horizon(t, None if total is None else float(total), untold_horizon)
+        total = horizon(t, None if total is None else float(total), untold_horizon, untold_growth)
         if total is None:
             base += [t * 0.0 for _ in range(len(taus) + 1)]
         else:
@@ -420,7 +422,7 @@ def apply_update(hw: HeadWeights, p: Tensor, xs: list[Tensor], adam_dir: Tensor,
             ``mag_clip`` clip), "mag_clip", "sigma": the per-tensor log step (v2) or None, "lr_bound"}`` to.
     """
     wdtype = hw.w1.dtype
-    sf = step_features(st["step"], total, hw.taus, hw.untold_horizon).to(wdtype)
+    sf = step_features(st["step"], total, hw.taus, hw.untold_horizon, hw.untold_growth).to(wdtype)
     sb = torch.nn.functional.linear(sf, hw.step_w, hw.step_b)
     sigma = None
     if hw.lr_w is not None:  # learned per-tensor log step, softly bounded

@@ -98,6 +98,10 @@ class LearnedUpdateConfig:
             (half way at ``t = untold_horizon``, 0.9 at nine times it). Replaces the untold readout when set.
             Needs ``tensor_lr`` and ``horizon_taus``. ``0``: no assumed horizon (untold runs read the schedule's
             step-count features only).
+        untold_growth: with ``untold_horizon``, the assumed horizon grows ``1 + untold_growth`` steps per step: at
+            step ``t`` an untold run steps as a told run of ``(1 + untold_growth) t + untold_horizon`` steps, so
+            its fraction of training levels off at ``1 / (1 + untold_growth)`` instead of running to the told end
+            (a long untold run keeps a mid-training step). ``0``: the horizon ``t + untold_horizon``.
     """
 
     encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(
@@ -125,6 +129,7 @@ class LearnedUpdateConfig:
     orthogonal: bool = False
     orthogonal_conv: bool = False
     untold_horizon: float = 0.0
+    untold_growth: float = 0.0
 
     def __post_init__(self) -> None:
         if self.encoder.node_in != len(FEATURES) or self.encoder.edge_in != len(FEATURES):
@@ -173,6 +178,12 @@ class LearnedUpdateConfig:
         if self.untold_horizon > 0 and not (self.tensor_lr and self.horizon_taus):
             raise ValueError(f"untold_horizon={self.untold_horizon} needs tensor_lr=True and horizon_taus (it feeds "
                              "an assumed fraction of training to the learned schedule)")
+        if not (math.isfinite(self.untold_growth) and self.untold_growth >= 0):
+            raise ValueError(f"Invalid untold_growth: {self.untold_growth} (expected a finite float >= 0: the assumed "
+                             "horizon's growth per step beyond 1)")
+        if self.untold_growth > 0 and self.untold_horizon == 0:
+            raise ValueError(f"untold_growth={self.untold_growth} needs an untold_horizon > 0 (it grows the assumed "
+                             "horizon t + untold_horizon)")
         if self.fan_in_power > 0 and not self.tensor_lr:
             raise ValueError(f"fan_in_power={self.fan_in_power} needs tensor_lr=True (it shifts the per-tensor log "
                              "step)")
@@ -318,7 +329,8 @@ class LearnedUpdate(nn.Module):
         sched = (self.lr_sched.weight[0], self.lr_sched.bias[0]) if cfg.tensor_lr else (None, None)
         return HeadWeights(self.w1_free if free else self.w1, self.w2, self.b2, self.step_proj.weight,
                            self.step_proj.bias, cfg.mag_scale, cfg.dir_scale, cfg.mag_clip, *sched,
-                           cfg.lr_bound, cfg.horizon_taus, float(cfg.untold_horizon))
+                           cfg.lr_bound, cfg.horizon_taus, float(cfg.untold_horizon),
+                           float(cfg.untold_growth))
 
     @torch.no_grad()
     def fit_schedule_(self, lr_of_fraction: Callable[[Tensor], Tensor], points: int = 201) -> "LearnedUpdate":
@@ -366,7 +378,8 @@ class LearnedUpdate(nn.Module):
         if not self.cfg.tensor_lr:
             raise ValueError("schedule_logit() needs a learned update with tensor_lr=True")
         dtype = self.lr_sched.weight.dtype
-        feats = torch.stack([step_features(x, total, self.cfg.horizon_taus, self.cfg.untold_horizon)
+        feats = torch.stack([step_features(x, total, self.cfg.horizon_taus, self.cfg.untold_horizon,
+                                           self.cfg.untold_growth)
                              for x in steps.to(dtype)])
         return self.lr_sched(feats)[:, 0].detach()
 
@@ -465,6 +478,7 @@ class HeadWeights(NamedTuple):
     lr_bound: float = 4.0
     taus: tuple[float, ...] = ()
     untold_horizon: float = 0.0  # LearnedUpdateConfig.untold_horizon
+    untold_growth: float = 0.0  # LearnedUpdateConfig.untold_growth
 
 
 def head(xs: list[Tensor], ctx: Callable[[int], Tensor | float], hw: HeadWeights,

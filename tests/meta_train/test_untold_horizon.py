@@ -24,14 +24,15 @@ def _model() -> nn.Module:
                          nn.Linear(32 * 4 * 4, 10))
 
 
-def _run(learned, total_steps, per_step_total: bool = False, steps: int = 6) -> list[torch.Tensor]:
+def _run(learned, total_steps, per_step_total: bool = False, steps: int = 6, growth: float = 0.0
+         ) -> list[torch.Tensor]:
     net = copy.deepcopy(_model())
     g = torch.Generator().manual_seed(3)
     opt = NeuralGraphOptimizer.for_module(net, copy.deepcopy(learned), total_steps=total_steps, encoder_every=4,
                                           orthogonal_dtype=torch.float32)
     for t in range(1, steps + 1):
-        if per_step_total:  # what the assumed horizon stands for: a told run of t + T0 steps at step t
-            opt.param_groups[0]["total_steps"] = t + T0
+        if per_step_total:  # what the assumed horizon stands for: a told run of (1 + G) t + T0 steps at step t
+            opt.param_groups[0]["total_steps"] = (1 + growth) * t + T0
         x, y = torch.randn(8, 3, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g)
         opt.zero_grad()
         nn.functional.cross_entropy(net(x), y).backward()
@@ -39,8 +40,9 @@ def _run(learned, total_steps, per_step_total: bool = False, steps: int = 6) -> 
     return [p.detach().clone() for p in net.parameters()]
 
 
-@pytest.mark.parametrize("path", ["fast", "eager", "reference"])
-def test_an_untold_run_steps_as_a_told_run_of_t_plus_t0_steps(monkeypatch, path):
+@pytest.mark.parametrize("path,growth", [("fast", 0.0), ("eager", 0.0), ("reference", 0.0), ("fast", 1.5),
+                                         ("reference", 1.5)])
+def test_an_untold_run_steps_as_a_told_run_of_t_plus_t0_steps(monkeypatch, path, growth):
     from lopt_graphs.optim import fast_step, native
 
     if path == "eager":  # the fast step without its C loop
@@ -50,9 +52,9 @@ def test_an_untold_run_steps_as_a_told_run_of_t_plus_t0_steps(monkeypatch, path)
     if path == "reference":
         monkeypatch.setattr(fast_step, "FAST_MIN_NUMEL", float("inf"))
     base = load_learned_update("default").with_config(untold_horizon=0.0)  # an untold readout, no assumed horizon
-    assumed = base.with_config(untold_horizon=float(T0))
+    assumed = base.with_config(untold_horizon=float(T0), untold_growth=growth)
     untold = _run(assumed, None)
-    told = _run(base, T0 + 1, per_step_total=True)
+    told = _run(base, T0 + 1, per_step_total=True, growth=growth)
     for a, b in zip(untold, told):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     plain_untold = _run(base, None)  # without the assumed horizon the untold readout and no fractions: different
@@ -71,6 +73,20 @@ def test_the_assumed_schedule_decays_towards_the_told_end():
     assert untold[0] > untold[1] > untold[2] and abs(float(untold[2] - end)) < 0.05
 
 
+def test_with_growth_the_assumed_fraction_levels_off_at_one_over_one_plus_g():
+    from lopt_graphs.optim.functional import horizon
+
+    assert [horizon(t, None, 100.0, 1.0) for t in (0.0, 100.0, 1e7)] == [100.0, 300.0, 2e7 + 100]
+    assert horizon(50.0, 400.0, 100.0, 1.0) == 400.0  # a told run keeps its total
+    learned = load_learned_update("default").with_config(untold_horizon=100.0, untold_growth=1.0)
+    steps = torch.tensor([100.0, 1000.0, 1e7])  # assumed horizons 300, 2100 and ~2e7: fractions 1/3, ~0.48, ~0.5
+    untold = learned.schedule_logit(steps, None)
+    told = torch.stack([learned.schedule_logit(s[None], int(2 * s + 100))[0] for s in steps])
+    torch.testing.assert_close(untold, told)
+    no_growth = learned.with_config(untold_growth=0.0).schedule_logit(steps, None)
+    assert float((untold - no_growth).abs()[1:].min()) > 1e-3  # it moves the long run's schedule
+
+
 def test_derive_sets_and_removes_it_and_the_flag_round_trips(tmp_path):
     main([f"src={SRC}", f"dst={tmp_path / 'h.pt'}", "untold_horizon=300"])
     old, new = load_learned_update(SRC), load_learned_update(str(tmp_path / "h.pt"))
@@ -79,6 +95,11 @@ def test_derive_sets_and_removes_it_and_the_flag_round_trips(tmp_path):
     assert torch.load(tmp_path / "h.pt", weights_only=False)["meta"]["untold_horizon"] == 300.0
     main([f"src={tmp_path / 'h.pt'}", f"dst={tmp_path / 'none.pt'}", "untold_horizon=0"])
     assert load_learned_update(str(tmp_path / "none.pt")).cfg == old.cfg
+    main([f"src={tmp_path / 'h.pt'}", f"dst={tmp_path / 'g.pt'}", "untold_growth=1"])  # keeps T0 = 300
+    grown = load_learned_update(str(tmp_path / "g.pt")).cfg
+    assert (grown.untold_horizon, grown.untold_growth) == (300.0, 1.0)
+    main([f"src={tmp_path / 'g.pt'}", f"dst={tmp_path / 'none2.pt'}", "untold_horizon=0"])  # removes both
+    assert load_learned_update(str(tmp_path / "none2.pt")).cfg == old.cfg
 
 
 def test_bad_values_name_the_value_and_the_fix(tmp_path):
@@ -91,7 +112,16 @@ def test_bad_values_name_the_value_and_the_fix(tmp_path):
         main(["src=default", f"dst={tmp_path / 'a.pt'}", "untold_horizon=-5"])
     with pytest.raises(ValueError, match="needs tensor_lr=True and horizon_taus"):
         main(["src=meta_tbptt_clip3_1875", f"dst={tmp_path / 'b.pt'}", "untold_horizon=100"])
-    assert not (tmp_path / "a.pt").exists() and not (tmp_path / "b.pt").exists()
+    for bad in (-0.5, math.inf, math.nan):
+        with pytest.raises(ValueError, match="untold_growth"):
+            LearnedUpdateConfig(**{**v2_config().__dict__, "untold_horizon": 100.0, "untold_growth": bad})
+    with pytest.raises(ValueError, match="needs an untold_horizon > 0"):
+        LearnedUpdateConfig(**{**v2_config().__dict__, "untold_growth": 1.0})
+    with pytest.raises(ValueError, match="needs an untold_horizon > 0"):
+        main([f"src={SRC}", f"dst={tmp_path / 'c.pt'}", "untold_growth=1"])  # a source without a horizon
+    with pytest.raises(ValueError, match="untold_growth"):
+        main(["src=default", f"dst={tmp_path / 'd.pt'}", "untold_growth=-2"])
+    assert not any((tmp_path / n).exists() for n in ("a.pt", "b.pt", "c.pt", "d.pt"))
 
 
 def test_an_untold_shift_or_calibration_of_an_unused_untold_readout_is_refused(tmp_path):
