@@ -124,8 +124,9 @@ def run(cfg: StepScheduleConfig) -> dict[str, Any]:
 def _label(r: dict[str, Any]) -> str:
     if r["total_steps"]:
         return f"{r['ckpt']}, told {r['total_steps']}"
-    grown = f"{1 + r.get('untold_growth', 0.0):g} t" if r.get("untold_growth") else "t"
-    horizon = f", assumes {grown} + {r['untold_horizon']:g}" if r["untold_horizon"] else ""
+    h = r["untold_horizon"]
+    rest = f"max({h:g}, {r['untold_growth']:g} t)" if r.get("untold_growth") else f"{h:g}"
+    horizon = f", assumes t + {rest}" if h else ""
     return f"{r['ckpt']}, untold{horizon}"
 
 

@@ -42,10 +42,10 @@ at step ``t`` they step as a told run of ``t + T0`` steps (its schedule and read
 
     lopt-derive src=default dst=runs/untold/h300.pt untold_horizon=300
 
-``untold_growth=G`` lets that horizon grow ``1 + G`` steps per step (``LearnedUpdateConfig.untold_growth``): at step
-``t`` an untold run steps as a told run of ``(1 + G) t + T0`` steps; ``0`` removes the growth::
+``untold_growth=G`` makes an untold run that has taken ``t`` steps assume at least ``G t`` more
+(``LearnedUpdateConfig.untold_growth``): it steps as a told run of ``t + max(T0, G t)`` steps; ``0`` removes it::
 
-    lopt-derive src=default dst=runs/untold/g1.pt untold_growth=1
+    lopt-derive src=default dst=runs/untold/g03.pt untold_growth=0.3
 """
 
 from __future__ import annotations
@@ -84,8 +84,8 @@ def derive(src: str, dst: str | Path, mag_clip: float, mag_affine: tuple[float, 
         raise ValueError(f"Invalid untold_horizon: {untold_horizon} (expected a number of steps >= 0; 0 removes the "
                          "source's assumed horizon)")
     if untold_growth is not None and not (math.isfinite(untold_growth) and untold_growth >= 0):
-        raise ValueError(f"Invalid untold_growth: {untold_growth} (expected a growth per step >= 0; 0 removes the "
-                         "source's)")
+        raise ValueError(f"Invalid untold_growth: {untold_growth} (expected a float >= 0, the least remaining "
+                         "steps per step taken; 0 removes the source's)")
     changes = (size_prior is not None or fan_in_prior is not None or orthogonal is not None
                or orthogonal_conv is not None or untold_shift != 0 or untold_horizon is not None
                or untold_growth is not None)
@@ -169,8 +169,8 @@ class DeriveConfig:
             far; 0: keep).
         untold_horizon: an assumed horizon offset ``T0`` for runs not told ``total_steps`` (they step as a told run
             of ``t + T0`` steps; ``0`` removes the source's and its growth; ``-1``, the default: keep).
-        untold_growth: ``G``: that horizon grows ``1 + G`` steps per step (``(1 + G) t + T0``; ``0`` removes the
-            source's growth; ``-1``, the default: keep). Needs an untold horizon.
+        untold_growth: ``G``: an untold run assumes at least ``G t`` steps to go (``t + max(T0, G t)``; ``0``
+            removes the source's; ``-1``, the default: keep). Needs an untold horizon.
         threads: torch intra-op threads (1, as every command; ``0`` keeps torch's default).
     """
 
@@ -203,8 +203,8 @@ class DeriveConfig:
             _cfg.bad_value("untold_horizon", self.untold_horizon, "a number of steps >= 0 (0 removes the source's), "
                            "or -1 to keep it")
         if not (self.untold_growth == -1 or (math.isfinite(self.untold_growth) and self.untold_growth >= 0)):
-            _cfg.bad_value("untold_growth", self.untold_growth, "a growth per step >= 0 (0 removes the source's), or "
-                           "-1 to keep it")
+            _cfg.bad_value("untold_growth", self.untold_growth, "a float >= 0, the least remaining steps per step "
+                           "taken (0 removes the source's), or -1 to keep it")
         if self.threads < 0:
             _cfg.bad_value("threads", self.threads, "an integer >= 0 (0 keeps torch's default)")
 
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     if horizon is not None:
         extra += f", untold runs assume t + {horizon:g} steps" if horizon else ", no assumed untold horizon"
     if growth is not None:
-        extra += f", the assumed horizon grows {1 + growth:g} steps per step"
+        extra += f", untold runs assume at least {growth:g} t steps to go" if growth else ", no untold growth"
     clip = f"mag_clip={c.mag_clip}" if c.mag_clip else "its mag_clip"
     print(f"wrote {c.dst} ({c.src} with {clip}{extra})")
 

@@ -55,10 +55,14 @@ def init_state(p: Tensor) -> dict[str, Tensor]:
 
 def horizon(t: Tensor | float, total: float | None, untold_horizon: float = 0.0,
             untold_growth: float = 0.0) -> Tensor | float | None:
-    """The horizon step ``t``'s features read: ``total`` when told, else the assumed ``(1 + untold_growth) t +
-    untold_horizon`` (``LearnedUpdateConfig.untold_horizon``, ``untold_growth``), else ``None`` (unknown)."""
+    """The horizon step ``t``'s features read: ``total`` when told, else the assumed ``t + max(untold_horizon,
+    untold_growth * t)`` (``LearnedUpdateConfig.untold_horizon``, ``untold_growth``), else ``None`` (unknown)."""
     if total is None and untold_horizon:
-        return t * (1.0 + untold_growth) + untold_horizon if untold_growth else t + untold_horizon
+        if untold_growth:
+            rest = untold_growth * t
+            rest = rest.clamp(min=untold_horizon) if torch.is_tensor(rest) else max(rest, untold_horizon)
+            return t + rest
+        return t + untold_horizon
     return total
 
 
@@ -67,8 +71,8 @@ def step_features(t: Tensor, total: float | None = None, taus: tuple[float, ...]
     """Features of the step count ``t`` (a float tensor): ``[3]``, and with ``taus`` also
     ``tanh(5 (t / total - tau))`` per tau and a flag that the horizon ``total`` is known (all zero when
     ``total`` is ``None``): ``[3 + len(taus) + 1]``. ``untold_horizon > 0`` (``LearnedUpdateConfig``) stands in
-    for an unknown ``total`` with the assumed horizon ``(1 + untold_growth) t + untold_horizon``, as a told run's
-    features."""
+    for an unknown ``total`` with the assumed horizon ``t + max(untold_horizon, untold_growth * t)``, as a told
+    run's features."""
     base = [torch.log1p(t) / 10.0, torch.tanh(t / 100.0), torch.tanh(t / 10000.0)]
     if taus:
         total = horizon(t, None if total is None else float(total), untold_horizon, untold_growth)

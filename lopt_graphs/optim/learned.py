@@ -98,10 +98,11 @@ class LearnedUpdateConfig:
             (half way at ``t = untold_horizon``, 0.9 at nine times it). Replaces the untold readout when set.
             Needs ``tensor_lr`` and ``horizon_taus``. ``0``: no assumed horizon (untold runs read the schedule's
             step-count features only).
-        untold_growth: with ``untold_horizon``, the assumed horizon grows ``1 + untold_growth`` steps per step: at
-            step ``t`` an untold run steps as a told run of ``(1 + untold_growth) t + untold_horizon`` steps, so
-            its fraction of training levels off at ``1 / (1 + untold_growth)`` instead of running to the told end
-            (a long untold run keeps a mid-training step). ``0``: the horizon ``t + untold_horizon``.
+        untold_growth: with ``untold_horizon``, an untold run that has taken ``t`` steps assumes at least
+            ``untold_growth * t`` more: at step ``t`` it steps as a told run of ``t + max(untold_horizon,
+            untold_growth * t)`` steps, as before up to ``t = untold_horizon / untold_growth``, and from there at
+            the fixed fraction of training ``1 / (1 + untold_growth)`` instead of running on to the told end.
+            ``0``: the horizon ``t + untold_horizon``.
     """
 
     encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(
@@ -179,11 +180,11 @@ class LearnedUpdateConfig:
             raise ValueError(f"untold_horizon={self.untold_horizon} needs tensor_lr=True and horizon_taus (it feeds "
                              "an assumed fraction of training to the learned schedule)")
         if not (math.isfinite(self.untold_growth) and self.untold_growth >= 0):
-            raise ValueError(f"Invalid untold_growth: {self.untold_growth} (expected a finite float >= 0: the assumed "
-                             "horizon's growth per step beyond 1)")
+            raise ValueError(f"Invalid untold_growth: {self.untold_growth} (expected a finite float >= 0: the least "
+                             "remaining steps an untold run assumes per step taken)")
         if self.untold_growth > 0 and self.untold_horizon == 0:
-            raise ValueError(f"untold_growth={self.untold_growth} needs an untold_horizon > 0 (it grows the assumed "
-                             "horizon t + untold_horizon)")
+            raise ValueError(f"untold_growth={self.untold_growth} needs an untold_horizon > 0 (the assumed horizon "
+                             "t + max(untold_horizon, untold_growth * t))")
         if self.fan_in_power > 0 and not self.tensor_lr:
             raise ValueError(f"fan_in_power={self.fan_in_power} needs tensor_lr=True (it shifts the per-tensor log "
                              "step)")

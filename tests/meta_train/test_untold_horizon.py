@@ -31,8 +31,8 @@ def _run(learned, total_steps, per_step_total: bool = False, steps: int = 6, gro
     opt = NeuralGraphOptimizer.for_module(net, copy.deepcopy(learned), total_steps=total_steps, encoder_every=4,
                                           orthogonal_dtype=torch.float32)
     for t in range(1, steps + 1):
-        if per_step_total:  # what the assumed horizon stands for: a told run of (1 + G) t + T0 steps at step t
-            opt.param_groups[0]["total_steps"] = (1 + growth) * t + T0
+        if per_step_total:  # what the assumed horizon stands for: a told run of t + max(T0, G t) steps at step t
+            opt.param_groups[0]["total_steps"] = t + max(T0, growth * t)
         x, y = torch.randn(8, 3, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g)
         opt.zero_grad()
         nn.functional.cross_entropy(net(x), y).backward()
@@ -40,8 +40,8 @@ def _run(learned, total_steps, per_step_total: bool = False, steps: int = 6, gro
     return [p.detach().clone() for p in net.parameters()]
 
 
-@pytest.mark.parametrize("path,growth", [("fast", 0.0), ("eager", 0.0), ("reference", 0.0), ("fast", 1.5),
-                                         ("reference", 1.5)])
+@pytest.mark.parametrize("path,growth", [("fast", 0.0), ("eager", 0.0), ("reference", 0.0), ("fast", 20.0),
+                                         ("reference", 20.0)])  # G = 20: G t passes T0 = 50 at step 3 of 6
 def test_an_untold_run_steps_as_a_told_run_of_t_plus_t0_steps(monkeypatch, path, growth):
     from lopt_graphs.optim import fast_step, native
 
@@ -76,15 +76,17 @@ def test_the_assumed_schedule_decays_towards_the_told_end():
 def test_with_growth_the_assumed_fraction_levels_off_at_one_over_one_plus_g():
     from lopt_graphs.optim.functional import horizon
 
-    assert [horizon(t, None, 100.0, 1.0) for t in (0.0, 100.0, 1e7)] == [100.0, 300.0, 2e7 + 100]
-    assert horizon(50.0, 400.0, 100.0, 1.0) == 400.0  # a told run keeps its total
-    learned = load_learned_update("default").with_config(untold_horizon=100.0, untold_growth=1.0)
-    steps = torch.tensor([100.0, 1000.0, 1e7])  # assumed horizons 300, 2100 and ~2e7: fractions 1/3, ~0.48, ~0.5
+    assert [horizon(t, None, 100.0, 0.5) for t in (0.0, 100.0, 200.0, 1e6)] == [100.0, 200.0, 300.0, 1.5e6]
+    assert float(horizon(torch.tensor(1e6), None, 100.0, 0.5)) == 1.5e6  # the optimizer's tensor step count
+    assert horizon(50.0, 400.0, 100.0, 0.5) == 400.0  # a told run keeps its total
+    learned = load_learned_update("default").with_config(untold_horizon=100.0, untold_growth=0.5)
+    steps = torch.tensor([100.0, 200.0, 1000.0, 1e6])  # fractions 1/2, 2/3 (from here on G t > T0), 2/3, 2/3
     untold = learned.schedule_logit(steps, None)
-    told = torch.stack([learned.schedule_logit(s[None], int(2 * s + 100))[0] for s in steps])
+    told = torch.stack([learned.schedule_logit(s[None], int(s + max(100.0, 0.5 * s)))[0] for s in steps])
     torch.testing.assert_close(untold, told)
     no_growth = learned.with_config(untold_growth=0.0).schedule_logit(steps, None)
-    assert float((untold - no_growth).abs()[1:].min()) > 1e-3  # it moves the long run's schedule
+    assert torch.equal(untold[:2], no_growth[:2])  # up to t = T0 / G as before
+    assert float((untold - no_growth).abs()[2:].min()) > 1e-3  # then the long run's schedule stops short
 
 
 def test_derive_sets_and_removes_it_and_the_flag_round_trips(tmp_path):

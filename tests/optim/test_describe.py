@@ -96,6 +96,6 @@ def test_describe_says_which_schedule_each_group_runs():
     notes = NeuralGraphOptimizer(groups, assumed).describe().notes
     assert notes[0].startswith("schedule (group 0): total_steps not given: steps as a told run of t + 100 steps")
     assert notes[1] == "schedule (group 1): told total_steps=9 (the learned schedule reads t / 9)"
-    grown = assumed.with_config(untold_growth=1.0)
-    assert "a told run of 2 t + 100 steps" in NeuralGraphOptimizer(net.parameters(), grown).describe().notes[0]
+    grown = assumed.with_config(untold_growth=0.5)
+    assert "a told run of t + max(100, 0.5 t) steps" in NeuralGraphOptimizer(net.parameters(), grown).describe().notes[0]
     assert "ignored" in NeuralGraphOptimizer(net.parameters(), "meta_tbptt_clip3_1875").describe().notes[0]
