@@ -31,3 +31,5 @@ def test_command_line_parses_seeds_as_integers():
     from lopt_graphs import config as _cfg
     a = _cfg.parse_command(AblationConfig, ["seeds=0,2", "threads=0"], "")
     assert a.seeds == (0, 2) and a.threads == 0
+    from meta_train.evaluate import EvaluateConfig
+    assert AblationConfig().seeds == EvaluateConfig().seeds == (0, 1, 2)  # scored seeds; tuning seed 1000
