@@ -52,8 +52,8 @@ def test_console_script_exits_zero_when_its_main_returns_a_result(tmp_path) -> N
     import sys
 
     code = ("import sys; from lopt_graphs.cli import lopt_suite_compare as e; "
-            "sys.argv = ['lopt-suite-compare', 'results=" + str(SETUP_CFG.parent / "benchmarks/results/vs_adam/"
-                                                               "results.json") + "']; sys.exit(e())")
+            "sys.argv = ['lopt-suite-compare', 'results=" + str(SETUP_CFG.parent / "benchmarks/results/vs_adam_"
+                                                               "meta_tbptt_clip3_1875/results.json") + "']; sys.exit(e())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ahead_of_tuned_adam" in out.stdout
