@@ -56,6 +56,8 @@ class NeuralGraphOptimizer(Optimizer):
             of ``t + T0`` steps would (its step decays the longer it trains, towards the told schedule's end
             level), one without reads its untold readout and step-count features only, which it was also
             meta-trained on. Checkpoints without horizon features ignore it. Per parameter group, like ``lr``.
+            A run may go on past it: the fraction features saturate and the step stays near the schedule's end
+            level (it keeps training; it does not restart or grow).
         on_unsupported: ``"free"`` optimizes parameters that fit no graph (embeddings, odd shapes) with the
             graph-free per-entry head; ``"error"`` raises :class:`~lopt_graphs.graph.GraphBuildError`.
         compile: fuse the per-entry work (features, head, update) with ``torch.compile`` (one compilation

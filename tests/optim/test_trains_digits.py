@@ -22,9 +22,11 @@ Measured (200 steps of batch 64, torch 2.14 CPU), full-train-set loss factor ini
   0.981 / 0.983, final loss 126 / 95 / 99 times lower than Adam(1e-3)'s.
 * ``v2_calibrated4_es60_fanin_ortho_conv`` (convolutions orthogonalized too): the same numbers, as this MLP has no
   convolution.
-* ``default`` = ``v2_calibrated4_es60_fanin_ortho_conv_untold`` (its untold log step 0.5 lower): told the same;
-  untold factor 273 / 209 / 185, accuracy 0.975 / 0.972 / 0.975, final loss 62 / 44 / 43 times lower than
-  Adam(1e-3)'s.
+* ``v2_calibrated4_es60_fanin_ortho_conv_untold`` (its untold log step 0.5 lower): told the same; untold factor
+  273 / 209 / 185, accuracy 0.975 / 0.972 / 0.975, final loss 62 / 44 / 43 times lower than Adam(1e-3)'s.
+* ``default`` = ``v2_calibrated4_es60_fanin_ortho_conv_h100`` (untold runs assume a horizon of ``t + 100``): told
+  the same; untold factor 3293 / 6832 / 3853, accuracy 0.986 / 0.986 / 0.981, final loss 746 / 1453 / 905 times
+  lower than Adam(1e-3)'s (told is ahead on seed 0 only: 3553 against 3293).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ BATCH = 64
 MIN_LOSS_FACTOR = 20.0   # meta_tbptt_1100, measured 42.7 to 104.6 over seeds 0-2; the default 51 to 92
 MIN_TEST_ACCURACY = 0.94  # meta_tbptt_1100, measured 0.961 to 0.975
 MIN_GAIN_OVER_ADAM = 5.0  # Adam(1e-3) final loss / meta_tbptt_1100's final loss, measured about 20 at seed 0
-MIN_TOLD_LOSS_FACTOR = 1000.0  # the default (v2_calibrated4_es60_fanin_ortho_conv_untold) told total_steps, measured 2812 to 4828
+MIN_TOLD_LOSS_FACTOR = 1000.0  # the default (v2_calibrated4_es60_fanin_ortho_conv_h100) told total_steps, measured 2812 to 4828
 #                                over seeds 0-2 (Adam's direction, v2_calibrated4_es60_fanin: 271 to 312)
 MAX_REL_GAP_TO_ADAM = 0.05  # adam_init, measured 1.5e-5 (Adam-equivalent up to the eps placement)
 
@@ -104,3 +106,24 @@ def test_default_checkpoint_uses_the_horizon(digits):
     _, untold, untold_acc = _train(digits, lambda m: NeuralGraphOptimizer(m.parameters()))
     assert initial / untold >= MIN_LOSS_FACTOR and untold_acc > MIN_TEST_ACCURACY, (untold, untold_acc)
     assert told < untold, (told, untold)
+
+
+def test_a_told_run_that_goes_past_total_steps_keeps_training(digits):
+    """Past ``total_steps`` the fraction-of-training features saturate (``tanh(5 (t/T - tau))`` -> 1): the learned
+    schedule stays near its end level and the run goes on improving, as with a scheduler past ``T_max`` that holds
+    its last lr (measured: full-train loss 0.050 at step 50 of a run told 50, 0.034 at 100, 0.018 at 200)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    opt = NeuralGraphOptimizer(model.parameters(), total_steps=50)
+    g = torch.Generator().manual_seed(1)
+    losses = {}
+    for t in range(1, 201):
+        idx = torch.randint(0, digits.num_train, (BATCH,), generator=g)
+        opt.zero_grad()
+        F.cross_entropy(model(digits.x_train[idx]), digits.y_train[idx]).backward()
+        opt.step()
+        if t in (50, 200):
+            with torch.no_grad():
+                losses[t] = F.cross_entropy(model(digits.x_train), digits.y_train).item()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert losses[200] < 0.5 * losses[50], losses
