@@ -148,20 +148,51 @@ def _eval_table(eval_results: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _validation_lines(records: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines of the validation scores the run logged (``val_score``), its best step and which
+    exported file holds what; ``[]`` when the run did not validate."""
+    rows = [(r["step"], float(r["val_score"])) for r in records if _number(r.get("val_score"))]
+    if not rows:
+        return []
+    best_step, best = min(rows, key=lambda x: (x[1], x[0]))
+    last_step, last = rows[-1]
+    lines = ["", "## Validation", "",
+             "Score on the validation tasks (`meta_train.tasks.VALIDATION`; lower is better, 0 = tuned Adam), "
+             "at each validation step:", "",
+             "| outer step | " + " | ".join(str(st) for st, _ in rows) + " |",
+             "|---|" + "---:|" * len(rows),
+             "| validation | " + " | ".join(f"{v:.3f}" for _, v in rows) + " |", "",
+             f"- `best.pt`: outer step {best_step}, validation {best:.3f} (the checkpoint to use);",
+             f"- `learned.pt`: the last outer step, validation {last:.3f} at step {last_step}."]
+    if best_step == last_step:
+        lines.append("- They are the same meta-parameters: the last validated step was the best.")
+    elif best_step == rows[0][0]:
+        lines.append(f"- Meta-training did not beat its starting point (step {best_step}) on validation: `best.pt` "
+                     "is that start.")
+    return lines
+
+
 def write_report(
     out_dir: str | os.PathLike[str],
     metrics_jsonl_path: str | os.PathLike[str],
     eval_results: Mapping[str, Mapping[str, Any]] | None = None,
+    best_eval_results: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
     """Write ``out_dir/report.md`` (and ``out_dir/meta_loss.png`` if there is meta-loss data).
 
     Args:
         out_dir: Run output directory; ``config.yaml`` in it, if present, is embedded in the report.
-        metrics_jsonl_path: The run's metrics file; records with a numeric ``meta_loss`` are plotted.
+        metrics_jsonl_path: The run's metrics file; records with a numeric ``meta_loss`` are plotted, and
+            the ``val_score`` of validation steps, if any, tabulated with the best one.
         eval_results: Optional ``{task_name: {"ngo_final_loss": float, "adam_final_loss": float,
-            "adam_lr": float, "ngo_steps_to_adam_final": int | None, "steps": int}}``; rendered as a
-            table with the NGO/Adam final-loss ratio and the fraction of steps NGO needs to reach
-            Adam's final loss (``None`` = never). Missing entries show as ``—``.
+            "adam_lr": float, "ngo_steps_to_adam_final": int | None, "steps": int}}`` of ``learned.pt`` (the
+            last outer step); rendered as a table with the NGO/Adam final-loss ratio and the fraction of steps
+            NGO needs to reach Adam's final loss (``None`` = never). Missing entries show as ``—``.
+        best_eval_results: The same for ``best.pt`` (the step best on validation), rendered below it.
 
     Returns:
         The path of ``report.md``.
@@ -207,12 +238,17 @@ def write_report(
         lines += ["```yaml", cfg_path.read_text(encoding="utf-8").rstrip("\n"), "```"]
     else:
         lines.append("No `config.yaml` found in the run directory.")
-    if eval_results is not None:
+    lines += _validation_lines(records)
+    if eval_results is not None or best_eval_results is not None:
         lines += ["", "## Evaluation", ""]
-        if eval_results:
-            lines += _eval_table(eval_results)
-        else:
-            lines.append("No evaluation results.")
+        for name, res in (("`learned.pt` (the last outer step)", eval_results),
+                          ("`best.pt` (the outer step best on validation)", best_eval_results)):
+            if res is None:
+                continue
+            if best_eval_results is not None:
+                lines += [f"### {name}", ""]
+            lines += _eval_table(res) if res else ["No evaluation results."]
+            lines.append("")
     report = out / "report.md"
     atomic_write_text(report, "\n".join(lines) + "\n")
     return report

@@ -9,8 +9,10 @@ Commands::
     torchrun --nproc_per_node=2 meta_train/run.py estimator=es   # population split across processes
 
 Writes to ``out``: ``config.yaml`` (resolved), ``ckpt.pt`` (atomic, every ``checkpoint_every`` outer steps),
-``metrics.jsonl``, ``learned.pt`` (a ``NeuralGraphOptimizer`` checkpoint), and with ``report=true``
-``report.md`` + ``meta_loss.png`` comparing the result with per-task tuned Adam.
+``metrics.jsonl``, ``learned.pt`` (a ``NeuralGraphOptimizer`` checkpoint of the last outer step), with
+``validate_every`` ``best.pt`` (the outer step best on the validation tasks), and with ``report=true``
+``report.md`` + ``meta_loss.png``: the validation scores and ``learned.pt`` and ``best.pt`` each against per-task
+tuned Adam (``eval.json``, ``eval_best.json``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 import torch
 
 from lopt_graphs.config import command_parser, set_threads
+from lopt_graphs.io import atomic_write_text
 from meta_train.config import MetaTrainConfig, config_to_dict, load_config, save_resolved_config
 from meta_train.logging_utils import MetricsLogger, progress
 from meta_train.trainer import MetaTrainer
@@ -87,12 +90,23 @@ def main(argv: list[str] | None = None) -> MetaTrainer:
             from meta_train.report import write_report
             from meta_train.tasks import HELD_OUT, IN_DISTRIBUTION
 
-            results = {}
-            for tc in (IN_DISTRIBUTION[0], HELD_OUT[0]):
-                r = compare_with_adam(trainer.learned, tc, steps=cfg.report_steps, seed=cfg.seed)
-                results[r["task"]] = {k: v for k, v in r.items() if not k.endswith("curve")}
-            (out / "eval.json").write_text(json.dumps(results, indent=1))
-            path = write_report(out, out / "metrics.jsonl", results)
+            def scored(learned) -> dict:
+                results = {}
+                for tc in (IN_DISTRIBUTION[0], HELD_OUT[0]):
+                    r = compare_with_adam(learned, tc, steps=cfg.report_steps, seed=cfg.seed)
+                    results[r["task"]] = {k: v for k, v in r.items() if not k.endswith("curve")}
+                return results
+
+            results = scored(trainer.learned)
+            best = None
+            if (cfg.validate_every and (out / "best.pt").is_file()
+                    and trainer.validation["best_step"] != trainer.step):  # validation chose another step
+                from lopt_graphs.optim import load_learned_update
+                best = scored(load_learned_update(str(out / "best.pt")))
+            atomic_write_text(out / "eval.json", json.dumps(results, indent=1))
+            if best is not None:
+                atomic_write_text(out / "eval_best.json", json.dumps(best, indent=1))
+            path = write_report(out, out / "metrics.jsonl", results, best)
             print(f"report: {path}")
         print(f"learned update: {out / 'learned.pt'}  (NeuralGraphOptimizer(params, ckpt='{out / 'learned.pt'}'))")
     if world > 1:

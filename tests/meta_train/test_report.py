@@ -80,3 +80,25 @@ def test_report_without_eval_or_data(tmp_path: Path) -> None:
     assert "No finite `meta_loss` records" in text and "## Evaluation" not in text
     assert "No `config.yaml`" in text
     assert not (tmp_path / "out" / "meta_loss.png").exists()
+
+
+def test_report_tabulates_validation_and_says_when_the_start_was_best(tmp_path: Path) -> None:
+    metrics = tmp_path / "metrics.jsonl"
+    recs = [{"step": 0, "val_score": 0.25}, {"step": 1, "meta_loss": 1.0}, {"step": 2, "meta_loss": 0.5, "val_score": 0.5},
+            {"step": 4, "meta_loss": 0.2, "val_score": 0.4}]
+    metrics.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    res = {"t": {"ngo_final_loss": 0.5, "adam_final_loss": 1.0, "adam_lr": 0.01, "ngo_steps_to_adam_final": 5,
+                 "steps": 10}}
+    text = write_report(tmp_path, metrics, res, {"t": {**res["t"], "ngo_final_loss": 2.0}}).read_text()
+    assert "| outer step | 0 | 2 | 4 |" in text and "| validation | 0.250 | 0.500 | 0.400 |" in text
+    assert "- `best.pt`: outer step 0, validation 0.250" in text
+    assert "- `learned.pt`: the last outer step, validation 0.400 at step 4." in text
+    assert "did not beat its starting point (step 0)" in text
+    assert text.index("### `learned.pt`") < text.index("| t | 10 | 0.5 |") < text.index("### `best.pt`") < text.index(
+        "| t | 10 | 2 |")
+    recs[3]["val_score"] = 0.1  # a later step wins: no such note
+    metrics.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    text = write_report(tmp_path, metrics, res).read_text()
+    assert "- `best.pt`: outer step 4, validation 0.100" in text and "did not beat" not in text
+    assert "the last validated step was the best" in text
+    assert "###" not in text  # one table, as before, without best.pt's

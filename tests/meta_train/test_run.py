@@ -138,3 +138,26 @@ def test_evaluate_records_threads_and_per_seed_summaries(tmp_path: Path):
     assert "Per seed: seed 0:" in (tmp_path / "e.md").read_text()
     with pytest.raises(ValueError, match="threads=-1"):
         evaluate_main(["ckpt=adam_init", "threads=-1"])
+
+
+def test_the_report_shows_validation_and_scores_best_pt_beside_learned_pt(tmp_path: Path):
+    import json
+
+    from meta_train.report import read_metrics
+
+    # outer_lr 0.1 overshoots on the second step (measured validation 0.299, 0.131, 0.443): best.pt is step 1
+    main(["--config", SMOKE, "wandb=false", "report=true", "outer_steps=2", "validate_every=1", "validate_steps=10",
+          "report_steps=10", "outer_lr=0.1", f"out={tmp_path}"])
+    vals = [(r["step"], r["val_score"]) for r in read_metrics(tmp_path / "metrics.jsonl") if "val_score" in r]
+    assert [s for s, _ in vals] == [0, 1, 2]  # the start is scored too
+    best_step, best = min(vals, key=lambda x: (x[1], x[0]))
+    text = (tmp_path / "report.md").read_text()
+    assert "## Validation" in text and "| outer step | 0 | 1 | 2 |" in text
+    assert f"- `best.pt`: outer step {best_step}, validation {best:.3f}" in text
+    assert torch.load(tmp_path / "best.pt", weights_only=False)["meta"]["validation"]["score"] == pytest.approx(best)
+    assert best_step == 1
+    assert "### `learned.pt` (the last outer step)" in text and "### `best.pt` (the outer step best" in text
+    last, chosen = (json.loads((tmp_path / n).read_text()) for n in ("eval.json", "eval_best.json"))
+    assert set(last) == set(chosen) and len(last) == 2  # one in-distribution and one held-out task each
+    assert [r["ngo_final_loss"] for r in last.values()] != [r["ngo_final_loss"] for r in chosen.values()]
+    assert [r["adam_final_loss"] for r in last.values()] == [r["adam_final_loss"] for r in chosen.values()]
