@@ -154,7 +154,7 @@ class MetaTrainConfig(_cfg.CheckedConfig):
     estimator: str = "pes"
     population: int = 8
     sigma: float = 0.01
-    outer_lr: float = 3e-3
+    outer_lr: float = 1e-3
     grad_clip: float = 1.0
     truncation: int = 10
     horizon: int = 200

@@ -32,7 +32,7 @@ def test_defaults_are_valid_and_documented() -> None:
     cfg = MetaTrainConfig()
     cfg.validate()
     assert cfg.estimator == "pes" and cfg.population == 8 and cfg.num_pairs == 4
-    assert cfg.outer_lr == pytest.approx(3e-3) and isinstance(cfg.sigma, float)
+    assert cfg.outer_lr == pytest.approx(1e-3) and isinstance(cfg.sigma, float)
     assert cfg.resume == "" and cfg.init_ckpt == "" and cfg.threads == 1
     doc = MetaTrainConfig.__doc__ or ""
     for name in config_field_names():
