@@ -109,6 +109,10 @@ def main(argv: list[str] | None = None) -> MetaTrainer:
             path = write_report(out, out / "metrics.jsonl", results, best)
             print(f"report: {path}")
         print(f"learned update: {out / 'learned.pt'}  (NeuralGraphOptimizer(params, ckpt='{out / 'learned.pt'}'))")
+        if cfg.validate_every and (out / "best.pt").is_file():
+            v = trainer.validation
+            print(f"best on validation: {out / 'best.pt'}  (outer step {v['best_step']}, validation "
+                  f"{v['best_score']:.3f}; lower is better, 0 = tuned Adam)")
     if world > 1:
         import torch.distributed as dist
 
