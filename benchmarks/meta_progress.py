@@ -31,10 +31,11 @@ import copy
 import math
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from tqdm import tqdm
 
 from lopt_graphs import NeuralGraphOptimizer
 from lopt_graphs import config as _cfg
@@ -133,9 +134,11 @@ def draw_tasks(family: str, n: int, input_scale: float, gen: torch.Generator) ->
 
 
 def family_values(learned: LearnedUpdate, tasks: Sequence[TaskConfig], steps: int, seed: int,
-                  told: bool = True, orthogonal_dtype: torch.dtype | str | None = "auto") -> list[float]:
+                  told: bool = True, orthogonal_dtype: torch.dtype | str | None = "auto",
+                  on_run: Callable[[], object] | None = None) -> list[float]:
     """Per task, ``log((L + c) / log(classes))`` of the final training loss after ``steps`` steps (3 if it
-    diverged); ``told``: the runs are told ``total_steps``; ``orthogonal_dtype``: the optimizer's."""
+    diverged); ``told``: the runs are told ``total_steps``; ``orthogonal_dtype``: the optimizer's; ``on_run`` is
+    called after each run."""
     out = []
     for tc in tasks:
         task = Task(tc)
@@ -144,6 +147,8 @@ def family_values(learned: LearnedUpdate, tasks: Sequence[TaskConfig], steps: in
                                                                       orthogonal_dtype=orthogonal_dtype),
                       steps, seed)
         out.append(math.log((r.final_loss + LOSS_OFFSET) / task.loss_scale) if math.isfinite(r.final_loss) else 3.0)
+        if on_run is not None:
+            on_run()
     return out
 
 
@@ -191,12 +196,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     refs, tasks = references(cfg), family_tasks(cfg)
     rows: list[dict] = []
     first_val: list[float] = []  # the first checkpoint's validation log ratios, per run
+    bar = tqdm(total=len(cfg.ckpts) * (len(refs) + len(tasks)), desc="meta-progress", unit="run",
+               dynamic_ncols=True)
+    tick = lambda: bar.update(1)  # noqa: E731
     for ckpt in cfg.ckpts:
         name, odt = split_dtype(ckpt)
         learned = load(name)
+        bar.set_postfix_str(ckpt)
         val = validation_score(learned, refs, cfg.validate_steps, seeds=cfg.validate_seeds, told=cfg.told,
-                               orthogonal_dtype=odt, first_seed=cfg.validate_first_seed)
-        fam = family_values(learned, tasks, cfg.steps, seed=0, told=cfg.told, orthogonal_dtype=odt)
+                               orthogonal_dtype=odt, first_seed=cfg.validate_first_seed, on_run=tick)
+        fam = family_values(learned, tasks, cfg.steps, seed=0, told=cfg.told, orthogonal_dtype=odt, on_run=tick)
         val_tasks = [t["log_ratio"] for t in val["tasks"]]
         first = rows[0] if rows else None
         first_val = first_val or val_tasks
@@ -207,7 +216,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
                      "validation_vs_first": None if first is None else paired_difference(val_tasks, first_val),
                      "train_family_lower": "-" if first is None else
                      f"{sum(a < b for a, b in zip(fam, first['train_family_values']))}/{len(fam)}"})
-        print(f"  {ckpt}: validation {val['score']:+.3f}, train_family {rows[-1]['train_family']:+.3f}", file=sys.stderr)
+        bar.write(f"  {ckpt}: validation {val['score']:+.3f}, train_family {rows[-1]['train_family']:+.3f}",
+                  file=sys.stderr)
+    bar.close()
     text = markdown(rows, cfg)
     print(text)
     res = {"config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "tasks": [t.name for t in tasks],

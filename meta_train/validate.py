@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -89,11 +89,12 @@ def references_match(refs: Sequence[dict], steps: int, tasks: Sequence[Validatio
 
 def validation_score(learned: LearnedUpdate, refs: list[dict], steps: int,
                      tasks: Sequence[ValidationTask] = DEFAULT_TASKS, seeds: int = 1, told: bool = True,
-                     orthogonal_dtype: torch.dtype | str | None = "auto", first_seed: int = 0) -> dict:
+                     orthogonal_dtype: torch.dtype | str | None = "auto", first_seed: int = 0,
+                     on_run: Callable[[], object] | None = None) -> dict:
     """Score ``learned`` against the references of :func:`adam_references` (same ``tasks``, ``steps`` and
     ``seeds``). ``told=False`` scores runs that are not told ``total_steps`` (what a user who passes nothing gets;
     a run selects on told runs). ``orthogonal_dtype``: the optimizer's (its default: ``"auto"``). ``first_seed``: as
-    :func:`adam_references`'.
+    :func:`adam_references`'. ``on_run`` is called after each training run (a progress bar's update).
 
     Returns:
         ``{"score": mean offset log-ratio over tasks and seeds, "tasks": [{task, steps, seed, ngo_final_loss,
@@ -114,4 +115,6 @@ def validation_score(learned: LearnedUpdate, refs: list[dict], steps: int,
         rows.append({"task": tc.name, "steps": n, "seed": s, "ngo_final_loss": ngo,
                      "adam_final_loss": ref["adam_final_loss"],
                      "log_ratio": math.log((ngo + SCORE_OFFSET) / (ref["adam_final_loss"] + SCORE_OFFSET))})
+        if on_run is not None:
+            on_run()
     return {"score": sum(r["log_ratio"] for r in rows) / len(rows), "tasks": rows}

@@ -12,7 +12,7 @@ from benchmarks import meta_progress as mod
 from lopt_graphs.optim import save_checkpoint
 
 
-def test_scores_and_per_task_counts(tmp_path: Path):
+def test_scores_and_per_task_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     # a copy of the fresh update whose step schedule is 100x lower trains far less: worse on every task
     slow = mod.load("fresh:v2_cosine_bounded")
     with torch.no_grad():
@@ -29,6 +29,8 @@ def test_scores_and_per_task_counts(tmp_path: Path):
     assert d["mean"] == pytest.approx(worse["validation"] - fresh["validation"]) and d["se"] > 0
     assert json.loads((tmp_path / "p.json").read_text())["rows"][1]["train_family"] == worse["train_family"]
     assert "| train_family |" in (tmp_path / "p.md").read_text()
+    err = capsys.readouterr().err  # a progress bar over every training run: 2 checkpoints x (8 validation + 3)
+    assert "meta-progress" in err and "22/22" in err
     assert mod.family_tasks(mod.MetaProgressConfig(ckpts=("x",), tasks=3)) == mod.family_tasks(
         mod.MetaProgressConfig(ckpts=("y",), tasks=3))  # a fixed draw
 
