@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from tqdm import tqdm
 
 from lopt_graphs import NeuralGraphOptimizer
 from lopt_graphs import config as _cfg
@@ -160,12 +161,15 @@ def evaluate_checkpoint(ckpt: str, steps: int = 300, seeds: tuple[int, ...] = (0
     learned = load_any(ckpt)
     tune_seed = tune_seed_for(seeds)
     rows = []
-    for group, cfgs in (("in_distribution", IN_DISTRIBUTION), ("held_out", HELD_OUT)):
-        for tc in cfgs:
-            for r in _compare(learned, tc, steps, seeds, ADAM_LRS, tune_seed):
-                r = {k: v for k, v in r.items() if not k.endswith("curve")}
-                r["group"] = group
-                rows.append(r)
+    with tqdm(total=len(IN_DISTRIBUTION) + len(HELD_OUT), desc="evaluate", unit="task", dynamic_ncols=True) as bar:
+        for group, cfgs in (("in_distribution", IN_DISTRIBUTION), ("held_out", HELD_OUT)):
+            for tc in cfgs:
+                bar.set_postfix_str(tc.name)
+                for r in _compare(learned, tc, steps, seeds, ADAM_LRS, tune_seed):
+                    r = {k: v for k, v in r.items() if not k.endswith("curve")}
+                    r["group"] = group
+                    rows.append(r)
+                bar.update(1)
     per_seed = {str(s): _summary([r for r in rows if r["seed"] == s], steps) for s in seeds}
     return {"ckpt": str(ckpt), "steps": steps, "seeds": list(seeds), "adam_tune_seed": tune_seed,
             "threads": torch.get_num_threads(),

@@ -121,7 +121,7 @@ def test_evaluate_reads_a_meta_training_checkpoint_in_progress(tmp_path: Path):
         load_any(str(tmp_path / "short.pt"))
 
 
-def test_evaluate_records_threads_and_per_seed_summaries(tmp_path: Path):
+def test_evaluate_records_threads_and_per_seed_summaries(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     import json
 
     from meta_train.evaluate import main as evaluate_main
@@ -136,6 +136,7 @@ def test_evaluate_records_threads_and_per_seed_summaries(tmp_path: Path):
         assert s["held_out_beats_tuned_adam"] == sum(r["ngo_final_loss"] < r["adam_final_loss"] for r in held)
     assert json.loads((tmp_path / "e.json").read_text())["per_seed"] == res["per_seed"]
     assert "Per seed: seed 0:" in (tmp_path / "e.md").read_text()
+    assert "8/8" in capsys.readouterr().err  # a progress bar over the 4 in-distribution and 4 held-out tasks
     with pytest.raises(ValueError, match="threads=-1"):
         evaluate_main(["ckpt=adam_init", "threads=-1"])
 
