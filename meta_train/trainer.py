@@ -26,7 +26,7 @@ from .estimators import PERSISTENT_ESTIMATORS, make_estimator
 from .runs import RunGroup, new_group
 from .sampling import log_uniform
 from .tasks import sample_group
-from .unroll import Stepper, ThetaSpace
+from .unroll import FINAL_FRACTION, Stepper, ThetaSpace
 
 CKPT_FORMAT, CKPT_VERSION = CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION
 #: Peak step of the warmup-cosine schedule prior of ``learned=v2_cosine`` (chosen on the validation tasks).
@@ -122,15 +122,21 @@ class MetaTrainer:
         return list(range(self.rank, pairs, self.world))
 
     def outer_step(self) -> dict[str, float]:
-        """One outer step: one truncation of every run group, one Adam step on theta."""
+        """One outer step: one truncation of every run group, one Adam step on theta.
+
+        The logged ``meta_loss`` is the mean over the groups whose truncation the objective scores (``log_final``
+        scores only the last :data:`~meta_train.unroll.FINAL_FRACTION` of a run; the others every step), NaN when
+        none is (``scored_groups``: how many were)."""
         cfg = self.cfg
         theta = self.theta.detach()
         pairs = cfg.population // 2
-        grads, losses = [], []
+        grads, losses, scored = [], [], []
         for i in range(len(self.runs)):
             if self.runs[i].step + cfg.truncation > self.runs[i].length:
                 self.runs[i] = self._new_group(i)
             runs = self.runs[i]
+            scored.append(cfg.objective != "log_final"
+                          or runs.step + cfg.truncation > (1.0 - FINAL_FRACTION) * runs.length)
             batches = runs.batches(self.gen, cfg.truncation)
             eps = None
             if cfg.estimator != "tbptt":
@@ -150,8 +156,10 @@ class MetaTrainer:
         self.outer.step()
         self.space.load_into(self.learned, self.theta.detach())
         self.step += 1
-        return {"meta_loss": sum(losses) / len(losses), "grad_norm": gnorm,
-                "theta_norm": float(self.theta.detach().norm()), "inner_steps": float(self.inner_steps)}
+        kept = [v for v, sc in zip(losses, scored) if sc]
+        return {"meta_loss": sum(kept) / len(kept) if kept else float("nan"), "scored_groups": float(len(kept)),
+                "grad_norm": gnorm, "theta_norm": float(self.theta.detach().norm()),
+                "inner_steps": float(self.inner_steps)}
 
     def validate(self, out_dir: str | os.PathLike) -> dict[str, float]:
         """Score the current meta-parameters on the validation tasks; export ``best.pt`` when they beat the

@@ -305,3 +305,22 @@ def test_resuming_at_or_past_outer_steps_warns_and_runs_nothing(tmp_path):
     with pytest.warns(RuntimeWarning, match=r"at outer step 2, at or past outer_steps=1: no outer step will run"):
         again = main([*args, "outer_steps=1", f"resume={tmp_path / 'ck.pt'}", f"out={tmp_path / 'run'}"])
     assert again.step == 2 and torch.equal(again.theta.detach(), tr.theta.detach())
+
+
+def test_log_final_logs_the_meta_loss_of_the_scored_groups_only():
+    # a run of 10 steps in truncations of 2 is scored on its last 2 steps (the last fifth): one truncation in 5
+    import math
+
+    from meta_train.trainer import MetaTrainer
+    args = ["learned=v2_ff", "wandb=false", "groups=1", "tasks_per_group=1", "truncation=2", "horizon=10",
+            "horizon_min=0", "population=2", "estimator=full_es"]
+    tr = MetaTrainer(load_config(None, [*args, "objective=log_final"]))
+    logs = [tr.outer_step() for _ in range(10)]
+    assert [m["scored_groups"] for m in logs] == [0, 0, 0, 0, 1] * 2
+    for m in logs:
+        if m["scored_groups"]:
+            assert math.isfinite(m["meta_loss"]) and m["meta_loss"] != 0 and m["grad_norm"] > 0
+        else:  # nothing scored: no loss to report (it used to log 0) and no gradient
+            assert math.isnan(m["meta_loss"]) and m["grad_norm"] == 0
+    late = MetaTrainer(load_config(None, [*args, "objective=log_late"])).outer_step()
+    assert late["scored_groups"] == 1 and math.isfinite(late["meta_loss"])
