@@ -38,6 +38,7 @@ from lopt_graphs.config import bad_value
 from lopt_graphs.evaluation import train_run
 from lopt_graphs.io import finite_or_none
 from lopt_graphs.optim.checkpoint import DEFAULT_CHECKPOINT
+from lopt_graphs.optim.functional import assumed_horizon_text
 from lopt_graphs.plotting import new_figure, save_figure
 from meta_train.evaluate import check_checkpoints, load_any
 from meta_train.tasks import HELD_OUT, IN_DISTRIBUTION, Task
@@ -125,8 +126,7 @@ def _label(r: dict[str, Any]) -> str:
     if r["total_steps"]:
         return f"{r['ckpt']}, told {r['total_steps']}"
     h = r["untold_horizon"]
-    rest = f"max({h:g}, {r['untold_growth']:g} t)" if r.get("untold_growth") else f"{h:g}"
-    horizon = f", assumes t + {rest}" if h else ""
+    horizon = f", assumes {assumed_horizon_text(h, r.get('untold_growth', 0.0))}" if h else ""
     return f"{r['ckpt']}, untold{horizon}"
 
 

@@ -94,12 +94,14 @@ def _fmt(value: Any, spec: str = ".4g") -> str:
     return str(value).replace("|", "\\|")
 
 
+def _number(v: Any) -> bool:
+    """Whether ``v`` is a finite int or float (not a bool)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _ratio(num: Any, den: Any) -> float | None:
     """``num / den`` for finite numbers with ``den != 0``, else ``None``."""
-    numeric = (int, float)
-    if isinstance(num, bool) or isinstance(den, bool) or not isinstance(num, numeric) or not isinstance(den, numeric):
-        return None
-    if not (math.isfinite(num) and math.isfinite(den)) or den == 0:
+    if not (_number(num) and _number(den)) or den == 0:
         return None
     return float(num) / float(den)
 
@@ -146,10 +148,6 @@ def _eval_table(eval_results: Mapping[str, Mapping[str, Any]]) -> list[str]:
             f"NGO reached Adam's final loss on **{reached}/{len(eval_results)}** task(s)."
         )
     return lines
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _validation_lines(records: list[dict[str, Any]]) -> list[str]:
@@ -200,13 +198,7 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     records = read_metrics(metrics_jsonl_path)
-    points = [
-        (r["step"], float(r["meta_loss"]))
-        for r in records
-        if isinstance(r.get("meta_loss"), (int, float))
-        and not isinstance(r.get("meta_loss"), bool)
-        and math.isfinite(r["meta_loss"])
-    ]
+    points = [(r["step"], float(r["meta_loss"])) for r in records if _number(r.get("meta_loss"))]
     lines = [
         "# Meta-training report",
         "",

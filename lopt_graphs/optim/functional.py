@@ -66,6 +66,12 @@ def horizon(t: Tensor | float, total: float | None, untold_horizon: float = 0.0,
     return total
 
 
+def assumed_horizon_text(untold_horizon: float, untold_growth: float = 0.0) -> str:
+    """The assumed untold horizon :func:`horizon` uses, as text: ``"t + T0"`` or ``"t + max(T0, G t)"``."""
+    rest = f"max({untold_horizon:g}, {untold_growth:g} t)" if untold_growth else f"{untold_horizon:g}"
+    return f"t + {rest}"
+
+
 def step_features(t: Tensor, total: float | None = None, taus: tuple[float, ...] = (),
                   untold_horizon: float = 0.0, untold_growth: float = 0.0) -> Tensor:
     """Features of the step count ``t`` (a float tensor): ``[3]``, and with ``taus`` also

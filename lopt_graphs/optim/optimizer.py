@@ -434,9 +434,8 @@ def _schedule_note(cfg: _learned.LearnedUpdateConfig, total: int | None) -> str:
     if total is not None:
         return f"told total_steps={total} (the learned schedule reads t / {total})"
     if cfg.untold_horizon:
-        rest = (f"max({cfg.untold_horizon:g}, {cfg.untold_growth:g} t)" if cfg.untold_growth
-                else f"{cfg.untold_horizon:g}")
-        return (f"total_steps not given: steps as a told run of t + {rest} steps (the checkpoint's untold_horizon; "
+        assumed = _functional.assumed_horizon_text(cfg.untold_horizon, cfg.untold_growth)
+        return (f"total_steps not given: steps as a told run of {assumed} steps (the checkpoint's untold_horizon; "
                 "pass total_steps when you know the run's length)")
     return ("total_steps not given: no fraction of training known (the untold readout and step-count features; "
             "pass total_steps when you know the run's length)")
